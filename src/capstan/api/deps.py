@@ -1,0 +1,54 @@
+"""FastAPI dependencies: the container and the authenticated, rate-limited caller."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from capstan.auth.service import Principal
+from capstan.cache.port import CacheUnavailable
+from capstan.container import Container
+from capstan.errors import RateLimited, Unauthorized
+
+log = logging.getLogger(__name__)
+
+_bearer = HTTPBearer(auto_error=False, description="An API key or a session token.")
+
+
+def get_container(request: Request) -> Container:
+    container: Container = request.app.state.container
+    return container
+
+
+ContainerDep = Annotated[Container, Depends(get_container)]
+
+
+async def get_principal(
+    container: ContainerDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The caller, authenticated and within its rate limit."""
+    if credentials is None:
+        raise Unauthorized("send `Authorization: Bearer <api key or session token>`")
+    principal = await container.auth.authenticate(credentials.credentials)
+    settings = container.settings
+    try:
+        decision = await container.rate_limiter.hit(
+            principal.rate_key, settings.rate_limit_per_minute, settings.rate_limit_burst
+        )
+    except CacheUnavailable:
+        # Failing open: an unavailable limiter must not take the API down with it.
+        return principal
+    if not decision.allowed:
+        container.metrics.rate_limited.inc()
+        raise RateLimited(
+            f"rate limit of {settings.rate_limit_per_minute}/min exceeded for this key",
+            retry_after=decision.retry_after,
+        )
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]

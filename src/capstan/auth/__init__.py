@@ -1,0 +1,1 @@
+"""Authentication: API keys (stored hashed), sessions, per-key rate limits."""

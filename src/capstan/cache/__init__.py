@@ -1,0 +1,1 @@
+"""Cache, sessions and rate limits: Redis in production, process memory when embedded."""

@@ -1,0 +1,97 @@
+"""In-process adapters for embedded mode (one process, so memory is the shared state)."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from capstan.cache.gcra import gcra
+from capstan.cache.port import CachedEntry, RateDecision, Session
+
+
+@dataclass(slots=True)
+class _Slot:
+    version: int
+    payload: bytes | None  # None is a tombstone
+    expires_at: float
+
+
+class MemoryCache:
+    """A bounded LRU with the same version rules as the Redis adapter."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._slots: OrderedDict[str, _Slot] = OrderedDict()
+        self._max_entries = max_entries
+
+    def _live(self, key: str) -> _Slot | None:
+        slot = self._slots.get(key)
+        if slot is None:
+            return None
+        if slot.expires_at <= time.monotonic():
+            del self._slots[key]
+            return None
+        self._slots.move_to_end(key)
+        return slot
+
+    def _store(self, key: str, slot: _Slot) -> None:
+        self._slots[key] = slot
+        self._slots.move_to_end(key)
+        while len(self._slots) > self._max_entries:
+            self._slots.popitem(last=False)
+
+    async def get(self, key: str) -> CachedEntry | None:
+        slot = self._live(key)
+        if slot is None or slot.payload is None:
+            return None
+        return CachedEntry(slot.version, slot.payload)
+
+    async def fill(self, key: str, version: int, payload: bytes, ttl_seconds: int) -> bool:
+        slot = self._live(key)
+        if slot is not None and (
+            slot.version > version or (slot.version == version and slot.payload is not None)
+        ):
+            return False
+        self._store(key, _Slot(version, payload, time.monotonic() + ttl_seconds))
+        return True
+
+    async def invalidate(self, key: str, version: int, ttl_seconds: int) -> None:
+        slot = self._live(key)
+        newest = max(version, slot.version) if slot is not None else version
+        self._store(key, _Slot(newest, None, time.monotonic() + ttl_seconds))
+
+    async def ping(self) -> None:
+        return None
+
+
+class MemorySessionStore:
+    def __init__(self) -> None:
+        self._sessions: dict[str, tuple[Session, float]] = {}
+
+    async def put(self, token_hash: str, session: Session, ttl_seconds: int) -> None:
+        self._sessions[token_hash] = (session, time.monotonic() + ttl_seconds)
+
+    async def get(self, token_hash: str) -> Session | None:
+        found = self._sessions.get(token_hash)
+        if found is None:
+            return None
+        session, expires_at = found
+        if expires_at <= time.monotonic():
+            del self._sessions[token_hash]
+            return None
+        return session
+
+    async def delete(self, token_hash: str) -> bool:
+        return self._sessions.pop(token_hash, None) is not None
+
+
+class MemoryRateLimiter:
+    def __init__(self) -> None:
+        self._tat: dict[str, float] = {}
+
+    async def hit(self, key: str, rate_per_minute: int, burst: int) -> RateDecision:
+        now = time.monotonic()
+        decision, new_tat = gcra(self._tat.get(key, now), now, rate_per_minute, burst)
+        if decision.allowed:
+            self._tat[key] = new_tat
+        return decision

@@ -1,0 +1,67 @@
+"""The key-value ports. Every adapter passes tests/contract/test_cache_contract.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class CacheUnavailable(Exception):
+    """The cache backend cannot be reached; callers degrade instead of failing."""
+
+
+@dataclass(frozen=True, slots=True)
+class CachedEntry:
+    version: int
+    payload: bytes
+
+
+class VersionedCache(Protocol):
+    """A cache whose entries carry the version of the row they copy.
+
+    `invalidate` leaves a tombstone holding the new version, and `fill` refuses to store a
+    version older than what is (or was, per the tombstone) there: a reader that loaded an old
+    row before a write committed can never put it back after that write's invalidation.
+    """
+
+    async def get(self, key: str) -> CachedEntry | None: ...
+
+    async def fill(self, key: str, version: int, payload: bytes, ttl_seconds: int) -> bool:
+        """Store unless a newer version or tombstone is there; True when stored."""
+        ...
+
+    async def invalidate(self, key: str, version: int, ttl_seconds: int) -> None:
+        """Drop the entry and remember that versions below `version` are stale."""
+        ...
+
+    async def ping(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    tenant_id: str
+    key_id: str
+    created_at: float
+
+
+class SessionStore(Protocol):
+    """Opaque session tokens, looked up by the SHA-256 of the token, with a TTL."""
+
+    async def put(self, token_hash: str, session: Session, ttl_seconds: int) -> None: ...
+
+    async def get(self, token_hash: str) -> Session | None: ...
+
+    async def delete(self, token_hash: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    allowed: bool
+    remaining: int
+    retry_after: float  # seconds until one more request is allowed (0 when allowed)
+
+
+class RateLimiter(Protocol):
+    """A GCRA limiter: `rate_per_minute` sustained, bursts up to `burst` requests."""
+
+    async def hit(self, key: str, rate_per_minute: int, burst: int) -> RateDecision: ...

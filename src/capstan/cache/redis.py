@@ -1,0 +1,175 @@
+"""Redis adapters. Key layout and value format are a contract shared with the Node gateway:
+see docs/contracts/cache.md before changing anything here."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from capstan.cache.port import CachedEntry, CacheUnavailable, RateDecision, Session
+
+T = TypeVar("T")
+
+# Fill only if nothing newer is there: a tombstone (v without d) or an entry of a later version.
+_FILL = """
+local cur = redis.call('HGET', KEYS[1], 'v')
+if cur then
+  local v = tonumber(cur)
+  local want = tonumber(ARGV[1])
+  if v > want then return 0 end
+  if v == want and redis.call('HEXISTS', KEYS[1], 'd') == 1 then return 0 end
+end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+# Replace the entry by a tombstone that remembers the newest version seen.
+_INVALIDATE = """
+local cur = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+local v = math.max(cur, tonumber(ARGV[1]))
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', v)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return v
+"""
+
+# GCRA, mirroring capstan.cache.gcra; time comes from the Redis server so replicas agree.
+_GCRA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - tolerance - interval
+if now < allow_at then
+  return {0, 0, tostring(allow_at - now)}
+end
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
+local remaining = math.floor((tolerance - (new_tat - interval - now)) / interval + 1e-9)
+if remaining < 0 then remaining = 0 end
+return {1, remaining, '0'}
+"""
+
+
+class RedisLink:
+    """One client shared by the Redis adapters, with a breaker.
+
+    After a connection failure every call fails fast with CacheUnavailable for
+    `retry_seconds`, so an outage costs callers one timeout, not one per request.
+    """
+
+    def __init__(self, url: str, *, timeout_seconds: float = 0.5, retry_seconds: float = 1.0):
+        self.client: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout_seconds,
+            socket_connect_timeout=timeout_seconds,
+            health_check_interval=30,
+            max_connections=200,
+        )
+        self._retry_seconds = retry_seconds
+        self._down_until = 0.0
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    async def call(self, op: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+        if not self.available:
+            raise CacheUnavailable("redis is unavailable (breaker open)")
+        return await self._attempt(op)
+
+    async def _attempt(self, op: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+        try:
+            result = await op(self.client)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            self._down_until = time.monotonic() + self._retry_seconds
+            raise CacheUnavailable(f"redis: {exc}") from exc
+        self._down_until = 0.0
+        return result
+
+    async def ping(self) -> None:
+        """Probe Redis even while the breaker is open; success closes it."""
+        await self._attempt(lambda c: c.ping())
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class RedisCache:
+    def __init__(self, link: RedisLink) -> None:
+        self._link = link
+        self._fill = link.client.register_script(_FILL)
+        self._invalidate = link.client.register_script(_INVALIDATE)
+
+    async def get(self, key: str) -> CachedEntry | None:
+        version, payload = await self._link.call(lambda c: c.hmget(key, "v", "d"))
+        if payload is None or version is None:
+            return None
+        return CachedEntry(
+            int(version), payload if isinstance(payload, bytes) else payload.encode()
+        )
+
+    async def fill(self, key: str, version: int, payload: bytes, ttl_seconds: int) -> bool:
+        args: list[Any] = [version, payload, ttl_seconds * 1000]
+        stored = await self._link.call(lambda _c: self._fill(keys=[key], args=args))
+        return bool(stored)
+
+    async def invalidate(self, key: str, version: int, ttl_seconds: int) -> None:
+        args = [version, ttl_seconds * 1000]
+        await self._link.call(lambda _c: self._invalidate(keys=[key], args=args))
+
+    async def ping(self) -> None:
+        await self._link.ping()
+
+
+class RedisSessionStore:
+    def __init__(self, link: RedisLink) -> None:
+        self._link = link
+
+    @staticmethod
+    def key(token_hash: str) -> str:
+        return f"capstan:session:{token_hash}"
+
+    async def put(self, token_hash: str, session: Session, ttl_seconds: int) -> None:
+        value = json.dumps(
+            {
+                "tenant_id": session.tenant_id,
+                "key_id": session.key_id,
+                "created_at": session.created_at,
+            }
+        )
+        await self._link.call(lambda c: c.set(self.key(token_hash), value, ex=ttl_seconds))
+
+    async def get(self, token_hash: str) -> Session | None:
+        raw = await self._link.call(lambda c: c.get(self.key(token_hash)))
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return Session(data["tenant_id"], data["key_id"], float(data["created_at"]))
+
+    async def delete(self, token_hash: str) -> bool:
+        removed = await self._link.call(lambda c: c.delete(self.key(token_hash)))
+        return bool(removed)
+
+
+class RedisRateLimiter:
+    def __init__(self, link: RedisLink) -> None:
+        self._link = link
+        self._gcra = link.client.register_script(_GCRA)
+
+    async def hit(self, key: str, rate_per_minute: int, burst: int) -> RateDecision:
+        interval = 60.0 / rate_per_minute
+        args = [interval, interval * (burst - 1)]
+        allowed, remaining, retry = await self._link.call(
+            lambda _c: self._gcra(keys=[f"capstan:ratelimit:{key}"], args=args)
+        )
+        return RateDecision(bool(allowed), int(remaining), float(retry))

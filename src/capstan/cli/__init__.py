@@ -1,0 +1,1 @@
+"""The `capstan` command line."""

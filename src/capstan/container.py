@@ -1,0 +1,120 @@
+"""The composition root: builds every adapter and service from one Settings object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from capstan.auth.service import Authenticator
+from capstan.broker.port import Broker
+from capstan.cache.port import RateLimiter, SessionStore, VersionedCache
+from capstan.db.engine import create_engine, sessionmaker
+from capstan.documents.cache import CacheAside
+from capstan.documents.service import DocumentStore
+from capstan.observability.metrics import Metrics
+from capstan.search.port import SearchEngine
+from capstan.settings import Settings
+
+
+@dataclass
+class Container:
+    settings: Settings
+    metrics: Metrics
+    engine: AsyncEngine
+    db: async_sessionmaker[AsyncSession]
+    cache: VersionedCache
+    sessions: SessionStore
+    rate_limiter: RateLimiter
+    broker: Broker
+    search: SearchEngine
+    auth: Authenticator
+    documents: DocumentStore
+    _closers: list[Any] = field(default_factory=list)
+
+    async def start(self) -> None:
+        await self.broker.connect()
+
+    async def close(self) -> None:
+        await self.broker.close()
+        await self.search.close()
+        for closer in self._closers:
+            await closer()
+        await self.engine.dispose()
+
+
+def build_container(settings: Settings) -> Container:
+    """Wire the process from settings; nothing connects until `start()`."""
+    metrics = Metrics()
+    engine = create_engine(settings.database_url)
+    db = sessionmaker(engine)
+    closers: list[Any] = []
+
+    cache: VersionedCache
+    sessions: SessionStore
+    rate_limiter: RateLimiter
+    if settings.cache_url.startswith("memory"):
+        from capstan.cache.memory import MemoryCache, MemoryRateLimiter, MemorySessionStore
+
+        cache, sessions, rate_limiter = MemoryCache(), MemorySessionStore(), MemoryRateLimiter()
+    else:
+        from capstan.cache.redis import RedisCache, RedisLink, RedisRateLimiter, RedisSessionStore
+
+        link = RedisLink(
+            settings.cache_url,
+            timeout_seconds=settings.cache_timeout_seconds,
+            retry_seconds=settings.cache_retry_seconds,
+        )
+        closers.append(link.close)
+        cache, sessions, rate_limiter = (
+            RedisCache(link),
+            RedisSessionStore(link),
+            RedisRateLimiter(link),
+        )
+
+    broker: Broker
+    if settings.broker_url.startswith("memory"):
+        from capstan.broker.memory import MemoryBroker
+
+        broker = MemoryBroker()
+    else:
+        from capstan.broker.rabbitmq import RabbitBroker
+
+        broker = RabbitBroker(settings.broker_url)
+
+    search: SearchEngine
+    if settings.search_url.startswith("http"):
+        from capstan.search.elasticsearch import ElasticsearchEngine
+
+        search = ElasticsearchEngine(settings.search_url)
+    elif engine.dialect.name == "sqlite":
+        from capstan.search.sqlite_fts import SqliteFts
+
+        search = SqliteFts(engine)
+    else:
+        from capstan.search.postgres_fts import PostgresFts
+
+        search = PostgresFts(engine)
+
+    auth = Authenticator(
+        db,
+        sessions,
+        session_ttl_seconds=settings.session_ttl_seconds,
+        key_cache_seconds=settings.auth_cache_seconds,
+    )
+    aside = CacheAside(cache, metrics, ttl_seconds=settings.cache_ttl_seconds)
+    return Container(
+        settings=settings,
+        metrics=metrics,
+        engine=engine,
+        db=db,
+        cache=cache,
+        sessions=sessions,
+        rate_limiter=rate_limiter,
+        broker=broker,
+        search=search,
+        auth=auth,
+        documents=DocumentStore(db, aside, settings.source),
+        _closers=closers,
+    )

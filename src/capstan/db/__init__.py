@@ -1,0 +1,1 @@
+"""Relational store: schema, engine and migrations (PostgreSQL or SQLite, kept in lockstep)."""

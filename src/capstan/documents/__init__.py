@@ -1,0 +1,1 @@
+"""Documents: the relational store with a cache-aside read path (seed: synchronous flow)."""

@@ -1,0 +1,52 @@
+"""SQL for documents. Functions take the caller's session and only flush."""
+
+from __future__ import annotations
+
+from sqlalchemy import Select, exists, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from capstan.db.schema import Document
+
+
+async def get(session: AsyncSession, tenant_id: str, doc_id: str) -> Document | None:
+    return await session.scalar(
+        select(Document).where(Document.tenant_id == tenant_id, Document.id == doc_id)
+    )
+
+
+async def get_for_update(session: AsyncSession, tenant_id: str, doc_id: str) -> Document | None:
+    """The row, locked until the transaction ends (no-op on SQLite, which locks the file)."""
+    return await session.scalar(
+        select(Document)
+        .where(Document.tenant_id == tenant_id, Document.id == doc_id)
+        .with_for_update()
+    )
+
+
+def _has_tag(stmt: Select[Document], dialect: str, tag: str) -> Select[Document]:
+    # The one dialect difference for tags: JSONB containment (GIN-indexed) vs json_each.
+    if dialect == "postgresql":
+        return stmt.where(Document.tags.contains([tag]))
+    each = func.json_each(Document.tags).table_valued("value")
+    return stmt.where(exists(select(1).select_from(each).where(each.c.value == tag)))
+
+
+async def page(
+    session: AsyncSession,
+    tenant_id: str,
+    *,
+    collection: str | None,
+    tag: str | None,
+    after_id: str | None,
+    limit: int,
+) -> list[Document]:
+    """Up to `limit` documents in id (= creation) order, strictly after `after_id`."""
+    stmt = select(Document).where(Document.tenant_id == tenant_id)
+    if collection is not None:
+        stmt = stmt.where(Document.collection == collection)
+    if tag is not None:
+        stmt = _has_tag(stmt, session.get_bind().dialect.name, tag)
+    if after_id is not None:
+        stmt = stmt.where(Document.id > after_id)
+    stmt = stmt.order_by(Document.id).limit(limit)
+    return list((await session.scalars(stmt)).all())

@@ -1,0 +1,190 @@
+"""The document operations every caller (API, task handlers) goes through.
+
+Each write is one transaction holding the row and its outbox event; the cache is invalidated
+after the commit, before the caller acknowledges.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from capstan.db.schema import Document
+from capstan.documents import repository
+from capstan.documents.cache import CacheAside, Loaded, document_key
+from capstan.documents.schemas import DocumentCreate, DocumentRead, DocumentUpdate
+from capstan.errors import InvalidInput, NotFound, PreconditionFailed
+from capstan.events.outbox import add_event
+from capstan.ids import uuid7
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentView:
+    """A document as the API returns it: serialized JSON, its version, and where it came from."""
+
+    id: str
+    version: int
+    payload: bytes
+    cache: str
+
+
+def to_read(doc: Document) -> DocumentRead:
+    return DocumentRead(
+        id=doc.id,
+        collection=doc.collection,
+        title=doc.title,
+        body=doc.body,
+        tags=list(doc.tags),
+        metadata=dict(doc.metadata_),
+        version=doc.version,
+        created_at=doc.created_at,
+        updated_at=doc.updated_at,
+    )
+
+
+def serialize(doc: Document) -> bytes:
+    """The response body, byte for byte what the cache holds (docs/contracts/cache.md)."""
+    return to_read(doc).model_dump_json().encode()
+
+
+def encode_cursor(doc_id: str) -> str:
+    return base64.urlsafe_b64encode(doc_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInput("the cursor is not one this API returned", field="cursor") from exc
+    if len(raw) != 36:
+        raise InvalidInput("the cursor is not one this API returned", field="cursor")
+    return raw
+
+
+def _event_data(doc: Document) -> dict[str, Any]:
+    return {
+        "id": doc.id,
+        "collection": doc.collection,
+        "version": doc.version,
+        "title": doc.title,
+        "tags": list(doc.tags),
+    }
+
+
+class DocumentStore:
+    def __init__(self, db: async_sessionmaker[AsyncSession], cache: CacheAside, source: str):
+        self._db = db
+        self._cache = cache
+        self._source = source
+
+    async def read(
+        self, tenant_id: str, doc_id: str, *, bypass_cache: bool = False
+    ) -> DocumentView:
+        """One document through the cache; NotFound for a missing or foreign id."""
+
+        async def load() -> Loaded | None:
+            async with self._db() as session:
+                doc = await repository.get(session, tenant_id, doc_id)
+            return None if doc is None else Loaded(doc.version, serialize(doc))
+
+        result = await self._cache.read(document_key(tenant_id, doc_id), load, bypass=bypass_cache)
+        if result.loaded is None:
+            raise NotFound(f"document {doc_id} does not exist")
+        return DocumentView(doc_id, result.loaded.version, result.loaded.payload, result.cache)
+
+    async def create(self, tenant_id: str, body: DocumentCreate) -> Document:
+        now = datetime.now(UTC)
+        doc = Document(
+            id=uuid7(),
+            tenant_id=tenant_id,
+            collection=body.collection,
+            title=body.title,
+            body=body.body,
+            tags=_unique(body.tags),
+            metadata_=body.metadata,
+            version=1,
+            created_at=now,
+            updated_at=now,
+        )
+        async with self._db.begin() as session:
+            session.add(doc)
+            self._event(session, doc, "created")
+        # No invalidation needed: nobody can have cached an id that did not exist.
+        return doc
+
+    async def update(
+        self, tenant_id: str, doc_id: str, patch: DocumentUpdate, *, if_match: int | None = None
+    ) -> Document:
+        async with self._db.begin() as session:
+            doc = await self._locked(session, tenant_id, doc_id, if_match)
+            changes = patch.model_dump(exclude_unset=True)
+            for field, value in changes.items():
+                if value is None:
+                    raise InvalidInput(f"{field} cannot be null", field=field)
+                if field == "tags":
+                    value = _unique(value)
+                setattr(doc, "metadata_" if field == "metadata" else field, value)
+            doc.version += 1
+            doc.updated_at = datetime.now(UTC)
+            self._event(session, doc, "updated")
+        await self._cache.invalidate(document_key(tenant_id, doc_id), doc.version)
+        return doc
+
+    async def delete(self, tenant_id: str, doc_id: str, *, if_match: int | None = None) -> None:
+        async with self._db.begin() as session:
+            doc = await self._locked(session, tenant_id, doc_id, if_match)
+            await session.delete(doc)
+            self._event(session, doc, "deleted")
+        # version + 1 outranks every version the document ever had.
+        await self._cache.invalidate(document_key(tenant_id, doc_id), doc.version + 1)
+
+    async def list(
+        self,
+        tenant_id: str,
+        *,
+        collection: str | None,
+        tag: str | None,
+        cursor: str | None,
+        limit: int,
+    ) -> tuple[list[Document], str | None]:
+        after = decode_cursor(cursor) if cursor else None
+        async with self._db() as session:
+            rows = await repository.page(
+                session, tenant_id, collection=collection, tag=tag, after_id=after, limit=limit + 1
+            )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, encode_cursor(rows[-1].id) if more and rows else None
+
+    async def _locked(
+        self, session: AsyncSession, tenant_id: str, doc_id: str, if_match: int | None
+    ) -> Document:
+        doc = await repository.get_for_update(session, tenant_id, doc_id)
+        if doc is None:
+            raise NotFound(f"document {doc_id} does not exist")
+        if if_match is not None and doc.version != if_match:
+            raise PreconditionFailed(
+                f"document {doc_id} is at version {doc.version}, not {if_match}",
+                current_version=doc.version,
+            )
+        return doc
+
+    def _event(self, session: AsyncSession, doc: Document, action: str) -> None:
+        add_event(
+            session,
+            source=self._source,
+            entity="document",
+            action=action,
+            tenant_id=doc.tenant_id,
+            subject=f"documents/{doc.id}",
+            data=_event_data(doc),
+        )
+
+
+def _unique(tags: list[str]) -> list[str]:
+    return list(dict.fromkeys(tags))

@@ -1,0 +1,1 @@
+"""Events: CloudEvents envelopes written to the outbox in the same transaction as the change."""

@@ -1,0 +1,1 @@
+"""Logs, metrics and the request context that ties them together."""

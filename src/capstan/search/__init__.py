@@ -1,0 +1,1 @@
+"""Full-text search: Elasticsearch in production, SQLite FTS5 when embedded."""

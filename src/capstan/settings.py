@@ -1,0 +1,74 @@
+"""The one settings object: every process and CLI command reads it from `CAPSTAN_*`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Capstan's configuration; backends are chosen by URL (embedded by default)."""
+
+    model_config = SettingsConfigDict(env_prefix="CAPSTAN_", env_file=None, extra="ignore")
+
+    data_dir: Path = Path(".capstan")
+    # Empty means "embedded": a SQLite file inside data_dir.
+    database_url: str = ""
+    cache_url: str = "memory://"
+    broker_url: str = "memory://"
+    search_url: str = "sqlite"
+    search_analyzer: str = "standard"
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    source: str = "capstan"  # CloudEvents `source` and the name this instance reports
+
+    cache_ttl_seconds: int = Field(300, ge=1)
+    # How long a cache outage is assumed to last before Redis is tried again.
+    cache_retry_seconds: float = Field(1.0, ge=0)
+    cache_timeout_seconds: float = Field(0.5, gt=0)
+    session_ttl_seconds: int = Field(3600, ge=60)
+    # Verified API keys are remembered in-process this long (revocation latency bound).
+    auth_cache_seconds: float = Field(30.0, ge=0)
+    rate_limit_per_minute: int = Field(1200, ge=1)
+    rate_limit_burst: int = Field(200, ge=1)
+
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_title_chars: int = Field(1000, ge=1)
+    max_body_chars: int = Field(500_000, ge=1)
+    max_tags: int = Field(64, ge=0)
+    max_page_size: int = Field(200, ge=1)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = True
+
+    @model_validator(mode="after")
+    def _fill_database_url(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'capstan.db'}"
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when every backend is the in-process one."""
+        return self.database_url.startswith("sqlite") and self.cache_url.startswith("memory")
+
+    @property
+    def async_database_url(self) -> str:
+        """The database URL with the async driver SQLAlchemy needs."""
+        return to_async_url(self.database_url)
+
+
+def to_async_url(url: str) -> str:
+    """Map `postgresql://` and `sqlite://` URLs onto their asyncio drivers."""
+    for plain, driver in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    return url

@@ -1,0 +1,1 @@
+"""Tenants own everything; each has API keys."""

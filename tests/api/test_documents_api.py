@@ -1,0 +1,139 @@
+"""The REST document flow, run in both modes (embedded and PostgreSQL + Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.conftest import Api
+
+
+async def test_create_then_read_twice_misses_then_hits(api: Api) -> None:
+    tenant = await api.tenant()
+    async with api.client(tenant.key) as http:
+        created = await http.post(
+            "/v1/documents",
+            json={"collection": "notes", "title": "Hello", "body": "World", "tags": ["a", "b"]},
+        )
+        assert created.status_code == 201
+        doc = created.json()
+        assert doc["version"] == 1 and created.headers["etag"] == '"1"'
+        assert created.headers["location"] == f"/v1/documents/{doc['id']}"
+
+        first = await http.get(f"/v1/documents/{doc['id']}")
+        second = await http.get(f"/v1/documents/{doc['id']}")
+    assert (first.status_code, first.headers["x-cache"]) == (200, "miss")
+    assert (second.status_code, second.headers["x-cache"]) == (200, "hit")
+    assert first.json() == second.json() == doc
+    assert second.headers["etag"] == '"1"'
+
+
+async def test_no_cache_reads_the_database(api: Api) -> None:
+    tenant = await api.tenant()
+    async with api.client(tenant.key) as http:
+        doc = (await http.post("/v1/documents", json={"body": "x"})).json()
+        await http.get(f"/v1/documents/{doc['id']}")
+        bypass = await http.get(f"/v1/documents/{doc['id']}", headers={"Cache-Control": "no-cache"})
+    assert bypass.headers["x-cache"] == "bypass" and bypass.json() == doc
+
+
+async def test_update_with_if_match_then_stale_if_match_is_412(api: Api) -> None:
+    tenant = await api.tenant()
+    async with api.client(tenant.key) as http:
+        doc = (await http.post("/v1/documents", json={"title": "v1", "body": "b"})).json()
+        await http.get(f"/v1/documents/{doc['id']}")  # cache it
+        updated = await http.patch(
+            f"/v1/documents/{doc['id']}", json={"title": "v2"}, headers={"If-Match": '"1"'}
+        )
+        assert updated.status_code == 200
+        assert updated.json()["version"] == 2 and updated.headers["etag"] == '"2"'
+
+        stale = await http.patch(
+            f"/v1/documents/{doc['id']}", json={"title": "v3"}, headers={"If-Match": '"1"'}
+        )
+        assert stale.status_code == 412
+        assert stale.headers["content-type"] == "application/problem+json"
+        assert stale.json()["current_version"] == 2
+
+        read = await http.get(f"/v1/documents/{doc['id']}")
+    assert read.json()["title"] == "v2" and read.json()["version"] == 2
+
+
+async def test_patch_changes_only_the_given_fields(api: Api) -> None:
+    tenant = await api.tenant()
+    async with api.client(tenant.key) as http:
+        doc = (
+            await http.post("/v1/documents", json={"title": "t", "body": "b", "metadata": {"k": 1}})
+        ).json()
+        updated = (
+            await http.patch(f"/v1/documents/{doc['id']}", json={"tags": ["x", "x", "y"]})
+        ).json()
+    assert updated["tags"] == ["x", "y"]
+    assert (updated["title"], updated["body"], updated["metadata"]) == ("t", "b", {"k": 1})
+
+
+async def test_delete_then_read_is_404_even_after_it_was_cached(api: Api) -> None:
+    tenant = await api.tenant()
+    async with api.client(tenant.key) as http:
+        doc = (await http.post("/v1/documents", json={"body": "gone soon"})).json()
+        await http.get(f"/v1/documents/{doc['id']}")
+        deleted = await http.delete(f"/v1/documents/{doc['id']}")
+        assert deleted.status_code == 204
+        after = await http.get(f"/v1/documents/{doc['id']}")
+        again = await http.delete(f"/v1/documents/{doc['id']}")
+    assert after.status_code == 404 and after.headers["content-type"] == "application/problem+json"
+    assert again.status_code == 404
+
+
+async def test_list_pages_through_everything_once_with_filters(api: Api) -> None:
+    tenant = await api.tenant()
+    async with api.client(tenant.key) as http:
+        ids = []
+        for i in range(7):
+            body = {
+                "collection": "even" if i % 2 == 0 else "odd",
+                "body": f"doc {i}",
+                "tags": ["three"] if i % 3 == 0 else [],
+            }
+            ids.append((await http.post("/v1/documents", json=body)).json()["id"])
+
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params: dict[str, str | int] = {"limit": 3}
+            if cursor:
+                params["cursor"] = cursor
+            page = (await http.get("/v1/documents", params=params)).json()
+            seen += [d["id"] for d in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        even = (await http.get("/v1/documents", params={"collection": "even"})).json()
+        tagged = (await http.get("/v1/documents", params={"tag": "three"})).json()
+        both = (
+            await http.get("/v1/documents", params={"tag": "three", "collection": "odd"})
+        ).json()
+    assert seen == ids
+    assert [d["id"] for d in even["items"]] == ids[0::2]
+    assert [d["id"] for d in tagged["items"]] == [ids[0], ids[3], ids[6]]
+    assert [d["id"] for d in both["items"]] == [ids[3]]
+
+
+async def test_concurrent_misses_on_one_key_read_the_database_once(api: Api) -> None:
+    tenant = await api.tenant()
+    async with api.client(tenant.key) as http:
+        doc = (await http.post("/v1/documents", json={"body": "popular"})).json()
+        before = _coalesced(api)
+        answers = await asyncio.gather(*(http.get(f"/v1/documents/{doc['id']}") for _ in range(20)))
+    assert all(a.status_code == 200 for a in answers)
+    misses = [a for a in answers if a.headers["x-cache"] == "miss"]
+    hits = [a for a in answers if a.headers["x-cache"] == "hit"]
+    # Every miss but the one that read the database waited for it (single flight).
+    assert len(misses) + len(hits) == 20
+    assert _coalesced(api) - before == len(misses) - 1
+
+
+def _coalesced(api: Api) -> float:
+    value = api.container.metrics.registry.get_sample_value(
+        "capstan_cache_coalesced_reads_total", {"cache": "documents"}
+    )
+    return value or 0.0
