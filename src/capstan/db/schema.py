@@ -83,6 +83,10 @@ class Document(Base):
     __table_args__ = (
         Index("ix_documents_tenant_collection_id", "tenant_id", "collection", "id"),
         Index("ix_documents_tenant_id_id", "tenant_id", "id"),
+        # Tag containment (`tags @> '["x"]'`) on PostgreSQL; SQLite scans json_each instead.
+        Index("ix_documents_tags_gin", "tags", postgresql_using="gin").ddl_if(
+            dialect="postgresql"
+        ),
     )
 
     # UUIDv7 text: time-ordered, so it doubles as the keyset pagination key.
@@ -112,3 +116,13 @@ class OutboxEvent(Base):
     envelope: Mapped[dict[str, Any]] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+def include_for_dialect(dialect: str) -> Any:
+    """An Alembic `include_object` hook that skips objects declared for another dialect."""
+
+    def include(obj: Any, _name: str | None, _type: str, _reflected: bool, _compare: Any) -> bool:
+        ddl_if = getattr(obj, "_ddl_if", None)
+        return ddl_if is None or ddl_if.dialect is None or ddl_if.dialect == dialect
+
+    return include

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Select, exists, func, select
+from sqlalchemy import Select, exists, func, select, type_coerce
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from capstan.db.schema import Document
@@ -26,7 +27,7 @@ async def get_for_update(session: AsyncSession, tenant_id: str, doc_id: str) -> 
 def _has_tag(stmt: Select[Document], dialect: str, tag: str) -> Select[Document]:
     # The one dialect difference for tags: JSONB containment (GIN-indexed) vs json_each.
     if dialect == "postgresql":
-        return stmt.where(Document.tags.contains([tag]))
+        return stmt.where(type_coerce(Document.tags, JSONB).contains([tag]))
     each = func.json_each(Document.tags).table_valued("value")
     return stmt.where(exists(select(1).select_from(each).where(each.c.value == tag)))
 

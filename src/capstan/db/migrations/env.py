@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from capstan.db.schema import Base
+from capstan.db.schema import Base, include_for_dialect
 
 connection = context.config.attributes.get("connection")
 if connection is None:
@@ -16,6 +16,7 @@ context.configure(
     # SQLite cannot ALTER most things in place; batch mode rebuilds tables there.
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
+    include_object=include_for_dialect(connection.dialect.name),
 )
 with context.begin_transaction():
     context.run_migrations()

@@ -1,0 +1,84 @@
+"""The command line as a user runs it: real processes, embedded mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import free_port
+
+CAPSTAN = [sys.executable, "-m", "capstan.cli.main"]
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPSTAN_")}
+    env["CAPSTAN_DATA_DIR"] = str(data_dir)
+    return env
+
+
+def test_tenants_create_prints_json_once_and_refuses_a_duplicate(tmp_path: Path) -> None:
+    env = _env(tmp_path / "data")
+    first = subprocess.run(
+        [*CAPSTAN, "tenants", "create", "demo", "--json"], env=env, capture_output=True, text=True
+    )
+    assert first.returncode == 0, first.stderr
+    created = json.loads(first.stdout)
+    assert set(created) == {"tenant_id", "api_key"}
+    assert created["api_key"].startswith("cst_")
+    again = subprocess.run(
+        [*CAPSTAN, "tenants", "create", "demo", "--json"], env=env, capture_output=True, text=True
+    )
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_dev_serves_embedded_and_shares_its_data_dir_with_other_commands(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    port = free_port()
+    env = _env(data_dir) | {"CAPSTAN_LOG_LEVEL": "WARNING"}
+    dev = subprocess.Popen(
+        [*CAPSTAN, "dev", "--port", str(port), "--data-dir", str(data_dir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("capstan dev did not become ready")
+        dev_key = (data_dir / "dev-api-key").read_text().strip()
+
+        made = subprocess.run(
+            [*CAPSTAN, "tenants", "create", "demo", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert made.returncode == 0, made.stderr
+        demo_key = json.loads(made.stdout)["api_key"]
+
+        for key in (dev_key, demo_key):
+            headers = {"Authorization": f"Bearer {key}"}
+            doc = httpx.post(f"{base}/v1/documents", json={"body": "hi"}, headers=headers).json()
+            first = httpx.get(f"{base}/v1/documents/{doc['id']}", headers=headers)
+            second = httpx.get(f"{base}/v1/documents/{doc['id']}", headers=headers)
+            assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
+    finally:
+        dev.send_signal(signal.SIGINT)
+        _out, err = dev.communicate(timeout=30)
+    assert dev_key in err  # the banner shows the dev key and the docs URL
+    assert f"{base}/docs" in err
+    assert dev.returncode == 0
