@@ -158,6 +158,10 @@ class Api:
 
 async def start_api(settings: Settings) -> Api:
     await upgrade(settings.database_url)
+    return await start_api_unmigrated(settings)
+
+
+async def start_api_unmigrated(settings: Settings) -> Api:
     container = build_container(settings)
     await container.start()
     return Api(container, create_app(settings, container))

@@ -42,7 +42,8 @@ async def test_readyz_reports_all_four_real_backends_up(
             "broker": "rabbitmq",
             "search": "elasticsearch",
         }
-        text = (await api.client().get("/metrics")).text
+        async with api.client() as http:
+            text = (await http.get("/metrics")).text
         assert 'capstan_dependency_up{dependency="broker"} 1.0' in text
     finally:
         await api.container.close()

@@ -1,0 +1,110 @@
+"""DocumentStore and its repository on every database: SQLite and PostgreSQL.
+
+Each write commits the row and its outbox event together, or neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from capstan.db.schema import Document, OutboxEvent
+from capstan.documents.schemas import DocumentCreate, DocumentUpdate
+from capstan.errors import NotFound, PreconditionFailed
+from tests.conftest import Api, embedded_settings, production_settings, start_api
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.redis])]
+)
+async def api(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Api]:
+    if request.param == "sqlite":
+        settings = embedded_settings(tmp_path)
+    else:
+        settings = production_settings(
+            request.getfixturevalue("postgres_url"), request.getfixturevalue("redis_url"), tmp_path
+        )
+    instance = await start_api(settings)
+    yield instance
+    await instance.container.close()
+
+
+async def _events(api: Api, doc_id: str) -> list[str]:
+    async with api.container.db() as session:
+        rows = await session.scalars(
+            select(OutboxEvent.routing_key)
+            .where(OutboxEvent.subject == f"documents/{doc_id}")
+            .order_by(OutboxEvent.id)
+        )
+        return list(rows)
+
+
+async def test_each_write_stages_one_cloudevent_in_the_same_transaction(api: Api) -> None:
+    tenant = await api.tenant()
+    store = api.container.documents
+    doc = await store.create(tenant.id, DocumentCreate(body="b", tags=["x"]))
+    await store.update(tenant.id, doc.id, DocumentUpdate(title="t"), if_match=1)
+    await store.delete(tenant.id, doc.id, if_match=2)
+    assert await _events(api, doc.id) == [
+        "document.created",
+        "document.updated",
+        "document.deleted",
+    ]
+
+    async with api.container.db() as session:
+        event = await session.scalar(
+            select(OutboxEvent).where(OutboxEvent.subject == f"documents/{doc.id}").limit(1)
+        )
+    assert event is not None and event.published_at is None
+    envelope = event.envelope
+    assert envelope["specversion"] == "1.0"
+    assert envelope["type"] == "capstan.document.created"
+    assert envelope["tenantid"] == tenant.id
+    assert envelope["subject"] == f"documents/{doc.id}"
+    assert envelope["data"]["version"] == 1
+    assert envelope["id"] == event.event_id
+
+
+async def test_a_refused_write_leaves_nothing_behind(api: Api) -> None:
+    tenant = await api.tenant()
+    store = api.container.documents
+    doc = await store.create(tenant.id, DocumentCreate(body="b"))
+    with pytest.raises(PreconditionFailed):
+        await store.update(tenant.id, doc.id, DocumentUpdate(body="c"), if_match=5)
+    with pytest.raises(PreconditionFailed):
+        await store.delete(tenant.id, doc.id, if_match=5)
+    with pytest.raises(NotFound):
+        await store.update(tenant.id, "00000000-0000-7000-8000-000000000000", DocumentUpdate())
+    assert await _events(api, doc.id) == ["document.created"]
+    view = await store.read(tenant.id, doc.id)
+    assert view.version == 1
+
+
+async def test_reads_and_lists_are_scoped_to_the_tenant(api: Api) -> None:
+    a, b = await api.tenant(), await api.tenant()
+    store = api.container.documents
+    doc = await store.create(a.id, DocumentCreate(body="a"))
+    with pytest.raises(NotFound):
+        await store.read(b.id, doc.id)
+    rows, cursor = await store.list(b.id, collection=None, tag=None, cursor=None, limit=10)
+    assert (rows, cursor) == ([], None)
+    async with api.container.db() as session:
+        count = await session.scalar(
+            select(func.count()).select_from(Document).where(Document.tenant_id == a.id)
+        )
+    assert count == 1
+
+
+async def test_versions_increase_by_one_per_update_and_timestamps_are_utc(api: Api) -> None:
+    tenant = await api.tenant()
+    store = api.container.documents
+    doc = await store.create(tenant.id, DocumentCreate(body="b"))
+    for expected in range(2, 6):
+        updated = await store.update(tenant.id, doc.id, DocumentUpdate(body=str(expected)))
+        assert updated.version == expected
+    rows, _ = await store.list(tenant.id, collection=None, tag=None, cursor=None, limit=10)
+    assert rows[0].version == 5
+    assert rows[0].updated_at.tzinfo is not None and rows[0].updated_at >= rows[0].created_at
