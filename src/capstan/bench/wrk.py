@@ -14,9 +14,7 @@ _RPS = re.compile(r"^Requests/sec:\s+([0-9.]+)\s*$", re.M)
 _TOTAL = re.compile(r"^\s*(\d+) requests in ([0-9.]+\w+),", re.M)
 _PERCENTILE = re.compile(r"^\s+(50|75|90|99)(?:\.0+)?%\s+([0-9.]+)(us|ms|s|m|h)\s*$", re.M)
 _LATENCY = re.compile(r"^\s+Latency\s+([0-9.]+)(us|ms|s|m|h)\s+([0-9.]+)(us|ms|s|m|h)\s+", re.M)
-_SOCKET = re.compile(
-    r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", re.M
-)
+_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", re.M)
 _NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)", re.M)
 
 

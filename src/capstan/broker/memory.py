@@ -1,9 +1,74 @@
-"""The in-process broker used by `capstan dev` (one process, so always reachable)."""
+"""The in-process broker used by `capstan dev`: the same semantics as RabbitMQ in one process
+(topic routing, per-queue delivery, acknowledgements, delayed retry, dead letters)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from capstan.broker.port import EVENTS_EXCHANGE, Handler, Message, QueueSpec, topic_matches
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Queue:
+    spec: QueueSpec
+    items: asyncio.Queue[tuple[Message, int]] = field(default_factory=asyncio.Queue)
+    dead: list[Message] = field(default_factory=list)
+
+
+class _MemoryDelivery:
+    def __init__(self, broker: MemoryBroker, queue: _Queue, message: Message, attempt: int):
+        self._broker = broker
+        self._queue = queue
+        self._message = message
+        self._attempt = attempt
+        self.settled = False
+
+    @property
+    def message(self) -> Message:
+        return self._message
+
+    @property
+    def attempt(self) -> int:
+        return self._attempt
+
+    async def ack(self) -> None:
+        self.settled = True
+
+    async def retry(self, delay_ms: int) -> None:
+        self.settled = True
+        tier = self._queue.spec.retry_tier(delay_ms)
+        item = (self._message, self._attempt + 1)
+        self._broker._later(tier / 1000, lambda: self._queue.items.put_nowait(item))
+
+    async def dead_letter(self, reason: str) -> None:
+        self.settled = True
+        headers = {**self._message.headers, "x-capstan-death-reason": reason}
+        self._queue.dead.append(_with_headers(self._message, headers))
+
+
+class _MemoryConsumer:
+    def __init__(self, tasks: list[asyncio.Task[None]]) -> None:
+        self._tasks = tasks
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
 
 class MemoryBroker:
+    def __init__(self) -> None:
+        self._queues: dict[str, _Queue] = {}
+        self._timers: set[asyncio.TimerHandle] = set()
+
     async def connect(self) -> None:
         return None
 
@@ -11,4 +76,72 @@ class MemoryBroker:
         return None
 
     async def close(self) -> None:
-        return None
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+
+    async def publish(self, messages: Sequence[Message], exchange: str = EVENTS_EXCHANGE) -> None:
+        for message in messages:
+            for queue in self._queues.values():
+                if queue.spec.exchange == exchange and any(
+                    topic_matches(p, message.routing_key) for p in queue.spec.patterns
+                ):
+                    queue.items.put_nowait((message, 1))
+
+    async def declare(self, spec: QueueSpec) -> None:
+        self._queues.setdefault(spec.name, _Queue(spec))
+
+    async def consume(self, spec: QueueSpec, handler: Handler, *, prefetch: int) -> _MemoryConsumer:
+        await self.declare(spec)
+        queue = self._queues[spec.name]
+
+        async def worker() -> None:
+            while True:
+                message, attempt = await queue.items.get()
+                delivery = _MemoryDelivery(self, queue, message, attempt)
+                item = (message, attempt)
+                try:
+                    await handler(delivery)
+                except asyncio.CancelledError:
+                    # Like an unacked AMQP delivery on a closed channel: back to the queue.
+                    if not delivery.settled:
+                        queue.items.put_nowait(item)
+                    raise
+                except Exception:
+                    log.exception("handler failed without settling", extra={"queue": spec.name})
+                    if not delivery.settled:
+                        self._later(1.0, lambda item=item: queue.items.put_nowait(item))
+                else:
+                    if not delivery.settled:
+                        queue.items.put_nowait(item)
+
+        workers = 1 if spec.single_active else prefetch
+        return _MemoryConsumer([asyncio.create_task(worker()) for _ in range(workers)])
+
+    async def dead_letters(self, spec: QueueSpec, limit: int = 100) -> list[Message]:
+        await self.declare(spec)
+        return list(self._queues[spec.name].dead[:limit])
+
+    async def requeue_dead_letters(self, spec: QueueSpec) -> int:
+        await self.declare(spec)
+        queue = self._queues[spec.name]
+        moved, queue.dead = queue.dead, []
+        for message in moved:
+            queue.items.put_nowait((message, 1))
+        return len(moved)
+
+    def _later(self, seconds: float, action: object) -> None:
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._timers.discard(timer)
+            action()  # type: ignore[operator]
+
+        timer = loop.call_later(seconds, fire)
+        self._timers.add(timer)
+
+
+def _with_headers(message: Message, headers: dict[str, object]) -> Message:
+    return Message(
+        message.routing_key, message.body, message.message_id, dict(headers), message.content_type
+    )

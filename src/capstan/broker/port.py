@@ -1,12 +1,81 @@
-"""The broker port. The events and tasks issues extend it with publish and consume."""
+"""The broker port: durable topic publishing with confirms, and acknowledged consumption with
+delayed retry and dead letters. Every adapter passes tests/contract/test_broker_contract.py."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+EVENTS_EXCHANGE = "capstan.events"
 
 
 class BrokerUnavailable(Exception):
-    """The broker cannot be reached."""
+    """The broker cannot be reached, or did not confirm a publish."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    routing_key: str
+    body: bytes
+    message_id: str
+    headers: dict[str, Any] = field(default_factory=dict)
+    content_type: str = "application/cloudevents+json"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """A durable queue bound to the events exchange, with its retry tiers and dead letters.
+
+    `retry_delays_ms` are the delays a retry can wait (a retry takes the smallest tier at least
+    as long as asked, else the longest). `single_active` lets only one consumer receive at a
+    time, across processes, which keeps the queue's order for order-sensitive consumers.
+    """
+
+    name: str
+    patterns: tuple[str, ...]
+    retry_delays_ms: tuple[int, ...] = (1000, 5000, 30000)
+    single_active: bool = False
+    exchange: str = EVENTS_EXCHANGE
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.name}.dead"
+
+    def retry_tier(self, delay_ms: int) -> int:
+        for tier in sorted(self.retry_delays_ms):
+            if tier >= delay_ms:
+                return tier
+        return max(self.retry_delays_ms)
+
+
+class Delivery(Protocol):
+    """One received message; exactly one of ack, retry or dead_letter settles it."""
+
+    @property
+    def message(self) -> Message: ...
+
+    @property
+    def attempt(self) -> int:
+        """1 on first delivery; retries count up (redeliveries after a crash do not)."""
+        ...
+
+    async def ack(self) -> None: ...
+
+    async def retry(self, delay_ms: int) -> None:
+        """Deliver again to this queue only, after about `delay_ms`."""
+        ...
+
+    async def dead_letter(self, reason: str) -> None: ...
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+class Consumer(Protocol):
+    async def stop(self) -> None:
+        """Stop receiving; messages not yet settled go back to the queue."""
+        ...
 
 
 class Broker(Protocol):
@@ -19,3 +88,39 @@ class Broker(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+    async def publish(self, messages: Sequence[Message], exchange: str = EVENTS_EXCHANGE) -> None:
+        """Publish durably; returns once the broker confirmed every message."""
+        ...
+
+    async def declare(self, spec: QueueSpec) -> None:
+        """Create the queue, its bindings, retry tiers and dead-letter queue (idempotent)."""
+        ...
+
+    async def consume(self, spec: QueueSpec, handler: Handler, *, prefetch: int) -> Consumer:
+        """Declare `spec` and run `handler` for each message, up to `prefetch` at once."""
+        ...
+
+    async def dead_letters(self, spec: QueueSpec, limit: int = 100) -> list[Message]:
+        """Look at (without removing) the dead letters of a queue."""
+        ...
+
+    async def requeue_dead_letters(self, spec: QueueSpec) -> int:
+        """Move every dead letter back to the queue with a fresh attempt count."""
+        ...
+
+
+def topic_matches(pattern: str, routing_key: str) -> bool:
+    """AMQP topic matching: `*` is exactly one word, `#` zero or more words."""
+    return _match(pattern.split("."), routing_key.split("."))
+
+
+def _match(pattern: list[str], words: list[str]) -> bool:
+    if not pattern:
+        return not words
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(_match(rest, words[i:]) for i in range(len(words) + 1))
+    if not words:
+        return False
+    return (head == "*" or head == words[0]) and _match(rest, words[1:])

@@ -1,17 +1,93 @@
-"""RabbitMQ through aio-pika's robust connection (it reconnects on its own)."""
+"""RabbitMQ through aio-pika's robust connection (it reconnects and restores consumers).
+
+Topology for a QueueSpec named Q bound to exchange X (topic, durable):
+  Q                     durable, bound to X by each pattern
+  Q.retry.<ms>          one per retry tier: x-message-ttl=<ms>, dead-letters back to Q
+                        through the default exchange (so a retry reaches Q alone, not every
+                        subscriber of X)
+  Q.dead                dead letters, kept until inspected or requeued
+RabbitMQ 3.10 has no delayed-message plugin here; fixed TTL tiers avoid per-message TTLs,
+which only expire at the head of a queue.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 
-from capstan.broker.port import BrokerUnavailable
+from capstan.broker.port import EVENTS_EXCHANGE, BrokerUnavailable, Handler, Message, QueueSpec
 
 log = logging.getLogger(__name__)
+
+ATTEMPT_HEADER = "x-capstan-attempt"
+REASON_HEADER = "x-capstan-death-reason"
+# How long a call waits for a first connection before reporting the broker unavailable.
+CONNECT_WAIT_SECONDS = 10.0
+
+
+class _RabbitDelivery:
+    def __init__(self, broker: RabbitBroker, spec: QueueSpec, incoming: AbstractIncomingMessage):
+        self._broker = broker
+        self._spec = spec
+        self._incoming = incoming
+        headers = dict(incoming.headers or {})
+        self._attempt = int(str(headers.get(ATTEMPT_HEADER, 1)))
+        self._message = Message(
+            routing_key=str(headers.get("x-capstan-routing-key") or incoming.routing_key or ""),
+            body=incoming.body,
+            message_id=incoming.message_id or "",
+            headers=headers,
+            content_type=incoming.content_type or "",
+        )
+
+    @property
+    def message(self) -> Message:
+        return self._message
+
+    @property
+    def attempt(self) -> int:
+        return self._attempt
+
+    async def ack(self) -> None:
+        await self._incoming.ack()
+
+    async def retry(self, delay_ms: int) -> None:
+        tier = self._spec.retry_tier(delay_ms)
+        headers = {**self._message.headers, ATTEMPT_HEADER: self._attempt + 1}
+        await self._broker._publish_to_queue(
+            f"{self._spec.name}.retry.{tier}", self._message, headers
+        )
+        await self._incoming.ack()
+
+    async def dead_letter(self, reason: str) -> None:
+        headers = {**self._message.headers, REASON_HEADER: reason[:1000]}
+        await self._broker._publish_to_queue(self._spec.dead_letter_queue, self._message, headers)
+        await self._incoming.ack()
+
+
+class _RabbitConsumer:
+    def __init__(self, channel: AbstractChannel, queue: AbstractQueue, tag: str) -> None:
+        self._channel = channel
+        self._queue = queue
+        self._tag = tag
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._queue.cancel(self._tag)
+        with contextlib.suppress(Exception):
+            await self._channel.close()
 
 
 class RabbitBroker:
@@ -20,22 +96,41 @@ class RabbitBroker:
         self._timeout = connect_timeout
         self._connection: AbstractRobustConnection | None = None
         self._connecting: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._publisher: AbstractChannel | None = None
+        self._publisher_lock = asyncio.Lock()
+        self._declared: set[str] = set()
 
     async def connect(self) -> None:
-        # A first connect that fails is retried in the background: the API starts anyway
-        # and reports the broker as down in /readyz until it is reachable.
-        self._connecting = asyncio.create_task(self._connect_forever())
+        # A first connect that fails is retried in the background: processes start anyway
+        # and report the broker as down until it is reachable.
+        if self._connecting is None:
+            self._connecting = asyncio.create_task(self._connect_forever())
 
     async def _connect_forever(self) -> None:
         delay = 0.5
         while True:
             try:
-                self._connection = await aio_pika.connect_robust(self._url, timeout=self._timeout)
+                self._connection = await aio_pika.connect_robust(
+                    self._url,
+                    timeout=self._timeout,
+                    client_properties={"connection_name": "capstan"},
+                )
+                self._connected.set()
                 return
             except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
                 log.warning("rabbitmq unreachable, retrying", extra={"error": str(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+    async def _ready(self) -> AbstractRobustConnection:
+        await self.connect()
+        try:
+            await asyncio.wait_for(self._connected.wait(), CONNECT_WAIT_SECONDS)
+        except TimeoutError as exc:
+            raise BrokerUnavailable("rabbitmq is not connected") from exc
+        assert self._connection is not None
+        return self._connection
 
     async def ping(self) -> None:
         conn = self._connection
@@ -49,3 +144,125 @@ class RabbitBroker:
                 await self._connecting
         if self._connection is not None:
             await self._connection.close()
+
+    async def _publisher_channel(self) -> AbstractChannel:
+        async with self._publisher_lock:
+            if self._publisher is None or self._publisher.is_closed:
+                conn = await self._ready()
+                self._publisher = await conn.channel(publisher_confirms=True)
+            return self._publisher
+
+    async def _exchange(self, channel: AbstractChannel, name: str) -> AbstractExchange:
+        return await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+
+    async def publish(self, messages: Sequence[Message], exchange: str = EVENTS_EXCHANGE) -> None:
+        if not messages:
+            return
+        try:
+            channel = await self._publisher_channel()
+            target = await self._exchange(channel, exchange)
+            # Confirms arrive asynchronously: publish the batch at once, then wait for all.
+            await asyncio.gather(
+                *(target.publish(_amqp(m, m.headers), routing_key=m.routing_key) for m in messages)
+            )
+        except BrokerUnavailable:
+            raise
+        except (TimeoutError, aio_pika.exceptions.AMQPError, OSError, RuntimeError) as exc:
+            raise BrokerUnavailable(f"publish not confirmed: {exc!r}") from exc
+
+    async def _publish_to_queue(
+        self, queue: str, message: Message, headers: dict[str, Any]
+    ) -> None:
+        channel = await self._publisher_channel()
+        # Keep the original routing key: the default exchange routes by queue name.
+        headers = {**headers, "x-capstan-routing-key": message.routing_key}
+        await channel.default_exchange.publish(_amqp(message, headers), routing_key=queue)
+
+    async def declare(self, spec: QueueSpec) -> None:
+        conn = await self._ready()
+        channel = await conn.channel()
+        try:
+            await self._declare_on(channel, spec)
+        finally:
+            await channel.close()
+
+    async def _declare_on(self, channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:
+        exchange = await self._exchange(channel, spec.exchange)
+        arguments: dict[str, Any] = {}
+        if spec.single_active:
+            arguments["x-single-active-consumer"] = True
+        queue = await channel.declare_queue(spec.name, durable=True, arguments=arguments)
+        for pattern in spec.patterns:
+            await queue.bind(exchange, routing_key=pattern)
+        for tier in spec.retry_delays_ms:
+            await channel.declare_queue(
+                f"{spec.name}.retry.{tier}",
+                durable=True,
+                arguments={
+                    "x-message-ttl": tier,
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": spec.name,
+                },
+            )
+        await channel.declare_queue(spec.dead_letter_queue, durable=True)
+        return queue
+
+    async def consume(self, spec: QueueSpec, handler: Handler, *, prefetch: int) -> _RabbitConsumer:
+        conn = await self._ready()
+        channel = await conn.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await self._declare_on(channel, spec)
+
+        async def on_message(incoming: AbstractIncomingMessage) -> None:
+            await handler(_RabbitDelivery(self, spec, incoming))
+
+        tag = await queue.consume(on_message, no_ack=False)
+        return _RabbitConsumer(channel, queue, tag)
+
+    async def dead_letters(self, spec: QueueSpec, limit: int = 100) -> list[Message]:
+        conn = await self._ready()
+        channel = await conn.channel()
+        try:
+            await self._declare_on(channel, spec)
+            queue = await channel.get_queue(spec.dead_letter_queue)
+            seen: list[AbstractIncomingMessage] = []
+            while len(seen) < limit:
+                incoming = await queue.get(no_ack=False, fail=False)
+                if incoming is None:
+                    break
+                seen.append(incoming)
+            return [_RabbitDelivery(self, spec, m).message for m in seen]
+        finally:
+            # Closing the channel returns every unacked message to the dead-letter queue.
+            await channel.close()
+
+    async def requeue_dead_letters(self, spec: QueueSpec) -> int:
+        conn = await self._ready()
+        channel = await conn.channel()
+        moved = 0
+        try:
+            await self._declare_on(channel, spec)
+            queue = await channel.get_queue(spec.dead_letter_queue)
+            while (incoming := await queue.get(no_ack=False, fail=False)) is not None:
+                delivery = _RabbitDelivery(self, spec, incoming)
+                headers = {
+                    k: v
+                    for k, v in delivery.message.headers.items()
+                    if k not in (ATTEMPT_HEADER, REASON_HEADER)
+                }
+                await self._publish_to_queue(spec.name, delivery.message, headers)
+                await incoming.ack()
+                moved += 1
+        finally:
+            await channel.close()
+        return moved
+
+
+def _amqp(message: Message, headers: dict[str, Any]) -> aio_pika.Message:
+    return aio_pika.Message(
+        body=message.body,
+        message_id=message.message_id,
+        content_type=message.content_type,
+        headers=headers,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )

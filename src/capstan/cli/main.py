@@ -13,11 +13,13 @@ import uvicorn
 from rich.console import Console
 from rich.panel import Panel
 
+from capstan.bench.read import app as bench_app
 from capstan.settings import Settings
 
 app = typer.Typer(help="Capstan: a self-hosted backend for AI applications.", no_args_is_help=True)
 tenants_app = typer.Typer(help="Tenants and their API keys.", no_args_is_help=True)
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(bench_app, name="bench")
 
 err = Console(stderr=True)
 

@@ -1,0 +1,882 @@
+"""`capstan bench read`: the read path against the production backends, measured with wrk.
+
+One run starts a scratch PostgreSQL database (migrated, one tenant, one document) on the
+PostgreSQL and Redis that `scripts/services up` runs, starts `capstan api` as its own process,
+and drives three targets with wrk, interleaved over several rounds:
+
+- trivial: GET /healthz (no auth work, no backend);
+- hit:     GET /v1/documents/{id}, served from Redis (X-Cache: hit);
+- db:      the same read with `Cache-Control: no-cache` (X-Cache: bypass), served by PostgreSQL.
+
+It prints the median of the rounds and the ratios against the design targets, and writes JSON
+under bench/results/. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import resource
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from capstan.bench.wrk import WrkOutputError, WrkResult, parse_wrk, wrk_command, wrk_path
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+app = typer.Typer(help="Benchmarks against the production backends on this machine.")
+
+out = Console()
+err = Console(stderr=True)
+
+SERVICES_HINT = "start them with `scripts/services up` (and `eval $(scripts/services env)`)"
+
+# Design targets from the issue; informational: missing one does not fail the command.
+TARGET_HIT_VS_TRIVIAL = 0.70
+TARGET_HIT_VS_DB = 3.0
+
+API_LOG_LEVEL = "WARNING"
+RATE_LIMIT = 1_000_000_000  # one key is hammered: the limiter must never say no
+CACHE_TTL_SECONDS = 3600  # longer than any run, so the hit target never expires mid-run
+WRK_THREADS = 1
+WRK_TIMEOUT_S = 5
+# Unexpected cache results (e.g. a miss after someone flushed Redis) beyond this share of a
+# target's requests make the measurement invalid.
+MAX_UNEXPECTED_SHARE = 0.01
+
+
+class BenchError(Exception):
+    """The measurement could not be made; the message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    label: str
+    path: str  # may contain {doc_id}
+    headers: dict[str, str]
+    route: str  # the route template the API reports in its metrics
+    expect_cache: str | None  # X-Cache every response must carry
+
+
+TARGETS = (
+    Target("trivial", "GET /healthz", "/healthz", {}, "/healthz", None),
+    Target(
+        "hit",
+        "GET /v1/documents/{id} (Redis hit)",
+        "/v1/documents/{doc_id}",
+        {},
+        "/v1/documents/{doc_id}",
+        "hit",
+    ),
+    Target(
+        "db",
+        "GET /v1/documents/{id} no-cache (PostgreSQL)",
+        "/v1/documents/{doc_id}",
+        {"Cache-Control": "no-cache"},
+        "/v1/documents/{doc_id}",
+        "bypass",
+    ),
+)
+
+# The document read in the benchmark: a small, typical one (about 2 KB of JSON).
+BENCH_DOCUMENT: dict[str, Any] = {
+    "collection": "bench",
+    "title": "Read-path benchmark document",
+    "body": ("Capstan keeps documents in PostgreSQL and serves reads through Redis. " * 24).strip(),
+    "tags": ["bench", "read-path", "cache"],
+    "metadata": {"source": "capstan bench read", "lang": "en", "n": 1},
+}
+
+
+@dataclass
+class Run:
+    """One measured wrk run of one target, plus what the server said about it."""
+
+    target: str
+    round: int
+    wrk: WrkResult
+    raw: str
+    api_cpu_s: float
+    wrk_cpu_s: float
+    server: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def valid(self) -> bool:
+        return self.wrk.errors == 0 and not self.server.get("problems")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "round": self.round,
+            "valid": self.valid,
+            **self.wrk.to_dict(),
+            "api_cpu_s": round(self.api_cpu_s, 3),
+            "api_cpu_share": round(self.api_cpu_s / self.wrk.duration_s, 3),
+            "api_cpu_us_per_request": _per_request_us(self.api_cpu_s, self.wrk.requests),
+            "wrk_cpu_s": round(self.wrk_cpu_s, 3),
+            "wrk_cpu_us_per_request": _per_request_us(self.wrk_cpu_s, self.wrk.requests),
+            "server": self.server,
+            "wrk_output": self.raw,
+        }
+
+
+def _per_request_us(cpu_s: float, requests: int) -> float:
+    return round(cpu_s / requests * 1e6, 1) if requests else 0.0
+
+
+# ---------------------------------------------------------------- backends
+
+
+@dataclass(frozen=True, slots=True)
+class Backends:
+    database_url: str
+    cache_url: str
+    database_from: str
+    cache_from: str
+
+
+def resolve_backends(env: dict[str, str] | os._Environ[str] = os.environ) -> Backends:
+    """The PostgreSQL and Redis URLs: CAPSTAN_DATABASE_URL/CACHE_URL, else the test ones."""
+    db_var = next(
+        (v for v in ("CAPSTAN_DATABASE_URL", "CAPSTAN_TEST_DATABASE_URL") if env.get(v)), None
+    )
+    cache_var = next(
+        (v for v in ("CAPSTAN_CACHE_URL", "CAPSTAN_TEST_REDIS_URL") if env.get(v)), None
+    )
+    if db_var is None or cache_var is None:
+        missing = " and ".join(
+            name
+            for name, var in (
+                ("CAPSTAN_TEST_DATABASE_URL (or CAPSTAN_DATABASE_URL)", db_var),
+                ("CAPSTAN_TEST_REDIS_URL (or CAPSTAN_CACHE_URL)", cache_var),
+            )
+            if var is None
+        )
+        raise BenchError(
+            f"{missing} not set: the benchmark needs a real PostgreSQL and Redis; {SERVICES_HINT}"
+        )
+    db_url, cache_url = env[db_var], env[cache_var]
+    if not db_url.startswith(("postgresql://", "postgres://")):
+        raise BenchError(f"{db_var} must be a postgresql:// URL (got {_redact(db_url)})")
+    if not cache_url.startswith(("redis://", "rediss://")):
+        raise BenchError(f"{cache_var} must be a redis:// URL (got {_redact(cache_url)})")
+    return Backends(db_url, cache_url, db_var, cache_var)
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+def _with_database(url: str, name: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+async def _check_backends(b: Backends) -> dict[str, str]:
+    """Connect to both servers; their versions, or BenchError naming what is unreachable."""
+    import redis.asyncio as aioredis
+    from sqlalchemy import text
+
+    engine = _admin_engine(b.database_url)
+    try:
+        async with engine.connect() as conn:
+            pg_version = str(await conn.scalar(text("SHOW server_version")))
+    except Exception as exc:
+        raise BenchError(
+            f"PostgreSQL at {_redact(b.database_url)} ({b.database_from}) is unreachable: "
+            f"{exc or type(exc).__name__}; {SERVICES_HINT}"
+        ) from exc
+    finally:
+        await engine.dispose()
+    client = aioredis.from_url(b.cache_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        info = await client.info("server")
+    except Exception as exc:
+        raise BenchError(
+            f"Redis at {_redact(b.cache_url)} ({b.cache_from}) is unreachable: "
+            f"{exc or type(exc).__name__}; {SERVICES_HINT}"
+        ) from exc
+    finally:
+        await client.aclose()
+    return {"postgresql": pg_version, "redis": str(info.get("redis_version", "unknown"))}
+
+
+def _admin_engine(url: str) -> AsyncEngine:
+    """No pool, autocommit (CREATE/DROP DATABASE cannot run in a transaction), 5 s connect."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    from capstan.settings import to_async_url
+
+    return create_async_engine(
+        to_async_url(url),
+        isolation_level="AUTOCOMMIT",
+        poolclass=NullPool,
+        connect_args={"timeout": 5},
+    )
+
+
+async def _admin(url: str, sql: str) -> None:
+    from sqlalchemy import text
+
+    engine = _admin_engine(url)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(sql))
+    finally:
+        await engine.dispose()
+
+
+async def _seed(database_url: str) -> tuple[str, str, str]:
+    """Migrate the scratch database and create the bench tenant: (tenant id, key id, key)."""
+    from sqlalchemy import select
+
+    from capstan.db.engine import create_engine, sessionmaker
+    from capstan.db.migrate import upgrade
+    from capstan.db.schema import ApiKey
+    from capstan.tenants.service import create_tenant
+
+    await upgrade(database_url)
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with sessionmaker(engine).begin() as session:
+            created = await create_tenant(session, "bench")
+            key_id = await session.scalar(
+                select(ApiKey.id).where(ApiKey.tenant_id == created.tenant_id)
+            )
+    finally:
+        await engine.dispose()
+    return created.tenant_id, str(key_id), created.api_key
+
+
+async def _forget_keys(cache_url: str, patterns: list[str]) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(cache_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        for pattern in patterns:
+            keys = [k async for k in client.scan_iter(match=pattern, count=1000)]
+            if keys:
+                await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+# ---------------------------------------------------------------- the API process
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (Linux /proc), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Api:
+    """`capstan api` in its own process (own session: Ctrl-C reaches us, we stop it)."""
+
+    def __init__(self, env: dict[str, str], port: int, log_path: Path) -> None:
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+        self.command = [sys.executable, "-m", "capstan.cli.main", "api", "--port", str(port)]
+        self._log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            self.command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def wait_ready(self, timeout_s: float = 60) -> dict[str, Any]:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(
+                    f"the API exited with code {self.proc.returncode} during startup:\n"
+                    + self.log_tail()
+                )
+            try:
+                r = httpx.get(self.base + "/readyz", timeout=2)
+                if r.status_code == 200:
+                    body: dict[str, Any] = r.json()
+                    return body
+                last = f"{r.status_code} {r.text[:300]}"
+            except httpx.HTTPError as exc:
+                last = str(exc) or type(exc).__name__
+            time.sleep(0.2)
+        raise BenchError(f"the API was not ready within {timeout_s:g}s (last: {last})")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+# ---------------------------------------------------------------- server-side checks
+
+
+def _scrape(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Counters from /metrics, keyed by (sample name, sorted labels)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(base + "/metrics", timeout=10).text
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in ("capstan_http_requests", "capstan_cache_requests"):
+            continue
+        for s in family.samples:
+            if s.name.endswith("_total"):
+                samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def server_view(
+    target: Target,
+    before: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+    after: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+) -> dict[str, Any]:
+    """What the API counted between two scrapes: statuses on the route, cache results."""
+    statuses: dict[str, int] = {}
+    cache: dict[str, int] = {}
+    for key, value in after.items():
+        delta = int(value - before.get(key, 0.0))
+        if delta <= 0:
+            continue
+        name, labels = key[0], dict(key[1])
+        if name == "capstan_http_requests_total" and labels.get("route") == target.route:
+            statuses[labels["status"]] = statuses.get(labels["status"], 0) + delta
+        elif name == "capstan_cache_requests_total":
+            cache[labels["result"]] = cache.get(labels["result"], 0) + delta
+    problems = []
+    answered = sum(statuses.values())
+    bad = answered - statuses.get("200", 0)
+    if bad:
+        problems.append(f"{bad} non-200 responses on {target.route}: {statuses}")
+    if target.expect_cache is not None:
+        unexpected = sum(v for k, v in cache.items() if k != target.expect_cache)
+        if unexpected > MAX_UNEXPECTED_SHARE * max(answered, 1):
+            problems.append(f"expected X-Cache {target.expect_cache} but the API counted {cache}")
+    elif cache:
+        problems.append(f"cache lookups during {target.name}: {cache}")
+    return {"statuses": statuses, "cache_results": cache, "problems": problems}
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class Options:
+    duration: int
+    connections: int
+    warmup: int
+    rounds: int
+    started_at: datetime
+
+
+def _git_commit() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def _environment(wrk: str, versions: dict[str, str], opts: Options) -> dict[str, Any]:
+    import fastapi
+    import uvicorn
+
+    from capstan.bench.wrk import wrk_version
+
+    try:
+        loop = f"uvloop {importlib.metadata.version('uvloop')}"
+    except importlib.metadata.PackageNotFoundError:
+        loop = "asyncio"
+    return {
+        "started_at": opts.started_at.isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "uvicorn": uvicorn.__version__,
+        "fastapi": fastapi.__version__,
+        "event_loop": loop,
+        "wrk": wrk_version(wrk),
+        "backends": versions,
+        "git": _git_commit(),
+        "wrk_params": {
+            "threads": WRK_THREADS,
+            "connections": opts.connections,
+            "duration_s": opts.duration,
+            "warmup_s": opts.warmup,
+            "timeout_s": WRK_TIMEOUT_S,
+            "rounds": opts.rounds,
+            "order": [t.name for t in TARGETS],
+            "headers": ["Authorization: Bearer <bench key>"],
+        },
+        "api": {
+            "processes": 1,
+            "log_level": API_LOG_LEVEL,
+            "rate_limit_per_minute": RATE_LIMIT,
+            "rate_limit_burst": RATE_LIMIT,
+            "cache_ttl_seconds": CACHE_TTL_SECONDS,
+            "broker": "memory://",
+        },
+    }
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the cleanup below runs for both."""
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_wrk(cmd: list[str], duration_s: float, tick: Callable[[float], None]) -> tuple[str, float]:
+    """Run wrk, calling tick(seconds elapsed) meanwhile; (stdout, wrk's CPU seconds)."""
+    cpu_before = _children_cpu_seconds()
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+    )
+    try:
+        while proc.poll() is None:
+            tick(min(time.monotonic() - started, duration_s))
+            time.sleep(0.25)
+        stdout, stderr = proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    tick(duration_s)
+    if proc.returncode != 0:
+        raise BenchError(f"wrk exited with {proc.returncode}: {stderr.strip() or stdout.strip()}")
+    return stdout, _children_cpu_seconds() - cpu_before
+
+
+def _verify(base: str, target: Target, headers: dict[str, str]) -> None:
+    import httpx
+
+    r = httpx.get(base + target.path, headers=headers, timeout=10)
+    cache = r.headers.get("x-cache")
+    if r.status_code != 200 or cache != target.expect_cache:
+        raise BenchError(
+            f"{target.label}: expected 200 with X-Cache {target.expect_cache}, "
+            f"got {r.status_code} with X-Cache {cache}: {r.text[:300]}"
+        )
+
+
+def measure(opts: Options) -> dict[str, Any]:
+    """The whole benchmark; cleans up the API process and scratch database whatever happens."""
+    import httpx
+
+    wrk = wrk_path()
+    if wrk is None:
+        raise BenchError("wrk is not installed: `apt-get install wrk` (Debian package wrk)")
+    backends = resolve_backends()
+    versions = asyncio.run(_check_backends(backends))
+    environment = _environment(wrk, versions, opts)
+
+    scratch = f"capstan_bench_{secrets.token_hex(4)}"
+    scratch_url = _with_database(backends.database_url, scratch)
+    api: Api | None = None
+    created_db = False
+    forget: list[str] = []
+    workdir = Path(tempfile.mkdtemp(prefix="capstan-bench-"))
+    try:
+        with _sigterm_as_interrupt():
+            err.print(f"scratch database [bold]{scratch}[/bold] on {_redact(scratch_url)}")
+            asyncio.run(_admin(backends.database_url, f'CREATE DATABASE "{scratch}"'))
+            created_db = True
+            tenant_id, key_id, key = asyncio.run(_seed(scratch_url))
+            forget = [f"capstan:{tenant_id}:*", f"capstan:ratelimit:{key_id}"]
+
+            port = free_port()
+            env = {
+                **os.environ,
+                "CAPSTAN_DATABASE_URL": scratch_url,
+                "CAPSTAN_CACHE_URL": backends.cache_url,
+                "CAPSTAN_BROKER_URL": "memory://",
+                "CAPSTAN_DATA_DIR": str(workdir / "data"),
+                "CAPSTAN_LOG_LEVEL": API_LOG_LEVEL,
+                "CAPSTAN_RATE_LIMIT_PER_MINUTE": str(RATE_LIMIT),
+                "CAPSTAN_RATE_LIMIT_BURST": str(RATE_LIMIT),
+                "CAPSTAN_CACHE_TTL_SECONDS": str(CACHE_TTL_SECONDS),
+            }
+            env.pop("CAPSTAN_SEARCH_URL", None)
+            api = Api(env, port, workdir / "api.log")
+            err.print(
+                f"API: `capstan api --port {port}` (pid {api.proc.pid}, one process, "
+                f"CAPSTAN_LOG_LEVEL={API_LOG_LEVEL} so request logging does not dominate)"
+            )
+            readiness = api.wait_ready()
+            environment["api"]["readyz"] = {
+                k: v.get("backend") for k, v in readiness.get("checks", {}).items()
+            }
+
+            auth = {"Authorization": f"Bearer {key}"}
+            created = httpx.post(
+                api.base + "/v1/documents", json=BENCH_DOCUMENT, headers=auth, timeout=10
+            )
+            if created.status_code != 201:
+                raise BenchError(
+                    f"creating the document failed: {created.status_code} {created.text}"
+                )
+            doc_id = created.json()["id"]
+            environment["document"] = {"id": doc_id, "response_bytes": len(created.content)}
+            first = httpx.get(f"{api.base}/v1/documents/{doc_id}", headers=auth, timeout=10)
+            environment["document"]["first_read_x_cache"] = first.headers.get("x-cache")
+            for target in TARGETS:
+                if target.expect_cache is not None:
+                    _verify(
+                        api.base,
+                        _resolved(target, doc_id),
+                        {**auth, **target.headers},
+                    )
+            err.print(
+                f"document {doc_id}: X-Cache hit and bypass verified; "
+                f"{opts.rounds} rounds x {len(TARGETS)} targets x "
+                f"({opts.warmup}s warmup + {opts.duration}s), wrk -t{WRK_THREADS} "
+                f"-c{opts.connections}"
+            )
+            runs = _drive(wrk, api, opts, doc_id, auth)
+    finally:
+        _cleanup(api, backends, scratch if created_db else None, forget)
+        with contextlib.suppress(OSError):
+            for child in sorted(workdir.rglob("*"), reverse=True):
+                child.unlink() if child.is_file() else child.rmdir()
+            workdir.rmdir()
+    return summarize(environment, runs)
+
+
+def _resolved(target: Target, doc_id: str) -> Target:
+    return Target(
+        target.name,
+        target.label,
+        target.path.format(doc_id=doc_id),
+        target.headers,
+        target.route,
+        target.expect_cache,
+    )
+
+
+def _drive(wrk: str, api: Api, opts: Options, doc_id: str, auth: dict[str, str]) -> list[Run]:
+    steps = opts.rounds * len(TARGETS)
+    total_s = steps * (opts.warmup + opts.duration)
+    runs: list[Run] = []
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("starting", total=total_s)
+        done = 0.0
+        for rnd in range(1, opts.rounds + 1):
+            for target in TARGETS:
+                t = _resolved(target, doc_id)
+                headers = {**auth, **t.headers}
+
+                def cmd(
+                    seconds: int, t: Target = t, headers: dict[str, str] = headers
+                ) -> list[str]:
+                    return wrk_command(
+                        wrk,
+                        api.base + t.path,
+                        threads=WRK_THREADS,
+                        connections=opts.connections,
+                        duration_s=seconds,
+                        timeout_s=WRK_TIMEOUT_S,
+                        headers=headers,
+                    )
+
+                def tick(elapsed: float, base: float = done) -> None:
+                    progress.update(task, completed=base + elapsed)
+
+                if opts.warmup > 0:
+                    progress.update(task, description=f"round {rnd}/{opts.rounds} {t.name}: warmup")
+                    _run_wrk(cmd(opts.warmup), opts.warmup, tick)
+                    done += opts.warmup
+                progress.update(task, description=f"round {rnd}/{opts.rounds} {t.name}: measure")
+                before = _scrape(api.base)
+                cpu_before = _cpu_seconds(api.proc.pid)
+                raw, wrk_cpu = _run_wrk(cmd(opts.duration), opts.duration, partial(tick, base=done))
+                api_cpu = _cpu_seconds(api.proc.pid) - cpu_before
+                after = _scrape(api.base)
+                done += opts.duration
+                try:
+                    result = parse_wrk(raw)
+                except WrkOutputError as exc:
+                    raise BenchError(str(exc)) from exc
+                run = Run(t.name, rnd, result, raw, api_cpu, wrk_cpu, server_view(t, before, after))
+                runs.append(run)
+                mark = "" if run.valid else " [red]INVALID[/red]"
+                progress.console.print(
+                    f"  round {rnd} {t.name:<7} {result.rps:>9,.0f} req/s  "
+                    f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
+                    f"API CPU {api_cpu / result.duration_s:4.0%}{mark}"
+                )
+                if api.proc.poll() is not None:
+                    raise BenchError(f"the API exited during the run:\n{api.log_tail()}")
+        progress.update(task, description="done", completed=total_s)
+    return runs
+
+
+def _cleanup(api: Api | None, b: Backends, scratch: str | None, forget: list[str]) -> None:
+    if api is not None:
+        try:
+            api.stop()
+        except Exception as exc:
+            err.print(f"[red]could not stop the API (pid {api.proc.pid}): {exc}[/red]")
+    if forget:
+        try:
+            asyncio.run(_forget_keys(b.cache_url, forget))
+        except Exception as exc:
+            err.print(f"[yellow]could not remove the bench's Redis keys: {exc}[/yellow]")
+    if scratch is not None:
+        try:
+            asyncio.run(_admin(b.database_url, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)'))
+            err.print(f"dropped scratch database {scratch}")
+        except Exception as exc:
+            err.print(f"[red]could not drop scratch database {scratch}: {exc}[/red]")
+
+
+# ---------------------------------------------------------------- results
+
+
+def summarize(environment: dict[str, Any], runs: list[Run]) -> dict[str, Any]:
+    """Median of the rounds per target, and the ratios the design targets are about."""
+    median: dict[str, dict[str, Any]] = {}
+    for target in TARGETS:
+        mine = [r for r in runs if r.target == target.name]
+        median[target.name] = {
+            "label": target.label,
+            "rounds": len(mine),
+            "rps": round(statistics.median(r.wrk.rps for r in mine), 1),
+            "p50_ms": round(statistics.median(r.wrk.p50_ms for r in mine), 3),
+            "p99_ms": round(statistics.median(r.wrk.p99_ms for r in mine), 3),
+            "rps_per_round": [r.wrk.rps for r in mine],
+            "api_cpu_us_per_request": statistics.median(
+                _per_request_us(r.api_cpu_s, r.wrk.requests) for r in mine
+            ),
+            "api_cpu_share": round(
+                statistics.median(r.api_cpu_s / r.wrk.duration_s for r in mine), 3
+            ),
+            "errors": sum(r.wrk.errors for r in mine),
+        }
+    trivial, hit, db = median["trivial"], median["hit"], median["db"]
+    ratios = {
+        "hit_rps_over_trivial_rps": {
+            "value": round(hit["rps"] / trivial["rps"], 3),
+            "target": f">= {TARGET_HIT_VS_TRIVIAL}",
+            "met": hit["rps"] / trivial["rps"] >= TARGET_HIT_VS_TRIVIAL,
+        },
+        "db_p50_over_hit_p50": {
+            "value": round(db["p50_ms"] / hit["p50_ms"], 3),
+            "target": f">= {TARGET_HIT_VS_DB}",
+            "met": db["p50_ms"] / hit["p50_ms"] >= TARGET_HIT_VS_DB,
+        },
+        "hit_rps_over_db_rps": {
+            "value": round(hit["rps"] / db["rps"], 3),
+            "target": f">= {TARGET_HIT_VS_DB}",
+            "met": hit["rps"] / db["rps"] >= TARGET_HIT_VS_DB,
+        },
+    }
+    invalid = [
+        f"round {r.round} {r.target}: "
+        + "; ".join(
+            (
+                [f"{r.wrk.errors} wrk errors {r.wrk.socket_errors} non-2xx {r.wrk.non_2xx}"]
+                if r.wrk.errors
+                else []
+            )
+            + list(r.server.get("problems", []))
+        )
+        for r in runs
+        if not r.valid
+    ]
+    return {
+        "benchmark": "read",
+        "started_at": environment.pop("started_at"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "valid": not invalid,
+        "invalid_reasons": invalid,
+        "environment": environment,
+        "median": median,
+        "ratios": ratios,
+        "runs": [r.to_dict() for r in runs],
+    }
+
+
+def render(result: dict[str, Any]) -> None:
+    median = result["median"]
+    table = Table(title="capstan bench read — median of rounds", title_justify="left")
+    table.add_column("target", no_wrap=True)
+    table.add_column("req/s", justify="right")
+    table.add_column("p50 ms", justify="right")
+    table.add_column("p99 ms", justify="right")
+    table.add_column("req/s per round", justify="right")
+    table.add_column("API CPU µs/req", justify="right")
+    table.add_column("errors", justify="right")
+    short = {"trivial": "trivial /healthz", "hit": "hit (Redis)", "db": "db (PostgreSQL)"}
+    for name in ("trivial", "hit", "db"):
+        m = median[name]
+        table.add_row(
+            short[name],
+            f"{m['rps']:,.0f}",
+            f"{m['p50_ms']:.2f}",
+            f"{m['p99_ms']:.2f}",
+            " ".join(f"{x:,.0f}" for x in m["rps_per_round"]),
+            f"{m['api_cpu_us_per_request']:,.0f}",
+            str(m["errors"]) if m["errors"] == 0 else f"[red]{m['errors']}[/red]",
+        )
+    out.print(table)
+    ratios = Table(title="design targets (informational)", title_justify="left")
+    ratios.add_column("ratio")
+    ratios.add_column("measured", justify="right")
+    ratios.add_column("target", justify="right")
+    ratios.add_column("")
+    names = {
+        "hit_rps_over_trivial_rps": "hit req/s ÷ trivial req/s",
+        "db_p50_over_hit_p50": "db p50 ÷ hit p50",
+        "hit_rps_over_db_rps": "hit req/s ÷ db req/s",
+    }
+    for key, label in names.items():
+        r = result["ratios"][key]
+        mark = "[green]PASS[/green]" if r["met"] else "[yellow]MISS[/yellow]"
+        ratios.add_row(label, f"{r['value']:.2f}", r["target"], mark)
+    out.print(ratios)
+    api = result["environment"]["api"]
+    params = result["environment"]["wrk_params"]
+    out.print(
+        f"wrk -t{params['threads']} -c{params['connections']} -d{params['duration_s']}s "
+        f"(+{params['warmup_s']}s warmup) x {params['rounds']} interleaved rounds; "
+        f"API: 1 uvicorn process, CAPSTAN_LOG_LEVEL={api['log_level']} (request logs off), "
+        f"rate limit raised to {api['rate_limit_per_minute']:,}/min; "
+        f"{result['environment']['cpu_count']} CPUs shared by wrk, the API, PostgreSQL and Redis."
+    )
+    if not result["valid"]:
+        out.print("[red]INVALID measurement:[/red]")
+        for reason in result["invalid_reasons"]:
+            out.print(f"  [red]{reason}[/red]")
+
+
+def default_output(now: datetime) -> Path:
+    return Path("bench/results") / f"read-{now.strftime('%Y%m%dT%H%M%SZ')}.json"
+
+
+@app.command("read")
+def read(
+    duration: Annotated[int, typer.Option(min=1, help="Seconds each measured wrk run lasts.")] = 10,
+    connections: Annotated[int, typer.Option(min=1, help="wrk connections (-c).")] = 32,
+    warmup: Annotated[int, typer.Option(min=0, help="Seconds of unmeasured load first.")] = 3,
+    rounds: Annotated[
+        int, typer.Option(min=1, help="Interleaved rounds of the three targets; medians win.")
+    ] = 3,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="JSON result file (default bench/results/read-<UTC timestamp>.json)."),
+    ] = None,
+) -> None:
+    """Requests/s, p50 and p99 of /healthz, a cached document read and the PostgreSQL read."""
+    now = datetime.now(UTC)
+    opts = Options(duration, connections, warmup, rounds, now)
+    try:
+        result = measure(opts)
+    except BenchError as exc:
+        err.print(f"[red]bench read: {exc}[/red]")
+        raise typer.Exit(2) from exc
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted; the API and the scratch database were cleaned up[/yellow]")
+        raise typer.Exit(130) from None
+    path = output or default_output(now)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    render(result)
+    out.print(f"results: {path}")
+    if not result["valid"]:
+        raise typer.Exit(1)
+
+
+@app.command("plot")
+def plot(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A read-*.json.")],
+    output: Annotated[Path | None, typer.Option(help="PNG path (default: FILE with .png).")] = None,
+) -> None:
+    """A bar chart (req/s; p50 and p99) of a `bench read` result; needs matplotlib."""
+    from capstan.bench.plot import MissingMatplotlib, plot_read
+
+    target = output or file.with_suffix(".png")
+    try:
+        plot_read(json.loads(file.read_text()), target)
+    except MissingMatplotlib as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    out.print(f"chart: {target}")

@@ -1,0 +1,217 @@
+"""The broker port against RabbitMQ and the in-process broker: the same behaviour."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from capstan.broker.port import Broker, Delivery, Message, QueueSpec, topic_matches
+
+
+@dataclass
+class Setup:
+    broker: Broker
+    exchange: str
+    specs: list[QueueSpec] = field(default_factory=list)
+
+    def spec(self, *patterns: str, single_active: bool = False) -> QueueSpec:
+        spec = QueueSpec(
+            name=f"capstan.test.{uuid.uuid4().hex[:8]}",
+            patterns=patterns,
+            retry_delays_ms=(100, 300),
+            single_active=single_active,
+            exchange=self.exchange,
+        )
+        self.specs.append(spec)
+        return spec
+
+    async def publish(self, *keys: str) -> list[Message]:
+        messages = [Message(k, f"body-{i}".encode(), uuid.uuid4().hex) for i, k in enumerate(keys)]
+        await self.broker.publish(messages, exchange=self.exchange)
+        return messages
+
+
+@pytest.fixture(params=["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+async def setup(request: pytest.FixtureRequest) -> AsyncIterator[Setup]:
+    exchange = f"capstan.test.{uuid.uuid4().hex[:8]}"
+    if request.param == "memory":
+        from capstan.broker.memory import MemoryBroker
+
+        memory = MemoryBroker()
+        yield Setup(memory, exchange)
+        await memory.close()
+        return
+    from capstan.broker.rabbitmq import RabbitBroker
+    from tests.conftest import service_url
+
+    url = service_url("rabbitmq")
+    rabbit = RabbitBroker(url)
+    await rabbit.connect()
+    state = Setup(rabbit, exchange)
+    yield state
+    await rabbit.close()
+    await _delete_topology(url, state)
+
+
+async def _delete_topology(url: str, state: Setup) -> None:
+    import aio_pika
+
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        for spec in state.specs:
+            names = [spec.name, spec.dead_letter_queue]
+            names += [f"{spec.name}.retry.{t}" for t in spec.retry_delays_ms]
+            for name in names:
+                with contextlib.suppress(Exception):
+                    await channel.queue_delete(name)
+        with contextlib.suppress(Exception):
+            await channel.exchange_delete(state.exchange)
+
+
+class Inbox:
+    """Collects deliveries; `policy` decides how each is settled."""
+
+    def __init__(self, policy: str = "ack") -> None:
+        self.policy = policy
+        self.got: list[tuple[str, str, int]] = []  # (routing key, message id, attempt)
+        self.changed = asyncio.Condition()
+
+    async def __call__(self, delivery: Delivery) -> None:
+        message = delivery.message
+        self.got.append((message.routing_key, message.message_id, delivery.attempt))
+        if self.policy == "retry-once" and delivery.attempt == 1:
+            await delivery.retry(100)
+        elif self.policy == "dead":
+            await delivery.dead_letter("no thanks")
+        elif self.policy == "hold":
+            await asyncio.sleep(3600)
+        else:
+            await delivery.ack()
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> None:
+        async def enough() -> None:
+            async with self.changed:
+                await self.changed.wait_for(lambda: len(self.got) >= count)
+
+        await asyncio.wait_for(enough(), timeout)
+
+
+async def test_published_messages_reach_matching_queues_once_each(setup: Setup) -> None:
+    documents, everything = setup.spec("document.*"), setup.spec("#")
+    inbox_docs, inbox_all = Inbox(), Inbox()
+    consumers = [
+        await setup.broker.consume(documents, inbox_docs, prefetch=4),
+        await setup.broker.consume(everything, inbox_all, prefetch=4),
+    ]
+    sent = await setup.publish("document.created", "task.succeeded", "document.deleted")
+    await inbox_docs.wait_for(2)
+    await inbox_all.wait_for(3)
+    await asyncio.sleep(0.3)  # room for anything wrongly delivered twice to show up
+    for consumer in consumers:
+        await consumer.stop()
+    assert sorted(g[1] for g in inbox_docs.got) == sorted([sent[0].message_id, sent[2].message_id])
+    assert sorted(g[1] for g in inbox_all.got) == sorted(m.message_id for m in sent)
+    assert all(attempt == 1 for _, _, attempt in inbox_all.got)
+    assert {g[0] for g in inbox_all.got} == {
+        "document.created",
+        "task.succeeded",
+        "document.deleted",
+    }
+
+
+async def test_a_retry_comes_back_later_to_that_queue_only(setup: Setup) -> None:
+    retrying, other = setup.spec("document.*"), setup.spec("document.*")
+    inbox_retry, inbox_other = Inbox("retry-once"), Inbox()
+    consumers = [
+        await setup.broker.consume(retrying, inbox_retry, prefetch=2),
+        await setup.broker.consume(other, inbox_other, prefetch=2),
+    ]
+    [sent] = await setup.publish("document.updated")
+    await inbox_retry.wait_for(2)
+    await asyncio.sleep(0.3)
+    for consumer in consumers:
+        await consumer.stop()
+    assert inbox_retry.got == [
+        ("document.updated", sent.message_id, 1),
+        ("document.updated", sent.message_id, 2),
+    ]
+    assert inbox_other.got == [("document.updated", sent.message_id, 1)]
+
+
+async def test_dead_letters_are_kept_inspectable_and_requeueable(setup: Setup) -> None:
+    spec = setup.spec("task.*")
+    dead_inbox = Inbox("dead")
+    consumer = await setup.broker.consume(spec, dead_inbox, prefetch=1)
+    [sent] = await setup.publish("task.failed")
+    await dead_inbox.wait_for(1)
+    await consumer.stop()
+
+    for _ in range(50):
+        letters = await setup.broker.dead_letters(spec)
+        if letters:
+            break
+        await asyncio.sleep(0.05)
+    assert [m.message_id for m in letters] == [sent.message_id]
+    assert letters[0].headers["x-capstan-death-reason"] == "no thanks"
+    assert letters[0].routing_key == "task.failed"
+    assert [m.message_id for m in await setup.broker.dead_letters(spec)] == [sent.message_id]
+
+    assert await setup.broker.requeue_dead_letters(spec) == 1
+    again = Inbox()
+    consumer = await setup.broker.consume(spec, again, prefetch=1)
+    await again.wait_for(1)
+    await consumer.stop()
+    assert again.got == [("task.failed", sent.message_id, 1)]
+    assert await setup.broker.dead_letters(spec) == []
+
+
+async def test_an_unsettled_message_is_redelivered_after_its_consumer_stops(setup: Setup) -> None:
+    spec = setup.spec("document.*")
+    stuck = Inbox("hold")
+    consumer = await setup.broker.consume(spec, stuck, prefetch=1)
+    [sent] = await setup.publish("document.created")
+    await _until(lambda: bool(stuck.got))
+    await consumer.stop()
+
+    second = Inbox()
+    consumer = await setup.broker.consume(spec, second, prefetch=1)
+    await second.wait_for(1)
+    await consumer.stop()
+    assert second.got[0][1] == sent.message_id
+
+
+async def _until(condition: object, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():  # type: ignore[operator]
+        if loop.time() > deadline:
+            raise AssertionError("condition never held")
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "key", "matches"),
+    [
+        ("document.*", "document.created", True),
+        ("document.*", "document", False),
+        ("document.*", "document.a.b", False),
+        ("#", "anything.at.all", True),
+        ("#", "x", True),
+        ("task.#", "task", True),
+        ("task.#", "task.a.b", True),
+        ("*.created", "document.created", True),
+        ("*.created", "document.updated", False),
+        ("a.#.z", "a.z", True),
+        ("a.#.z", "a.b.c.z", True),
+    ],
+)
+def test_topic_matching_follows_amqp(pattern: str, key: str, matches: bool) -> None:
+    assert topic_matches(pattern, key) is matches
