@@ -251,3 +251,98 @@ def redis_process(tmp_path: Path) -> Iterator[RedisProcess]:
     server.start()
     yield server
     server.stop()
+
+
+# --- The event flow: API + relay + subscribers in one process ------------------------------
+
+
+@dataclass
+class Stack:
+    """An API with its relay and subscribers running, on an isolated broker namespace."""
+
+    api: Api
+    background: Any  # capstan.roles.Background
+
+    @property
+    def container(self) -> Container:
+        return self.api.container
+
+    async def until(self, condition: Any, timeout: float = 60.0, what: str = "condition") -> None:
+        """Poll an async condition, bounded; fails the test with `what` on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not await condition():
+            if loop.time() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.05)
+
+
+EVENT_TEST_SETTINGS = {
+    "event_retry_delays_ms": [50, 200],
+    "event_max_attempts": 3,
+    "outbox_poll_seconds": 0.2,
+}
+
+
+def stack_settings(mode: str, request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    if mode == "embedded":
+        base = embedded_settings(tmp_path)
+    else:
+        base = production_settings(
+            request.getfixturevalue("postgres_url"), request.getfixturevalue("redis_url"), tmp_path
+        ).model_copy(update={"broker_url": service_url("rabbitmq")})
+    return base.model_copy(update={"broker_namespace": namespace, **EVENT_TEST_SETTINGS})
+
+
+async def start_stack(settings: Settings, subscribers: list[str] | None = None) -> Stack:
+    from capstan.roles import Background
+
+    api = await start_api(settings)
+    background = Background(api.container, relay=True, subscribers=subscribers or ["all"])
+    await background.start()
+    return Stack(api, background)
+
+
+async def stop_stack(stack: Stack) -> None:
+    await stack.background.stop()
+    settings = stack.container.settings
+    await stack.container.close()
+    if settings.broker_url.startswith("amqp"):
+        await delete_namespace(settings.broker_url, settings.broker_namespace)
+
+
+async def delete_namespace(url: str, namespace: str) -> None:
+    """Remove a test namespace's queues and exchanges from the shared RabbitMQ."""
+    import contextlib
+
+    import aio_pika
+
+    from capstan.roles import SUBSCRIBERS
+
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        for name in SUBSCRIBERS:
+            queue = f"{namespace}.sub.{name}"
+            for suffix in ("", ".dead", *(f".retry.{d}" for d in (50, 200))):
+                with contextlib.suppress(Exception):
+                    await channel.queue_delete(queue + suffix)
+        for exchange in (f"{namespace}.events", f"{namespace}.realtime"):
+            with contextlib.suppress(Exception):
+                await channel.exchange_delete(exchange)
+
+
+@pytest.fixture(
+    params=[
+        "embedded",
+        pytest.param(
+            "production", marks=[pytest.mark.postgres, pytest.mark.redis, pytest.mark.rabbitmq]
+        ),
+    ]
+)
+async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stack]:
+    """API + relay + every subscriber: embedded, and on PostgreSQL, Redis and RabbitMQ."""
+    running = await start_stack(stack_settings(request.param, request, tmp_path))
+    yield running
+    await stop_stack(running)

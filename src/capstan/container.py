@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,7 @@ from capstan.cache.port import RateLimiter, SessionStore, VersionedCache
 from capstan.db.engine import create_engine, sessionmaker
 from capstan.documents.cache import CacheAside
 from capstan.documents.service import DocumentStore
+from capstan.events.topology import Topology
 from capstan.observability.metrics import Metrics
 from capstan.search.port import SearchEngine
 from capstan.settings import Settings
@@ -31,6 +33,9 @@ class Container:
     search: SearchEngine
     auth: Authenticator
     documents: DocumentStore
+    # Set after each committed write: wakes an in-process relay without polling.
+    outbox_wakeup: asyncio.Event
+    topology: Topology
     _closers: list[Any] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -104,6 +109,7 @@ def build_container(settings: Settings) -> Container:
         key_cache_seconds=settings.auth_cache_seconds,
     )
     aside = CacheAside(cache, metrics, ttl_seconds=settings.cache_ttl_seconds)
+    outbox_wakeup = asyncio.Event()
     return Container(
         settings=settings,
         metrics=metrics,
@@ -115,6 +121,8 @@ def build_container(settings: Settings) -> Container:
         broker=broker,
         search=search,
         auth=auth,
-        documents=DocumentStore(db, aside, settings.source),
+        documents=DocumentStore(db, aside, settings.source, on_commit=outbox_wakeup.set),
+        outbox_wakeup=outbox_wakeup,
+        topology=Topology(settings.broker_namespace),
         _closers=closers,
     )

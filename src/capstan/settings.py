@@ -42,6 +42,28 @@ class Settings(BaseSettings):
     max_tags: int = Field(64, ge=0)
     max_page_size: int = Field(200, ge=1)
 
+    # Events: outbox relay and subscribers. The namespace prefixes every exchange and queue.
+    broker_namespace: str = Field("capstan", pattern=r"^[a-z0-9][a-z0-9_.\-]*$")
+    outbox_batch_size: int = Field(500, ge=1, le=10_000)
+    outbox_poll_seconds: float = Field(1.0, gt=0)
+    outbox_retention_hours: float = Field(24.0, ge=0)
+    subscribers: list[str] = ["indexer", "cache", "audit"]
+    subscriber_prefetch: int = Field(32, ge=1)
+    event_max_attempts: int = Field(5, ge=1)
+    event_retry_delays_ms: list[int] = [1000, 5000, 30000, 120000]
+    processed_events_retention_days: float = Field(7.0, gt=0)
+
+    # Webhooks (the notifier subscriber).
+    webhook_timeout_seconds: float = Field(5.0, gt=0)
+    webhook_max_attempts: int = Field(8, ge=1)
+    webhook_retry_base_seconds: float = Field(2.0, gt=0)
+    webhook_disable_after_failures: int = Field(20, ge=1)
+    # Tests and single-host setups deliver to loopback/private receivers; off in production.
+    webhook_allow_private: bool = False
+
+    # Port for /metrics of roles other than the API (worker, relay, subscribers, scheduler).
+    metrics_port: int = Field(9400, ge=0)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
 

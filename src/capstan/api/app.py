@@ -14,11 +14,22 @@ from capstan.api.middleware import RequestContextMiddleware
 from capstan.auth.router import router as sessions_router
 from capstan.container import Container, build_container
 from capstan.documents.router import router as documents_router
+from capstan.events.router import router as events_router
+from capstan.roles import Background
 from capstan.settings import Settings
 
 
-def create_app(settings: Settings | None = None, container: Container | None = None) -> FastAPI:
-    """A new API app; pass a container to share one with other roles in the same process."""
+def create_app(
+    settings: Settings | None = None,
+    container: Container | None = None,
+    *,
+    with_background: bool = False,
+) -> FastAPI:
+    """A new API app; pass a container to share one with other roles in the same process.
+
+    `with_background` also runs the relay and every enabled subscriber in this process
+    (`capstan dev`).
+    """
     settings = settings or Settings()
     own = container is None
     the_container = container or build_container(settings)
@@ -27,9 +38,15 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if own:
             await the_container.start()
+        background = None
+        if with_background:
+            background = Background(the_container, relay=True, subscribers=["all"])
+            await background.start()
         try:
             yield
         finally:
+            if background is not None:
+                await background.stop()
             if own:
                 await the_container.close()
 
@@ -46,6 +63,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     app.include_router(health_router)
     app.include_router(sessions_router)
     app.include_router(documents_router)
+    app.include_router(events_router)
     app.add_middleware(
         RequestContextMiddleware,
         metrics=the_container.metrics,

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from capstan.broker.port import EVENTS_EXCHANGE, Handler, Message, QueueSpec, topic_matches
+from capstan.broker.port import Handler, Message, QueueSpec, topic_matches
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +80,18 @@ class MemoryBroker:
             timer.cancel()
         self._timers.clear()
 
-    async def publish(self, messages: Sequence[Message], exchange: str = EVENTS_EXCHANGE) -> None:
+    async def publish(self, messages: Sequence[Message], exchange: str) -> None:
         for message in messages:
             for queue in self._queues.values():
                 if queue.spec.exchange == exchange and any(
                     topic_matches(p, message.routing_key) for p in queue.spec.patterns
                 ):
                     queue.items.put_nowait((message, 1))
+
+    async def publish_to_queue(self, spec: QueueSpec, messages: Sequence[Message]) -> None:
+        await self.declare(spec)
+        for message in messages:
+            self._queues[spec.name].items.put_nowait((message, 1))
 
     async def declare(self, spec: QueueSpec) -> None:
         self._queues.setdefault(spec.name, _Queue(spec))

@@ -7,8 +7,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-EVENTS_EXCHANGE = "capstan.events"
-
 
 class BrokerUnavailable(Exception):
     """The broker cannot be reached, or did not confirm a publish."""
@@ -36,7 +34,7 @@ class QueueSpec:
     patterns: tuple[str, ...]
     retry_delays_ms: tuple[int, ...] = (1000, 5000, 30000)
     single_active: bool = False
-    exchange: str = EVENTS_EXCHANGE
+    exchange: str = "capstan.events"
 
     @property
     def dead_letter_queue(self) -> str:
@@ -89,8 +87,12 @@ class Broker(Protocol):
 
     async def close(self) -> None: ...
 
-    async def publish(self, messages: Sequence[Message], exchange: str = EVENTS_EXCHANGE) -> None:
+    async def publish(self, messages: Sequence[Message], exchange: str) -> None:
         """Publish durably; returns once the broker confirmed every message."""
+        ...
+
+    async def publish_to_queue(self, spec: QueueSpec, messages: Sequence[Message]) -> None:
+        """Publish straight into one queue (replays aimed at one subscriber), confirmed."""
         ...
 
     async def declare(self, spec: QueueSpec) -> None:

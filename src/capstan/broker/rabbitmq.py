@@ -27,7 +27,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from capstan.broker.port import EVENTS_EXCHANGE, BrokerUnavailable, Handler, Message, QueueSpec
+from capstan.broker.port import BrokerUnavailable, Handler, Message, QueueSpec
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class RabbitBroker:
         self._connected = asyncio.Event()
         self._publisher: AbstractChannel | None = None
         self._publisher_lock = asyncio.Lock()
-        self._declared: set[str] = set()
+        self._exchanges: dict[str, AbstractExchange] = {}
 
     async def connect(self) -> None:
         # A first connect that fails is retried in the background: processes start anyway
@@ -150,23 +150,39 @@ class RabbitBroker:
             if self._publisher is None or self._publisher.is_closed:
                 conn = await self._ready()
                 self._publisher = await conn.channel(publisher_confirms=True)
+                self._exchanges.clear()
             return self._publisher
+
+    async def _publisher_exchange(self, name: str) -> AbstractExchange:
+        channel = await self._publisher_channel()
+        exchange = self._exchanges.get(name)
+        if exchange is None:
+            exchange = self._exchanges[name] = await self._exchange(channel, name)
+        return exchange
 
     async def _exchange(self, channel: AbstractChannel, name: str) -> AbstractExchange:
         return await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
 
-    async def publish(self, messages: Sequence[Message], exchange: str = EVENTS_EXCHANGE) -> None:
+    async def publish(self, messages: Sequence[Message], exchange: str) -> None:
         if not messages:
             return
         try:
-            channel = await self._publisher_channel()
-            target = await self._exchange(channel, exchange)
+            target = await self._publisher_exchange(exchange)
             # Confirms arrive asynchronously: publish the batch at once, then wait for all.
             await asyncio.gather(
                 *(target.publish(_amqp(m, m.headers), routing_key=m.routing_key) for m in messages)
             )
         except BrokerUnavailable:
             raise
+        except (TimeoutError, aio_pika.exceptions.AMQPError, OSError, RuntimeError) as exc:
+            raise BrokerUnavailable(f"publish not confirmed: {exc!r}") from exc
+
+    async def publish_to_queue(self, spec: QueueSpec, messages: Sequence[Message]) -> None:
+        await self.declare(spec)
+        try:
+            await asyncio.gather(
+                *(self._publish_to_queue(spec.name, m, m.headers) for m in messages)
+            )
         except (TimeoutError, aio_pika.exceptions.AMQPError, OSError, RuntimeError) as exc:
             raise BrokerUnavailable(f"publish not confirmed: {exc!r}") from exc
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -14,11 +15,14 @@ from rich.console import Console
 from rich.panel import Panel
 
 from capstan.bench.read import app as bench_app
+from capstan.container import build_container
 from capstan.settings import Settings
 
 app = typer.Typer(help="Capstan: a self-hosted backend for AI applications.", no_args_is_help=True)
 tenants_app = typer.Typer(help="Tenants and their API keys.", no_args_is_help=True)
 app.add_typer(tenants_app, name="tenants")
+events_app = typer.Typer(help="Recover and inspect the event flow.", no_args_is_help=True)
+app.add_typer(events_app, name="events")
 app.add_typer(bench_app, name="bench")
 
 err = Console(stderr=True)
@@ -107,7 +111,7 @@ def dev(
             title="capstan dev",
         )
     )
-    _serve(settings)
+    _serve(settings, with_background=True)
 
 
 async def _dev_tenant(settings: Settings) -> str:
@@ -129,13 +133,107 @@ def api(
     _serve(_settings(port=port))
 
 
-def _serve(settings: Settings) -> None:
+@app.command()
+def relay() -> None:
+    """Run the outbox relay: committed events → RabbitMQ, with publisher confirms."""
+    _run_background(_settings(), relay=True, subscribers=None)
+
+
+@app.command()
+def subscriber(
+    names: Annotated[
+        list[str],
+        typer.Argument(help="Subscribers to run (indexer, cache, audit, notifier) or all."),
+    ],
+) -> None:
+    """Run subscriber services, each consuming its own durable queue."""
+    _run_background(_settings(), relay=False, subscribers=names)
+
+
+def _run_background(settings: Settings, *, relay: bool, subscribers: list[str] | None) -> None:
+    from capstan.observability.logging import configure_logging
+    from capstan.roles import run_background
+
+    configure_logging(settings.log_level, json=settings.log_json)
+    try:
+        asyncio.run(run_background(settings, relay=relay, subscribers=subscribers))
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+@events_app.command("replay")
+def events_replay(
+    since: Annotated[datetime, typer.Option(help="Replay events from this time (ISO 8601, UTC).")],
+    subscriber: Annotated[
+        str | None, typer.Option(help="Only this subscriber, which re-applies them.")
+    ] = None,
+    source: Annotated[str, typer.Option("--from", help="audit (default) or outbox")] = "audit",
+) -> None:
+    """Publish events again for recovery (subscribers skip what they already applied)."""
+    from rich.progress import Progress
+
+    from capstan.events.operations import replay
+
+    if source not in ("audit", "outbox"):
+        raise typer.BadParameter("--from is audit or outbox")
+    when = since if since.tzinfo else since.replace(tzinfo=UTC)
+
+    async def go() -> int:
+        container = build_container(_settings())
+        await container.start()
+        try:
+            with Progress(console=err, transient=True) as bar:
+                task = bar.add_task("replaying", total=None)
+                return await replay(
+                    container,
+                    when,
+                    subscriber=subscriber,
+                    source=source,  # type: ignore[arg-type]
+                    progress=lambda n: bar.advance(task, n),
+                )
+        finally:
+            await container.close()
+
+    count = asyncio.run(go())
+    err.print(f"replayed [bold]{count}[/bold] event(s) since {when.isoformat()}")
+
+
+@events_app.command("dead-letters")
+def events_dead_letters(
+    subscriber: Annotated[
+        list[str] | None, typer.Option(help="Subscriber(s); default all.")
+    ] = None,
+    requeue: Annotated[bool, typer.Option(help="Move them back to their queues.")] = False,
+) -> None:
+    """List dead-lettered events per subscriber, and optionally requeue them."""
+    from rich.table import Table
+
+    from capstan.events.operations import DeadLetter, dead_letters
+
+    async def go() -> list[DeadLetter]:
+        container = build_container(_settings())
+        await container.start()
+        try:
+            return list(await dead_letters(container, subscriber or [], requeue=requeue))
+        finally:
+            await container.close()
+
+    letters = asyncio.run(go())
+    table = Table("subscriber", "event id", "routing key", "reason")
+    for letter in letters:
+        table.add_row(letter.subscriber, letter.event_id, letter.routing_key, letter.reason)
+    Console().print(table)
+    err.print(f"{len(letters)} dead letter(s)" + (", requeued" if requeue and letters else ""))
+
+
+def _serve(settings: Settings, *, with_background: bool = False) -> None:
     from capstan.api.app import create_app
     from capstan.observability.logging import configure_logging
 
     configure_logging(settings.log_level, json=settings.log_json)
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, with_background=with_background),
         host=settings.host,
         port=settings.port,
         log_config=None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -77,10 +78,17 @@ def _event_data(doc: Document) -> dict[str, Any]:
 
 
 class DocumentStore:
-    def __init__(self, db: async_sessionmaker[AsyncSession], cache: CacheAside, source: str):
+    def __init__(
+        self,
+        db: async_sessionmaker[AsyncSession],
+        cache: CacheAside,
+        source: str,
+        on_commit: Callable[[], None] = lambda: None,
+    ):
         self._db = db
         self._cache = cache
         self._source = source
+        self._on_commit = on_commit  # wakes an in-process relay (embedded mode)
 
     async def read(
         self, tenant_id: str, doc_id: str, *, bypass_cache: bool = False
@@ -114,6 +122,7 @@ class DocumentStore:
         async with self._db.begin() as session:
             session.add(doc)
             self._event(session, doc, "created")
+        self._on_commit()
         # No invalidation needed: nobody can have cached an id that did not exist.
         return doc
 
@@ -132,6 +141,7 @@ class DocumentStore:
             doc.version += 1
             doc.updated_at = datetime.now(UTC)
             self._event(session, doc, "updated")
+        self._on_commit()
         await self._cache.invalidate(document_key(tenant_id, doc_id), doc.version)
         return doc
 
@@ -140,6 +150,7 @@ class DocumentStore:
             doc = await self._locked(session, tenant_id, doc_id, if_match)
             await session.delete(doc)
             self._event(session, doc, "deleted")
+        self._on_commit()
         # version + 1 outranks every version the document ever had.
         await self._cache.invalidate(document_key(tenant_id, doc_id), doc.version + 1)
 

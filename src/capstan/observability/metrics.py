@@ -54,6 +54,69 @@ class Metrics:
         self.rate_limited = Counter(
             "capstan_rate_limited_total", "Requests refused with 429.", registry=r
         )
+        self.outbox_backlog = Gauge(
+            "capstan_outbox_backlog", "Committed events not yet published.", registry=r
+        )
+        self.outbox_oldest_age = Gauge(
+            "capstan_outbox_oldest_unsent_age_seconds",
+            "Age of the oldest committed event not yet published (0 when none).",
+            registry=r,
+        )
+        self.events_published = Counter(
+            "capstan_events_published_total",
+            "Events published by the relay and confirmed by the broker.",
+            registry=r,
+        )
+        self.relay_batch_size = Histogram(
+            "capstan_relay_batch_size",
+            "Events per relay batch.",
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000),
+            registry=r,
+        )
+        self.relay_failures = Counter(
+            "capstan_relay_publish_failures_total",
+            "Relay batches the broker did not confirm (retried).",
+            registry=r,
+        )
+        self.events_consumed = Counter(
+            "capstan_events_consumed_total",
+            "Events handled by a subscriber, by outcome: processed, duplicate (already had its "
+            "effect), retried, dead_lettered.",
+            ["subscriber", "outcome"],
+            registry=r,
+        )
+        self.subscriber_lag = Gauge(
+            "capstan_subscriber_lag_seconds",
+            "Time from an event's creation to its handling, for the last event handled.",
+            ["subscriber"],
+            registry=r,
+        )
+        self.subscriber_duration = Histogram(
+            "capstan_subscriber_handle_duration_seconds",
+            "Time a subscriber spends on one event.",
+            ["subscriber"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.event_latency = Histogram(
+            "capstan_event_end_to_end_seconds",
+            "Time from an event's creation to a subscriber having committed its effect.",
+            ["subscriber"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.webhook_attempts = Counter(
+            "capstan_webhook_attempts_total",
+            "Webhook delivery attempts by outcome: succeeded, failed, refused (address blocked).",
+            ["outcome"],
+            registry=r,
+        )
+        self.indexer_pending = Counter(
+            "capstan_indexer_events_total",
+            "Document events the indexer subscriber received, by action.",
+            ["action"],
+            registry=r,
+        )
         self.dependency_up = Gauge(
             "capstan_dependency_up",
             "1 when the dependency answered the last readiness probe.",

@@ -1,0 +1,110 @@
+"""Recovery operations on the event flow: replay and dead-letter handling (CLI-driven)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import delete, select
+
+from capstan.broker.port import Message
+from capstan.container import Container
+from capstan.db.schema import AuditEntry, OutboxEvent, ProcessedEvent
+from capstan.events.envelope import encode
+from capstan.roles import build_subscriber, subscriber_names
+from capstan.subscribers.runtime import queue_spec
+
+BATCH = 500
+
+
+async def replay(
+    c: Container,
+    since: datetime,
+    *,
+    subscriber: str | None = None,
+    source: Literal["audit", "outbox"] = "audit",
+    progress: Callable[[int], None] = lambda _n: None,
+) -> int:
+    """Publish again every event since `since`; returns how many.
+
+    Without `subscriber`, events go to the exchange: every subscriber receives them and those
+    that already had their effect skip them (idempotency), so this repairs what was missed.
+    With `subscriber`, that one forgets it saw the events and applies them again.
+    """
+    spec = None
+    if subscriber is not None:
+        [name] = subscriber_names(c, [subscriber])
+        spec = queue_spec(build_subscriber(c, name), c.settings.event_retry_delays_ms, c.topology)
+    sent = 0
+    position = 0
+    while True:
+        batch = await _load(c, since, source, position)
+        if not batch:
+            return sent
+        position = batch[-1][0]
+        messages = [
+            Message(
+                env["type"].removeprefix("capstan."),
+                encode(env),
+                env["id"],
+                {"tenantid": env.get("tenantid", "")},
+            )
+            for _, env in batch
+        ]
+        if spec is None:
+            await c.broker.publish(messages, c.topology.events_exchange)
+        else:
+            async with c.db.begin() as session:
+                await session.execute(
+                    delete(ProcessedEvent).where(
+                        ProcessedEvent.subscriber == subscriber,
+                        ProcessedEvent.event_id.in_([m.message_id for m in messages]),
+                    )
+                )
+            await c.broker.publish_to_queue(spec, messages)
+        sent += len(messages)
+        progress(len(messages))
+
+
+async def _load(
+    c: Container, since: datetime, source: str, after: int
+) -> list[tuple[int, dict[str, Any]]]:
+    async with c.db() as session:
+        if source == "audit":
+            rows = await session.execute(
+                select(AuditEntry.seq, AuditEntry.envelope)
+                .where(AuditEntry.time >= since, AuditEntry.seq > after)
+                .order_by(AuditEntry.seq)
+                .limit(BATCH)
+            )
+        else:
+            rows = await session.execute(
+                select(OutboxEvent.id, OutboxEvent.envelope)
+                .where(OutboxEvent.created_at >= since, OutboxEvent.id > after)
+                .order_by(OutboxEvent.id)
+                .limit(BATCH)
+            )
+        return [(int(r[0]), dict(r[1])) for r in rows]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    subscriber: str
+    event_id: str
+    routing_key: str
+    reason: str
+
+
+async def dead_letters(c: Container, subscribers: list[str], *, requeue: bool) -> list[DeadLetter]:
+    """The dead letters of each subscriber; with `requeue`, also moved back to their queues."""
+    found: list[DeadLetter] = []
+    for name in subscriber_names(c, subscribers or ["all"]):
+        spec = queue_spec(build_subscriber(c, name), c.settings.event_retry_delays_ms, c.topology)
+        for message in await c.broker.dead_letters(spec, limit=1000):
+            reason = str(message.headers.get("x-capstan-death-reason", ""))
+            found.append(DeadLetter(name, message.message_id, message.routing_key, reason))
+        if requeue:
+            await c.broker.requeue_dead_letters(spec)
+    return found

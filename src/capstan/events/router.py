@@ -1,0 +1,51 @@
+"""/v1/events: a tenant's audit log in order, a page at a time (also the polling feed)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from capstan.api.deps import ContainerDep, PrincipalDep
+from capstan.db.schema import AuditEntry
+from capstan.events.envelope import TYPE_PREFIX
+
+router = APIRouter(prefix="/v1/events", tags=["events"])
+
+
+class EventItem(BaseModel):
+    seq: int = Field(description="position in the tenant's feed; pass as `after` to resume")
+    event: dict[str, Any] = Field(description="the CloudEvents 1.0 envelope")
+
+
+class EventPage(BaseModel):
+    items: list[EventItem]
+    next_after: int | None = Field(None, description="`after` for the next page; null at the end")
+
+
+@router.get("")
+async def list_events(
+    c: ContainerDep,
+    who: PrincipalDep,
+    type: Annotated[str | None, Query(max_length=200, description="e.g. document.created")] = None,
+    subject: Annotated[str | None, Query(max_length=200, description="e.g. documents/<id>")] = None,
+    after: Annotated[int, Query(ge=0, description="only events after this seq")] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> EventPage:
+    """The tenant's events in the order they were recorded."""
+    stmt = select(AuditEntry).where(AuditEntry.tenant_id == who.tenant_id, AuditEntry.seq > after)
+    if type:
+        full = type if type.startswith(TYPE_PREFIX) else TYPE_PREFIX + type
+        stmt = stmt.where(AuditEntry.type == full)
+    if subject:
+        stmt = stmt.where(AuditEntry.subject == subject)
+    async with c.db() as session:
+        rows = list(await session.scalars(stmt.order_by(AuditEntry.seq).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return EventPage(
+        items=[EventItem(seq=r.seq, event=r.envelope) for r in rows],
+        next_after=rows[-1].seq if more and rows else None,
+    )

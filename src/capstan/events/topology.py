@@ -1,0 +1,24 @@
+"""Names on the broker. A namespace lets several deployments (or test runs) share one
+RabbitMQ without seeing each other's events; docs/contracts/events.md lists the names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    namespace: str = "capstan"
+
+    @property
+    def events_exchange(self) -> str:
+        """Topic exchange every committed event is published to, by `<entity>.<action>`."""
+        return f"{self.namespace}.events"
+
+    @property
+    def realtime_exchange(self) -> str:
+        """Topic exchange of audited events with their feed `seq`, for the realtime gateway."""
+        return f"{self.namespace}.realtime"
+
+    def subscriber_queue(self, subscriber: str) -> str:
+        return f"{self.namespace}.sub.{subscriber}"

@@ -1,0 +1,198 @@
+"""The outbox relay loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from capstan.broker.port import Broker, BrokerUnavailable, Message
+from capstan.db.schema import OutboxEvent
+from capstan.events.envelope import encode
+from capstan.observability.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# pg_advisory_xact_lock key: one relay publishes at a time, in commit order.
+RELAY_LOCK_KEY = 0x0CA5_7A11
+CLEANUP_EVERY_SECONDS = 60.0
+GAUGES_EVERY_SECONDS = 2.0
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        db: async_sessionmaker[AsyncSession],
+        broker: Broker,
+        metrics: Metrics,
+        *,
+        batch_size: int = 500,
+        poll_seconds: float = 1.0,
+        retention_hours: float = 24.0,
+        wakeup: asyncio.Event | None = None,
+        exchange: str = "capstan.events",
+    ) -> None:
+        self._exchange = exchange
+        self._engine = engine
+        self._db = db
+        self._broker = broker
+        self._metrics = metrics
+        self._batch_size = batch_size
+        self._poll_seconds = poll_seconds
+        self._retention = timedelta(hours=retention_hours)
+        self._wakeup = wakeup or asyncio.Event()
+        self._postgres = engine.dialect.name == "postgresql"
+        self.fail_after_publish: Callable[[], None] | None = None  # crash injection for tests
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Relay until `stopping` is set."""
+        listener = asyncio.create_task(self._listen(stopping)) if self._postgres else None
+        backoff = 0.5
+        last_cleanup = last_gauges = 0.0
+        try:
+            while not stopping.is_set():
+                try:
+                    sent = await self.relay_once()
+                except BrokerUnavailable as exc:
+                    self._metrics.relay_failures.inc()
+                    log.warning("relay: broker unavailable, retrying", extra={"error": str(exc)})
+                    await _wait(stopping, backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                except Exception:
+                    log.exception("relay: batch failed, retrying")
+                    await _wait(stopping, backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                backoff = 0.5
+                now = time.monotonic()
+                if now - last_gauges > GAUGES_EVERY_SECONDS:
+                    last_gauges = now
+                    await self._update_gauges()
+                if now - last_cleanup > CLEANUP_EVERY_SECONDS:
+                    last_cleanup = now
+                    await self.cleanup()
+                if sent < self._batch_size:
+                    self._wakeup.clear()
+                    await _wait_any(stopping, self._wakeup, self._poll_seconds)
+        finally:
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+
+    async def relay_once(self) -> int:
+        """Publish one batch of unpublished events; returns how many were published."""
+        async with self._db.begin() as session:
+            if self._postgres and not await session.scalar(
+                select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY))
+            ):
+                return 0  # another relay is publishing; we are its standby
+            rows = list(
+                await session.scalars(
+                    select(OutboxEvent)
+                    .where(OutboxEvent.published_at.is_(None))
+                    .order_by(OutboxEvent.id)
+                    .limit(self._batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            if not rows:
+                return 0
+            await self._broker.publish([_message(row) for row in rows], self._exchange)
+            if self.fail_after_publish is not None:
+                self.fail_after_publish()
+            await session.execute(
+                update(OutboxEvent)
+                .where(OutboxEvent.id.in_([row.id for row in rows]))
+                .values(published_at=datetime.now(UTC))
+            )
+        self._metrics.events_published.inc(len(rows))
+        self._metrics.relay_batch_size.observe(len(rows))
+        return len(rows)
+
+    async def cleanup(self) -> int:
+        """Delete published rows older than the retention; returns how many."""
+        cutoff = datetime.now(UTC) - self._retention
+        async with self._db.begin() as session:
+            result = await session.execute(
+                delete(OutboxEvent).where(
+                    OutboxEvent.published_at.is_not(None), OutboxEvent.published_at < cutoff
+                )
+            )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    async def _update_gauges(self) -> None:
+        async with self._db() as session:
+            count, oldest = (
+                await session.execute(
+                    select(func.count(), func.min(OutboxEvent.created_at)).where(
+                        OutboxEvent.published_at.is_(None)
+                    )
+                )
+            ).one()
+        self._metrics.outbox_backlog.set(count)
+        age = 0.0
+        if oldest is not None:
+            if oldest.tzinfo is None:
+                oldest = oldest.replace(tzinfo=UTC)
+            age = max((datetime.now(UTC) - oldest).total_seconds(), 0.0)
+        self._metrics.outbox_oldest_age.set(age)
+
+    async def _listen(self, stopping: asyncio.Event) -> None:
+        """LISTEN capstan_outbox on a dedicated connection, reconnecting when it drops."""
+        import asyncpg
+
+        # A connection of its own: a pooled one would go back to the pool still listening.
+        dsn = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        while not stopping.is_set():
+            conn: Any = None
+            try:
+                conn = await asyncpg.connect(dsn, timeout=5)
+                await conn.add_listener("capstan_outbox", lambda *_: self._wakeup.set())
+                self._wakeup.set()  # catch up on whatever was committed while deaf
+                while not stopping.is_set() and not conn.is_closed():
+                    await _wait(stopping, 1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("relay: LISTEN connection lost", extra={"error": str(exc)})
+                await _wait(stopping, 1.0)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await conn.close(timeout=2)
+
+
+def _message(row: OutboxEvent) -> Message:
+    return Message(
+        routing_key=row.routing_key,
+        body=encode(row.envelope),
+        message_id=row.event_id,
+        headers={"tenantid": row.tenant_id},
+    )
+
+
+async def _wait(stopping: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), seconds)
+
+
+async def _wait_any(stopping: asyncio.Event, wakeup: asyncio.Event, seconds: float) -> None:
+    waiters = [asyncio.create_task(stopping.wait()), asyncio.create_task(wakeup.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

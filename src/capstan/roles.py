@@ -1,0 +1,142 @@
+"""The background roles (relay, subscribers) built from a container, runnable together in one
+process (`capstan dev`) or one per process (`capstan relay`, `capstan subscriber NAME`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from capstan.container import Container, build_container
+from capstan.relay.relay import OutboxRelay
+from capstan.settings import Settings
+from capstan.subscribers.audit import AuditSubscriber
+from capstan.subscribers.cache import CacheSubscriber
+from capstan.subscribers.indexer import IndexerSubscriber
+from capstan.subscribers.runtime import Subscriber, SubscriberRunner
+
+log = logging.getLogger(__name__)
+
+
+def build_relay(c: Container) -> OutboxRelay:
+    s = c.settings
+    return OutboxRelay(
+        c.engine,
+        c.db,
+        c.broker,
+        c.metrics,
+        batch_size=s.outbox_batch_size,
+        poll_seconds=s.outbox_poll_seconds,
+        retention_hours=s.outbox_retention_hours,
+        wakeup=c.outbox_wakeup,
+        exchange=c.topology.events_exchange,
+    )
+
+
+def subscriber_names(c: Container, requested: list[str]) -> list[str]:
+    """Expand `all` to the enabled subscribers; reject unknown names."""
+    names = c.settings.subscribers if requested == ["all"] else requested
+    unknown = sorted(set(names) - set(SUBSCRIBERS))
+    if unknown:
+        raise ValueError(
+            f"unknown subscriber(s): {', '.join(unknown)}; known: {', '.join(SUBSCRIBERS)}"
+        )
+    return list(names)
+
+
+def build_subscriber(c: Container, name: str) -> Subscriber:
+    return SUBSCRIBERS[name](c)
+
+
+def build_runner(c: Container, subscriber: Subscriber) -> SubscriberRunner:
+    s = c.settings
+    return SubscriberRunner(
+        subscriber,
+        c.broker,
+        c.db,
+        c.metrics,
+        prefetch=s.subscriber_prefetch,
+        max_attempts=s.event_max_attempts,
+        retry_delays_ms=s.event_retry_delays_ms,
+        topology=c.topology,
+    )
+
+
+SUBSCRIBERS: dict[str, Callable[[Container], Subscriber]] = {
+    "indexer": lambda c: IndexerSubscriber(c.metrics),
+    "cache": lambda c: CacheSubscriber(c.cache, c.settings.cache_ttl_seconds),
+    "audit": lambda c: AuditSubscriber(c.topology.realtime_exchange),
+}
+
+
+class Background:
+    """Relay and subscribers as tasks of this process; `stop()` drains them gracefully."""
+
+    def __init__(self, c: Container, *, relay: bool, subscribers: list[str]) -> None:
+        self._c = c
+        self._relay = build_relay(c) if relay else None
+        self.runners = [
+            build_runner(c, build_subscriber(c, n)) for n in subscriber_names(c, subscribers)
+        ]
+        self._loops: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = []
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def relay(self) -> OutboxRelay | None:
+        return self._relay
+
+    def add_loop(self, loop: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+        """Run `loop(stopping)` beside the others (e.g. the webhook dispatcher)."""
+        self._loops.append(loop)
+
+    async def start(self) -> None:
+        # Queues exist before the relay publishes, so no event is routed to nowhere.
+        for runner in self.runners:
+            await runner.start()
+        loops = list(self._loops)
+        if self._relay is not None:
+            loops.append(self._relay.run)
+        self._tasks = [asyncio.create_task(loop(self._stopping)) for loop in loops]
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for runner in self.runners:
+            await runner.stop()
+        if self._tasks:
+            _done, pending = await asyncio.wait(self._tasks, timeout=10)
+            for task in pending:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+
+async def run_background(settings: Settings, *, relay: bool, subscribers: list[str] | None) -> None:
+    """Run background roles until SIGINT/SIGTERM, exposing /metrics on settings.metrics_port."""
+    from prometheus_client import start_http_server
+
+    container = build_container(settings)
+    await container.start()
+    background = Background(container, relay=relay, subscribers=subscribers or [])
+    if settings.metrics_port:
+        start_http_server(
+            settings.metrics_port, addr=settings.host, registry=container.metrics.registry
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await background.start()
+    log.info(
+        "background roles running",
+        extra={"relay": relay, "subscribers": [r.name for r in background.runners]},
+    )
+    try:
+        await stop.wait()
+    finally:
+        await background.stop()
+        await container.close()
