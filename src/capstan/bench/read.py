@@ -782,7 +782,7 @@ def render(result: dict[str, Any]) -> None:
     table.add_column("req/s", justify="right")
     table.add_column("p50 ms", justify="right")
     table.add_column("p99 ms", justify="right")
-    table.add_column("req/s per round", justify="right")
+    table.add_column("req/s per round", justify="right", no_wrap=True)
     table.add_column("API CPU µs/req", justify="right")
     table.add_column("errors", justify="right")
     short = {"trivial": "trivial /healthz", "hit": "hit (Redis)", "db": "db (PostgreSQL)"}
@@ -793,7 +793,7 @@ def render(result: dict[str, Any]) -> None:
             f"{m['rps']:,.0f}",
             f"{m['p50_ms']:.2f}",
             f"{m['p99_ms']:.2f}",
-            " ".join(f"{x:,.0f}" for x in m["rps_per_round"]),
+            " ".join(f"{x:.0f}" for x in m["rps_per_round"]),
             f"{m['api_cpu_us_per_request']:,.0f}",
             str(m["errors"]) if m["errors"] == 0 else f"[red]{m['errors']}[/red]",
         )
