@@ -76,6 +76,13 @@ def test_dev_serves_embedded_and_shares_its_data_dir_with_other_commands(tmp_pat
             first = httpx.get(f"{base}/v1/documents/{doc['id']}", headers=headers)
             second = httpx.get(f"{base}/v1/documents/{doc['id']}", headers=headers)
             assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
+            # The relay and subscribers run inside `capstan dev`: the change is audited.
+            for _ in range(100):
+                feed = httpx.get(f"{base}/v1/events", headers=headers).json()
+                if feed["items"]:
+                    break
+                time.sleep(0.05)
+            assert [i["event"]["subject"] for i in feed["items"]] == [f"documents/{doc['id']}"]
     finally:
         dev.send_signal(signal.SIGINT)
         _out, err = dev.communicate(timeout=30)

@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False, description="An API key or a session token.")
 
 
-def get_container(request: Request) -> Container:
+async def get_container(request: Request) -> Container:
+    # async on purpose: FastAPI runs plain `def` dependencies in a thread pool, per request.
     container: Container = request.app.state.container
     return container
 
