@@ -16,7 +16,9 @@ from capstan.settings import Settings
 from capstan.subscribers.audit import AuditSubscriber
 from capstan.subscribers.cache import CacheSubscriber
 from capstan.subscribers.indexer import IndexerSubscriber
+from capstan.subscribers.notifier import NotifierSubscriber
 from capstan.subscribers.runtime import Subscriber, SubscriberRunner
+from capstan.webhooks.dispatcher import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ SUBSCRIBERS: dict[str, Callable[[Container], Subscriber]] = {
     "indexer": lambda c: IndexerSubscriber(c.metrics),
     "cache": lambda c: CacheSubscriber(c.cache, c.settings.cache_ttl_seconds),
     "audit": lambda c: AuditSubscriber(c.topology.realtime_exchange),
+    "notifier": lambda c: NotifierSubscriber(),
 }
 
 
@@ -78,10 +81,23 @@ class Background:
     def __init__(self, c: Container, *, relay: bool, subscribers: list[str]) -> None:
         self._c = c
         self._relay = build_relay(c) if relay else None
-        self.runners = [
-            build_runner(c, build_subscriber(c, n)) for n in subscriber_names(c, subscribers)
-        ]
+        names = subscriber_names(c, subscribers)
         self._loops: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = []
+        # The dispatcher runs beside the notifier, which wakes it after each commit.
+        self.dispatcher = (
+            WebhookDispatcher(c.db, c.metrics, c.settings) if "notifier" in names else None
+        )
+        if self.dispatcher is not None:
+            self._loops.append(self.dispatcher.run)
+        self.runners = [
+            build_runner(
+                c,
+                NotifierSubscriber(wake=self.dispatcher.wake)
+                if n == "notifier" and self.dispatcher is not None
+                else build_subscriber(c, n),
+            )
+            for n in names
+        ]
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     outbox_batch_size: int = Field(500, ge=1, le=10_000)
     outbox_poll_seconds: float = Field(1.0, gt=0)
     outbox_retention_hours: float = Field(24.0, ge=0)
-    subscribers: list[str] = ["indexer", "cache", "audit"]
+    subscribers: list[str] = ["indexer", "cache", "audit", "notifier"]
     subscriber_prefetch: int = Field(32, ge=1)
     event_max_attempts: int = Field(5, ge=1)
     event_retry_delays_ms: list[int] = [1000, 5000, 30000, 120000]

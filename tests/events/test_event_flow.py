@@ -61,7 +61,7 @@ async def test_every_subscriber_applies_each_event_exactly_once(stack: Stack) ->
         for i in range(20):
             await http.post("/v1/documents", json={"body": f"doc {i}"})
 
-    # The cache subscriber listens to updates and deletes only; creates reach indexer + audit.
+    # The cache subscriber listens to updates and deletes only; creates reach the other three.
     async def processed() -> bool:
         async with stack.container.db() as session:
             rows = (
@@ -72,7 +72,7 @@ async def test_every_subscriber_applies_each_event_exactly_once(stack: Stack) ->
                     .group_by(ProcessedEvent.subscriber)
                 )
             ).all()
-        return dict(rows) == {"indexer": 20, "audit": 20}  # type: ignore[arg-type]
+        return dict(rows) == {"indexer": 20, "audit": 20, "notifier": 20}  # type: ignore[arg-type]
 
     await stack.until(processed, what="indexer and audit to process 20 events")
     async with stack.container.db() as session:

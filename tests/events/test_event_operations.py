@@ -42,13 +42,13 @@ async def test_replay_to_one_subscriber_reapplies_and_to_all_repairs_only_gaps(
         return _sample(stack, indexed, {"action": "created"}) >= expected
 
     await stack.until(lambda: indexed_count(4), what="four creations indexed")
-    assert await replay(stack.container, since, subscriber="indexer") == 4
+    assert await replay(stack.container, since, subscriber="indexer", tenant_id=tenant.id) == 4
     await stack.until(lambda: indexed_count(8), what="the indexer to re-apply four events")
 
     before = _sample(
         stack, "capstan_events_consumed_total", {"subscriber": "audit", "outcome": "duplicate"}
     )
-    assert await replay(stack.container, since) == 4
+    assert await replay(stack.container, since, tenant_id=tenant.id) == 4
 
     async def skipped() -> bool:
         now = _sample(

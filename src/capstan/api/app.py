@@ -17,6 +17,7 @@ from capstan.documents.router import router as documents_router
 from capstan.events.router import router as events_router
 from capstan.roles import Background
 from capstan.settings import Settings
+from capstan.webhooks.router import router as webhooks_router
 
 
 def create_app(
@@ -64,6 +65,7 @@ def create_app(
     app.include_router(sessions_router)
     app.include_router(documents_router)
     app.include_router(events_router)
+    app.include_router(webhooks_router)
     app.add_middleware(
         RequestContextMiddleware,
         metrics=the_container.metrics,

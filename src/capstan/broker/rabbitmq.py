@@ -100,6 +100,8 @@ class RabbitBroker:
         self._publisher: AbstractChannel | None = None
         self._publisher_lock = asyncio.Lock()
         self._exchanges: dict[str, AbstractExchange] = {}
+        self._admin: AbstractChannel | None = None
+        self._admin_lock = asyncio.Lock()
 
     async def connect(self) -> None:
         # A first connect that fails is retried in the background: processes start anyway
@@ -144,6 +146,7 @@ class RabbitBroker:
                 await self._connecting
         if self._connection is not None:
             await self._connection.close()
+        self._publisher = self._admin = None
 
     async def _publisher_channel(self) -> AbstractChannel:
         async with self._publisher_lock:
@@ -194,13 +197,17 @@ class RabbitBroker:
         headers = {**headers, "x-capstan-routing-key": message.routing_key}
         await channel.default_exchange.publish(_amqp(message, headers), routing_key=queue)
 
+    async def _admin_channel(self) -> AbstractChannel:
+        """One long-lived channel for declarations and dead-letter handling: opening and
+        closing a channel per call races channel-id reuse in the client under load."""
+        async with self._admin_lock:
+            if self._admin is None or self._admin.is_closed:
+                conn = await self._ready()
+                self._admin = await conn.channel()
+            return self._admin
+
     async def declare(self, spec: QueueSpec) -> None:
-        conn = await self._ready()
-        channel = await conn.channel()
-        try:
-            await self._declare_on(channel, spec)
-        finally:
-            await channel.close()
+        await self._declare_on(await self._admin_channel(), spec)
 
     async def _declare_on(self, channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:
         exchange = await self._exchange(channel, spec.exchange)
@@ -236,12 +243,11 @@ class RabbitBroker:
         return _RabbitConsumer(channel, queue, tag)
 
     async def dead_letters(self, spec: QueueSpec, limit: int = 100) -> list[Message]:
-        conn = await self._ready()
-        channel = await conn.channel()
+        channel = await self._admin_channel()
+        await self._declare_on(channel, spec)
+        queue = await channel.get_queue(spec.dead_letter_queue)
+        seen: list[AbstractIncomingMessage] = []
         try:
-            await self._declare_on(channel, spec)
-            queue = await channel.get_queue(spec.dead_letter_queue)
-            seen: list[AbstractIncomingMessage] = []
             while len(seen) < limit:
                 incoming = await queue.get(no_ack=False, fail=False)
                 if incoming is None:
@@ -249,28 +255,29 @@ class RabbitBroker:
                 seen.append(incoming)
             return [_RabbitDelivery(self, spec, m).message for m in seen]
         finally:
-            # Closing the channel returns every unacked message to the dead-letter queue.
-            await channel.close()
+            # Looked at, not taken: every one goes back where it was.
+            for incoming in seen:
+                await incoming.nack(requeue=True)
 
     async def requeue_dead_letters(self, spec: QueueSpec) -> int:
-        conn = await self._ready()
-        channel = await conn.channel()
+        channel = await self._admin_channel()
+        await self._declare_on(channel, spec)
+        queue = await channel.get_queue(spec.dead_letter_queue)
         moved = 0
-        try:
-            await self._declare_on(channel, spec)
-            queue = await channel.get_queue(spec.dead_letter_queue)
-            while (incoming := await queue.get(no_ack=False, fail=False)) is not None:
-                delivery = _RabbitDelivery(self, spec, incoming)
-                headers = {
-                    k: v
-                    for k, v in delivery.message.headers.items()
-                    if k not in (ATTEMPT_HEADER, REASON_HEADER)
-                }
+        while (incoming := await queue.get(no_ack=False, fail=False)) is not None:
+            delivery = _RabbitDelivery(self, spec, incoming)
+            headers = {
+                k: v
+                for k, v in delivery.message.headers.items()
+                if k not in (ATTEMPT_HEADER, REASON_HEADER)
+            }
+            try:
                 await self._publish_to_queue(spec.name, delivery.message, headers)
-                await incoming.ack()
-                moved += 1
-        finally:
-            await channel.close()
+            except BaseException:
+                await incoming.nack(requeue=True)
+                raise
+            await incoming.ack()
+            moved += 1
         return moved
 
 

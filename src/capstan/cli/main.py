@@ -98,6 +98,9 @@ def dev(
 ) -> None:
     """Run everything in one process, embedded (SQLite, memory cache and broker): no servers."""
     settings = _settings(data_dir, port)
+    if "CAPSTAN_WEBHOOK_ALLOW_PRIVATE" not in os.environ:
+        # On a developer's machine the webhook receiver is usually on localhost.
+        settings = settings.model_copy(update={"webhook_allow_private": True})
     _ensure_data_dir(settings)
     key = asyncio.run(_dev_tenant(settings))
     base = f"http://{settings.host}:{settings.port}"
@@ -169,6 +172,7 @@ def events_replay(
         str | None, typer.Option(help="Only this subscriber, which re-applies them.")
     ] = None,
     source: Annotated[str, typer.Option("--from", help="audit (default) or outbox")] = "audit",
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's events (its id).")] = None,
 ) -> None:
     """Publish events again for recovery (subscribers skip what they already applied)."""
     from rich.progress import Progress
@@ -190,6 +194,7 @@ def events_replay(
                     when,
                     subscriber=subscriber,
                     source=source,  # type: ignore[arg-type]
+                    tenant_id=tenant,
                     progress=lambda n: bar.advance(task, n),
                 )
         finally:

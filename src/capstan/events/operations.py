@@ -25,6 +25,7 @@ async def replay(
     *,
     subscriber: str | None = None,
     source: Literal["audit", "outbox"] = "audit",
+    tenant_id: str | None = None,
     progress: Callable[[int], None] = lambda _n: None,
 ) -> int:
     """Publish again every event since `since`; returns how many.
@@ -40,7 +41,7 @@ async def replay(
     sent = 0
     position = 0
     while True:
-        batch = await _load(c, since, source, position)
+        batch = await _load(c, since, source, position, tenant_id)
         if not batch:
             return sent
         position = batch[-1][0]
@@ -69,23 +70,28 @@ async def replay(
 
 
 async def _load(
-    c: Container, since: datetime, source: str, after: int
+    c: Container, since: datetime, source: str, after: int, tenant_id: str | None
 ) -> list[tuple[int, dict[str, Any]]]:
     async with c.db() as session:
         if source == "audit":
-            rows = await session.execute(
+            stmt = (
                 select(AuditEntry.seq, AuditEntry.envelope)
                 .where(AuditEntry.time >= since, AuditEntry.seq > after)
                 .order_by(AuditEntry.seq)
                 .limit(BATCH)
             )
+            if tenant_id is not None:
+                stmt = stmt.where(AuditEntry.tenant_id == tenant_id)
         else:
-            rows = await session.execute(
+            stmt = (
                 select(OutboxEvent.id, OutboxEvent.envelope)
                 .where(OutboxEvent.created_at >= since, OutboxEvent.id > after)
                 .order_by(OutboxEvent.id)
                 .limit(BATCH)
             )
+            if tenant_id is not None:
+                stmt = stmt.where(OutboxEvent.tenant_id == tenant_id)
+        rows = await session.execute(stmt)
         return [(int(r[0]), dict(r[1])) for r in rows]
 
 
