@@ -21,8 +21,9 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
-async def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the database at `url` up to `revision`."""
+async def upgrade(url: str, revision: str = "heads") -> None:
+    """Bring the database at `url` up to `revision` (every head: features add migrations on
+    branches from a common parent, so parallel work never renumbers another's revision)."""
     engine = create_engine(url, pool_size=1)
     try:
         async with engine.begin() as conn:
