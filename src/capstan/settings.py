@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     # Port for /metrics of roles other than the API (worker, relay, subscribers, scheduler).
     metrics_port: int = Field(9400, ge=0)
 
+    # Backups (`capstan backup`, and the scheduler role). Empty backup_dir means data_dir/backups.
+    backup_dir: Path | None = None
+    backup_schedule: str = "0 2 * * *"  # 5-field cron, UTC
+    backup_retention_days: float = Field(7.0, gt=0)
+    # RabbitMQ management API (http://user:pass@host:15672); definitions are skipped when unset.
+    broker_management_url: str = ""
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
 
