@@ -62,3 +62,68 @@ def plot_read(result: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_events(result: dict[str, Any], path: Path) -> None:
+    """Two panels per offered rate: p50/p99 commit → done latency (log scale, with the
+    100 ms target), and the write rate achieved (sustained steps in green)."""
+    try:
+        matplotlib: Any = importlib.import_module("matplotlib")
+    except ImportError as exc:
+        raise MissingMatplotlib(
+            "`capstan bench plot` needs matplotlib: `.venv/bin/pip install matplotlib`"
+        ) from exc
+    matplotlib.use("Agg")
+    plt: Any = importlib.import_module("matplotlib.pyplot")
+
+    steps = [s for s in result["steps"] if s["latency"]["p50_ms"] is not None]
+    labels = [f"{s['offered_rate']:,}/s" for s in steps]
+    x = list(range(len(steps)))
+    width = 0.38
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
+
+    p50 = [s["latency"]["p50_ms"] for s in steps]
+    p99 = [s["latency"]["p99_ms"] for s in steps]
+    left.plot(x, p99, marker="o", color="#8c8c8c", label="p99")
+    left.plot(x, p50, marker="o", color="#2b2b2b", label="p50")
+    for i, (a, b) in enumerate(zip(p50, p99, strict=True)):
+        left.annotate(f"{a:,.0f}", (i, a), textcoords="offset points", xytext=(6, -10), fontsize=7)
+        left.annotate(f"{b:,.0f}", (i, b), textcoords="offset points", xytext=(6, 4), fontsize=7)
+    target = result["target"]
+    left.axhline(target["p99_ms_below"], color="#d9822b", linestyle="--", linewidth=1)
+    left.text(
+        0, target["p99_ms_below"] * 1.15, f"target: p99 < {target['p99_ms_below']:g} ms at "
+        f"{target['rate']}/s", fontsize=7, color="#d9822b",
+    )  # fmt: skip
+    left.set_yscale("log")
+    left.set_ylim(min([*p50, target["p99_ms_below"]]) / 2, max([*p99, 100.0]) * 3)
+    left.set_xticks(x, labels)
+    left.set_xlim(-0.5, len(x) - 0.5)
+    left.set_xlabel("offered rate", fontsize=8)
+    left.set_title("commit → every subscriber done, ms (log)", fontsize=10)
+    left.legend(fontsize=8, loc="upper left")
+
+    offered = [s["offered_rate"] for s in steps]
+    achieved = [s["achieved_rate"] for s in steps]
+    colors = ["#3a9a4a" if s["sustained"] else "#c94a3a" for s in steps]
+    right.bar([i - width / 2 for i in x], offered, width, color="#d0d0d0", label="offered")
+    bars = right.bar([i + width / 2 for i in x], achieved, width, color=colors, label="written")
+    right.bar_label(bars, labels=[f"{v:,.0f}" for v in achieved], fontsize=7)
+    right.set_xticks(x, labels)
+    right.set_xlabel("offered rate", fontsize=8)
+    right.set_title("writes/s committed (green: sustained, red: not)", fontsize=10)
+    right.legend(fontsize=8, loc="upper left")
+
+    env = result["environment"]
+    best = result["max_sustained_rate"]
+    fig.suptitle(
+        f"capstan bench events — {env['params']['duration_s']}s per rate, "
+        f"{env['cpu_count']} CPUs, max sustained "
+        f"{'none' if best is None else f'{best:,.0f}/s'}, "
+        f"{(env['git']['commit'] or 'unknown')[:8]}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

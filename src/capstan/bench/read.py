@@ -20,40 +20,48 @@ import importlib.metadata
 import json
 import os
 import platform
-import re
 import resource
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from capstan.bench.common import (
+    Backends,
+    BenchError,
+    admin,
+    check_backends,
+    cpu_seconds,
+    free_port,
+    git_commit,
+    redact,
+    resolve_backends,
+    seed_tenant,
+    sigterm_as_interrupt,
+    with_database,
+)
+from capstan.bench.events import events as events_command
 from capstan.bench.wrk import WrkOutputError, WrkResult, parse_wrk, wrk_command, wrk_path
 
-if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
-
 app = typer.Typer(help="Benchmarks against the production backends on this machine.")
+app.command("events")(events_command)  # `capstan bench events`: src/capstan/bench/events.py
 
 out = Console()
 err = Console(stderr=True)
-
-SERVICES_HINT = "start them with `scripts/services up` (and `eval $(scripts/services env)`)"
 
 # Design targets from the issue; informational: missing one does not fail the command.
 TARGET_HIT_VS_TRIVIAL = 0.70
@@ -67,10 +75,6 @@ WRK_TIMEOUT_S = 5
 # Unexpected cache results (e.g. a miss after someone flushed Redis) beyond this share of a
 # target's requests make the measurement invalid.
 MAX_UNEXPECTED_SHARE = 0.01
-
-
-class BenchError(Exception):
-    """The measurement could not be made; the message says what to do."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,129 +156,6 @@ def _per_request_us(cpu_s: float, requests: int) -> float:
 # ---------------------------------------------------------------- backends
 
 
-@dataclass(frozen=True, slots=True)
-class Backends:
-    database_url: str
-    cache_url: str
-    database_from: str
-    cache_from: str
-
-
-def resolve_backends(env: dict[str, str] | os._Environ[str] = os.environ) -> Backends:
-    """The PostgreSQL and Redis URLs: CAPSTAN_DATABASE_URL/CACHE_URL, else the test ones."""
-    db_var = next(
-        (v for v in ("CAPSTAN_DATABASE_URL", "CAPSTAN_TEST_DATABASE_URL") if env.get(v)), None
-    )
-    cache_var = next(
-        (v for v in ("CAPSTAN_CACHE_URL", "CAPSTAN_TEST_REDIS_URL") if env.get(v)), None
-    )
-    if db_var is None or cache_var is None:
-        missing = " and ".join(
-            name
-            for name, var in (
-                ("CAPSTAN_TEST_DATABASE_URL (or CAPSTAN_DATABASE_URL)", db_var),
-                ("CAPSTAN_TEST_REDIS_URL (or CAPSTAN_CACHE_URL)", cache_var),
-            )
-            if var is None
-        )
-        raise BenchError(
-            f"{missing} not set: the benchmark needs a real PostgreSQL and Redis; {SERVICES_HINT}"
-        )
-    db_url, cache_url = env[db_var], env[cache_var]
-    if not db_url.startswith(("postgresql://", "postgres://")):
-        raise BenchError(f"{db_var} must be a postgresql:// URL (got {_redact(db_url)})")
-    if not cache_url.startswith(("redis://", "rediss://")):
-        raise BenchError(f"{cache_var} must be a redis:// URL (got {_redact(cache_url)})")
-    return Backends(db_url, cache_url, db_var, cache_var)
-
-
-def _redact(url: str) -> str:
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
-
-
-def _with_database(url: str, name: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).set(database=name).render_as_string(hide_password=False)
-
-
-async def _check_backends(b: Backends) -> dict[str, str]:
-    """Connect to both servers; their versions, or BenchError naming what is unreachable."""
-    import redis.asyncio as aioredis
-    from sqlalchemy import text
-
-    engine = _admin_engine(b.database_url)
-    try:
-        async with engine.connect() as conn:
-            pg_version = str(await conn.scalar(text("SHOW server_version")))
-    except Exception as exc:
-        raise BenchError(
-            f"PostgreSQL at {_redact(b.database_url)} ({b.database_from}) is unreachable: "
-            f"{exc or type(exc).__name__}; {SERVICES_HINT}"
-        ) from exc
-    finally:
-        await engine.dispose()
-    client = aioredis.from_url(b.cache_url, socket_timeout=5, socket_connect_timeout=5)
-    try:
-        info = await client.info("server")
-    except Exception as exc:
-        raise BenchError(
-            f"Redis at {_redact(b.cache_url)} ({b.cache_from}) is unreachable: "
-            f"{exc or type(exc).__name__}; {SERVICES_HINT}"
-        ) from exc
-    finally:
-        await client.aclose()
-    return {"postgresql": pg_version, "redis": str(info.get("redis_version", "unknown"))}
-
-
-def _admin_engine(url: str) -> AsyncEngine:
-    """No pool, autocommit (CREATE/DROP DATABASE cannot run in a transaction), 5 s connect."""
-    from sqlalchemy.ext.asyncio import create_async_engine
-    from sqlalchemy.pool import NullPool
-
-    from capstan.settings import to_async_url
-
-    return create_async_engine(
-        to_async_url(url),
-        isolation_level="AUTOCOMMIT",
-        poolclass=NullPool,
-        connect_args={"timeout": 5},
-    )
-
-
-async def _admin(url: str, sql: str) -> None:
-    from sqlalchemy import text
-
-    engine = _admin_engine(url)
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(sql))
-    finally:
-        await engine.dispose()
-
-
-async def _seed(database_url: str) -> tuple[str, str, str]:
-    """Migrate the scratch database and create the bench tenant: (tenant id, key id, key)."""
-    from sqlalchemy import select
-
-    from capstan.db.engine import create_engine, sessionmaker
-    from capstan.db.migrate import upgrade
-    from capstan.db.schema import ApiKey
-    from capstan.tenants.service import create_tenant
-
-    await upgrade(database_url)
-    engine = create_engine(database_url, pool_size=1)
-    try:
-        async with sessionmaker(engine).begin() as session:
-            created = await create_tenant(session, "bench")
-            key_id = await session.scalar(
-                select(ApiKey.id).where(ApiKey.tenant_id == created.tenant_id)
-            )
-    finally:
-        await engine.dispose()
-    return created.tenant_id, str(key_id), created.api_key
-
-
 async def _forget_keys(cache_url: str, patterns: list[str]) -> None:
     import redis.asyncio as aioredis
 
@@ -289,19 +170,6 @@ async def _forget_keys(cache_url: str, patterns: list[str]) -> None:
 
 
 # ---------------------------------------------------------------- the API process
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (Linux /proc), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _children_cpu_seconds() -> float:
@@ -428,18 +296,6 @@ class Options:
     started_at: datetime
 
 
-def _git_commit() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-
-    try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-
-
 def _environment(wrk: str, versions: dict[str, str], opts: Options) -> dict[str, Any]:
     import fastapi
     import uvicorn
@@ -461,7 +317,7 @@ def _environment(wrk: str, versions: dict[str, str], opts: Options) -> dict[str,
         "event_loop": loop,
         "wrk": wrk_version(wrk),
         "backends": versions,
-        "git": _git_commit(),
+        "git": git_commit(),
         "wrk_params": {
             "threads": WRK_THREADS,
             "connections": opts.connections,
@@ -481,20 +337,6 @@ def _environment(wrk: str, versions: dict[str, str], opts: Options) -> dict[str,
             "broker": "memory://",
         },
     }
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so the cleanup below runs for both."""
-
-    def handler(_signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_wrk(cmd: list[str], duration_s: float, tick: Callable[[float], None]) -> tuple[str, float]:
@@ -539,21 +381,21 @@ def measure(opts: Options) -> dict[str, Any]:
     if wrk is None:
         raise BenchError("wrk is not installed: `apt-get install wrk` (Debian package wrk)")
     backends = resolve_backends()
-    versions = asyncio.run(_check_backends(backends))
+    versions = asyncio.run(check_backends(backends))
     environment = _environment(wrk, versions, opts)
 
     scratch = f"capstan_bench_{secrets.token_hex(4)}"
-    scratch_url = _with_database(backends.database_url, scratch)
+    scratch_url = with_database(backends.database_url, scratch)
     api: Api | None = None
     created_db = False
     forget: list[str] = []
     workdir = Path(tempfile.mkdtemp(prefix="capstan-bench-"))
     try:
-        with _sigterm_as_interrupt():
-            err.print(f"scratch database [bold]{scratch}[/bold] on {_redact(scratch_url)}")
-            asyncio.run(_admin(backends.database_url, f'CREATE DATABASE "{scratch}"'))
+        with sigterm_as_interrupt():
+            err.print(f"scratch database [bold]{scratch}[/bold] on {redact(scratch_url)}")
+            asyncio.run(admin(backends.database_url, f'CREATE DATABASE "{scratch}"'))
             created_db = True
-            tenant_id, key_id, key = asyncio.run(_seed(scratch_url))
+            tenant_id, key_id, key = asyncio.run(seed_tenant(scratch_url))
             forget = [f"capstan:{tenant_id}:*", f"capstan:ratelimit:{key_id}"]
 
             port = free_port()
@@ -666,9 +508,9 @@ def _drive(wrk: str, api: Api, opts: Options, doc_id: str, auth: dict[str, str])
                     done += opts.warmup
                 progress.update(task, description=f"round {rnd}/{opts.rounds} {t.name}: measure")
                 before = _scrape(api.base)
-                cpu_before = _cpu_seconds(api.proc.pid)
+                cpu_before = cpu_seconds(api.proc.pid)
                 raw, wrk_cpu = _run_wrk(cmd(opts.duration), opts.duration, partial(tick, base=done))
-                api_cpu = _cpu_seconds(api.proc.pid) - cpu_before
+                api_cpu = cpu_seconds(api.proc.pid) - cpu_before
                 after = _scrape(api.base)
                 done += opts.duration
                 try:
@@ -702,7 +544,7 @@ def _cleanup(api: Api | None, b: Backends, scratch: str | None, forget: list[str
             err.print(f"[yellow]could not remove the bench's Redis keys: {exc}[/yellow]")
     if scratch is not None:
         try:
-            asyncio.run(_admin(b.database_url, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)'))
+            asyncio.run(admin(b.database_url, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)'))
             err.print(f"dropped scratch database {scratch}")
         except Exception as exc:
             err.print(f"[red]could not drop scratch database {scratch}: {exc}[/red]")
@@ -867,15 +709,21 @@ def read(
 
 @app.command("plot")
 def plot(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A read-*.json.")],
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="A read-*.json or events-*.json.")
+    ],
     output: Annotated[Path | None, typer.Option(help="PNG path (default: FILE with .png).")] = None,
 ) -> None:
-    """A bar chart (req/s; p50 and p99) of a `bench read` result; needs matplotlib."""
-    from capstan.bench.plot import MissingMatplotlib, plot_read
+    """A bar chart of a `bench read` or `bench events` result; needs matplotlib."""
+    from capstan.bench.plot import MissingMatplotlib, plot_events, plot_read
 
     target = output or file.with_suffix(".png")
+    result = json.loads(file.read_text())
     try:
-        plot_read(json.loads(file.read_text()), target)
+        if result.get("benchmark") == "events":
+            plot_events(result, target)
+        else:
+            plot_read(result, target)
     except MissingMatplotlib as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
