@@ -14,6 +14,7 @@ import uvicorn
 from rich.console import Console
 from rich.panel import Panel
 
+from capstan.backups.cli import app as backup_app
 from capstan.bench.read import app as bench_app
 from capstan.container import build_container
 from capstan.settings import Settings
@@ -24,6 +25,7 @@ app.add_typer(tenants_app, name="tenants")
 events_app = typer.Typer(help="Recover and inspect the event flow.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
 app.add_typer(bench_app, name="bench")
+app.add_typer(backup_app, name="backup")
 
 err = Console(stderr=True)
 

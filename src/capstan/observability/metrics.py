@@ -54,6 +54,21 @@ class Metrics:
         self.rate_limited = Counter(
             "capstan_rate_limited_total", "Requests refused with 429.", registry=r
         )
+        # --- Backups (the scheduler role). The last-success gauge is registered by the scheduler
+        # on first use (capstan.scheduler.jobs), so it is absent until a backup has succeeded.
+        self.backup_last_success = Gauge(
+            "capstan_backup_last_success_timestamp_seconds",
+            "Unix time the last successful, verified backup finished.",
+            registry=None,
+        )
+        self.backup_duration = Gauge(
+            "capstan_backup_duration_seconds",
+            "Duration of the last scheduled backup run (create, verify, prune).",
+            registry=r,
+        )
+        self.backup_failures = Counter(
+            "capstan_backup_failures_total", "Scheduled backup runs that failed.", registry=r
+        )
         self.outbox_backlog = Gauge(
             "capstan_outbox_backlog", "Committed events not yet published.", registry=r
         )

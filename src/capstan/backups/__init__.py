@@ -1,0 +1,1 @@
+"""Backups of PostgreSQL or SQLite, Redis and RabbitMQ definitions (docs/backups.md)."""
