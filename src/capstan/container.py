@@ -18,6 +18,8 @@ from capstan.events.topology import Topology
 from capstan.observability.metrics import Metrics
 from capstan.search.port import SearchEngine
 from capstan.settings import Settings
+from capstan.tasks.registry import TaskRegistry, build_registry
+from capstan.tasks.service import TaskService
 
 
 @dataclass
@@ -35,6 +37,8 @@ class Container:
     documents: DocumentStore
     # Set after each committed write: wakes an in-process relay without polling.
     outbox_wakeup: asyncio.Event
+    task_registry: TaskRegistry
+    tasks: TaskService
     topology: Topology
     _closers: list[Any] = field(default_factory=list)
 
@@ -52,7 +56,7 @@ class Container:
 def build_container(settings: Settings) -> Container:
     """Wire the process from settings; nothing connects until `start()`."""
     metrics = Metrics()
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
     db = sessionmaker(engine)
     closers: list[Any] = []
 
@@ -110,6 +114,7 @@ def build_container(settings: Settings) -> Container:
     )
     aside = CacheAside(cache, metrics, ttl_seconds=settings.cache_ttl_seconds)
     outbox_wakeup = asyncio.Event()
+    task_registry = build_registry(settings)
     return Container(
         settings=settings,
         metrics=metrics,
@@ -123,6 +128,8 @@ def build_container(settings: Settings) -> Container:
         auth=auth,
         documents=DocumentStore(db, aside, settings.source, on_commit=outbox_wakeup.set),
         outbox_wakeup=outbox_wakeup,
+        task_registry=task_registry,
+        tasks=TaskService(db, task_registry, settings, on_commit=outbox_wakeup.set),
         topology=Topology(settings.broker_namespace),
         _closers=closers,
     )

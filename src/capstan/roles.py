@@ -19,6 +19,8 @@ from capstan.subscribers.indexer import IndexerSubscriber
 from capstan.subscribers.notifier import NotifierSubscriber
 from capstan.subscribers.runtime import Subscriber, SubscriberRunner
 from capstan.webhooks.dispatcher import WebhookDispatcher
+from capstan.worker.maintenance import TaskMaintenance
+from capstan.worker.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ def build_relay(c: Container) -> OutboxRelay:
         poll_seconds=s.outbox_poll_seconds,
         retention_hours=s.outbox_retention_hours,
         wakeup=c.outbox_wakeup,
-        exchange=c.topology.events_exchange,
+        topology=c.topology,
     )
 
 
@@ -78,7 +80,16 @@ SUBSCRIBERS: dict[str, Callable[[Container], Subscriber]] = {
 class Background:
     """Relay and subscribers as tasks of this process; `stop()` drains them gracefully."""
 
-    def __init__(self, c: Container, *, relay: bool, subscribers: list[str]) -> None:
+    def __init__(
+        self,
+        c: Container,
+        *,
+        relay: bool,
+        subscribers: list[str],
+        worker: bool = False,
+        worker_queues: list[str] | None = None,
+        worker_concurrency: int | None = None,
+    ) -> None:
         self._c = c
         self._relay = build_relay(c) if relay else None
         names = subscriber_names(c, subscribers)
@@ -98,6 +109,12 @@ class Background:
             )
             for n in names
         ]
+        self.worker: Worker | None = None
+        if worker:
+            self.worker = Worker(
+                c, c.task_registry, queues=worker_queues, concurrency=worker_concurrency
+            )
+            self._loops += [self.worker.run, TaskMaintenance(c).run]
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -131,13 +148,28 @@ class Background:
                     await task
 
 
-async def run_background(settings: Settings, *, relay: bool, subscribers: list[str] | None) -> None:
+async def run_background(
+    settings: Settings,
+    *,
+    relay: bool,
+    subscribers: list[str] | None,
+    worker: bool = False,
+    worker_queues: list[str] | None = None,
+    worker_concurrency: int | None = None,
+) -> None:
     """Run background roles until SIGINT/SIGTERM, exposing /metrics on settings.metrics_port."""
     from prometheus_client import start_http_server
 
     container = build_container(settings)
     await container.start()
-    background = Background(container, relay=relay, subscribers=subscribers or [])
+    background = Background(
+        container,
+        relay=relay,
+        subscribers=subscribers or [],
+        worker=worker,
+        worker_queues=worker_queues,
+        worker_concurrency=worker_concurrency,
+    )
     if settings.metrics_port:
         start_http_server(
             settings.metrics_port, addr=settings.host, registry=container.metrics.registry

@@ -17,6 +17,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".capstan")
     # Empty means "embedded": a SQLite file inside data_dir.
     database_url: str = ""
+    # Connections per process (as many again may overflow under bursts).
+    database_pool_size: int = Field(20, ge=1, le=500)
     cache_url: str = "memory://"
     broker_url: str = "memory://"
     search_url: str = "sqlite"
@@ -48,7 +50,9 @@ class Settings(BaseSettings):
     outbox_poll_seconds: float = Field(1.0, gt=0)
     outbox_retention_hours: float = Field(24.0, ge=0)
     subscribers: list[str] = ["indexer", "cache", "audit", "notifier"]
-    subscriber_prefetch: int = Field(32, ge=1)
+    # In-flight events per subscriber; each holds a database connection while it is handled,
+    # so subscribers x prefetch should stay within database_pool_size.
+    subscriber_prefetch: int = Field(8, ge=1)
     event_max_attempts: int = Field(5, ge=1)
     event_retry_delays_ms: list[int] = [1000, 5000, 30000, 120000]
     processed_events_retention_days: float = Field(7.0, gt=0)

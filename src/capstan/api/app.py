@@ -17,6 +17,7 @@ from capstan.documents.router import router as documents_router
 from capstan.events.router import router as events_router
 from capstan.roles import Background
 from capstan.settings import Settings
+from capstan.tasks.router import router as tasks_router
 from capstan.webhooks.router import router as webhooks_router
 
 
@@ -41,7 +42,7 @@ def create_app(
             await the_container.start()
         background = None
         if with_background:
-            background = Background(the_container, relay=True, subscribers=["all"])
+            background = Background(the_container, relay=True, subscribers=["all"], worker=True)
             await background.start()
         try:
             yield
@@ -66,6 +67,7 @@ def create_app(
     app.include_router(documents_router)
     app.include_router(events_router)
     app.include_router(webhooks_router)
+    app.include_router(tasks_router)
     app.add_middleware(
         RequestContextMiddleware,
         metrics=the_container.metrics,

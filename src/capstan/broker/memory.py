@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,8 +18,20 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Queue:
     spec: QueueSpec
-    items: asyncio.Queue[tuple[Message, int]] = field(default_factory=asyncio.Queue)
+    items: asyncio.PriorityQueue[tuple[int, int, Message, int]] = field(
+        default_factory=asyncio.PriorityQueue
+    )
     dead: list[Message] = field(default_factory=list)
+    _seq: itertools.count[int] = field(default_factory=itertools.count)
+
+    def put(self, item: tuple[Message, int]) -> None:
+        message, attempt = item
+        priority = min(message.priority, self.spec.max_priority) if self.spec.max_priority else 0
+        self.items.put_nowait((-priority, next(self._seq), message, attempt))
+
+    async def get(self) -> tuple[Message, int]:
+        _priority, _seq, message, attempt = await self.items.get()
+        return message, attempt
 
 
 class _MemoryDelivery:
@@ -44,7 +57,7 @@ class _MemoryDelivery:
         self.settled = True
         tier = self._queue.spec.retry_tier(delay_ms)
         item = (self._message, self._attempt + 1)
-        self._broker._later(tier / 1000, lambda: self._queue.items.put_nowait(item))
+        self._broker._later(tier / 1000, lambda: self._queue.put(item))
 
     async def dead_letter(self, reason: str) -> None:
         self.settled = True
@@ -86,12 +99,12 @@ class MemoryBroker:
                 if queue.spec.exchange == exchange and any(
                     topic_matches(p, message.routing_key) for p in queue.spec.patterns
                 ):
-                    queue.items.put_nowait((message, 1))
+                    queue.put((message, 1))
 
     async def publish_to_queue(self, spec: QueueSpec, messages: Sequence[Message]) -> None:
         await self.declare(spec)
         for message in messages:
-            self._queues[spec.name].items.put_nowait((message, 1))
+            self._queues[spec.name].put((message, 1))
 
     async def declare(self, spec: QueueSpec) -> None:
         self._queues.setdefault(spec.name, _Queue(spec))
@@ -102,7 +115,7 @@ class MemoryBroker:
 
         async def worker() -> None:
             while True:
-                message, attempt = await queue.items.get()
+                message, attempt = await queue.get()
                 delivery = _MemoryDelivery(self, queue, message, attempt)
                 item = (message, attempt)
                 try:
@@ -110,15 +123,15 @@ class MemoryBroker:
                 except asyncio.CancelledError:
                     # Like an unacked AMQP delivery on a closed channel: back to the queue.
                     if not delivery.settled:
-                        queue.items.put_nowait(item)
+                        queue.put(item)
                     raise
                 except Exception:
                     log.exception("handler failed without settling", extra={"queue": spec.name})
                     if not delivery.settled:
-                        self._later(1.0, lambda item=item: queue.items.put_nowait(item))
+                        self._later(1.0, lambda item=item: queue.put(item))
                 else:
                     if not delivery.settled:
-                        queue.items.put_nowait(item)
+                        queue.put(item)
 
         workers = 1 if spec.single_active else prefetch
         return _MemoryConsumer([asyncio.create_task(worker()) for _ in range(workers)])
@@ -132,7 +145,7 @@ class MemoryBroker:
         queue = self._queues[spec.name]
         moved, queue.dead = queue.dead, []
         for message in moved:
-            queue.items.put_nowait((message, 1))
+            queue.put((message, 1))
         return len(moved)
 
     def _later(self, seconds: float, action: object) -> None:

@@ -19,6 +19,7 @@ class Message:
     message_id: str
     headers: dict[str, Any] = field(default_factory=dict)
     content_type: str = "application/cloudevents+json"
+    priority: int = 0  # honoured by queues declared with max_priority > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,7 @@ class QueueSpec:
     retry_delays_ms: tuple[int, ...] = (1000, 5000, 30000)
     single_active: bool = False
     exchange: str = "capstan.events"
+    max_priority: int = 0  # > 0: higher-priority messages are delivered first
 
     @property
     def dead_letter_queue(self) -> str:

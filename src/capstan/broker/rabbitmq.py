@@ -50,6 +50,7 @@ class _RabbitDelivery:
             message_id=incoming.message_id or "",
             headers=headers,
             content_type=incoming.content_type or "",
+            priority=incoming.priority or 0,
         )
 
     @property
@@ -214,6 +215,8 @@ class RabbitBroker:
         arguments: dict[str, Any] = {}
         if spec.single_active:
             arguments["x-single-active-consumer"] = True
+        if spec.max_priority:
+            arguments["x-max-priority"] = spec.max_priority
         queue = await channel.declare_queue(spec.name, durable=True, arguments=arguments)
         for pattern in spec.patterns:
             await queue.bind(exchange, routing_key=pattern)
@@ -288,4 +291,5 @@ def _amqp(message: Message, headers: dict[str, Any]) -> aio_pika.Message:
         content_type=message.content_type,
         headers=headers,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        priority=message.priority or None,
     )

@@ -18,12 +18,14 @@ from capstan.backups.cli import app as backup_app
 from capstan.bench.read import app as bench_app
 from capstan.container import build_container
 from capstan.settings import Settings
+from capstan.tasks.cli import tasks_app
 
 app = typer.Typer(help="Capstan: a self-hosted backend for AI applications.", no_args_is_help=True)
 tenants_app = typer.Typer(help="Tenants and their API keys.", no_args_is_help=True)
 app.add_typer(tenants_app, name="tenants")
 events_app = typer.Typer(help="Recover and inspect the event flow.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
+app.add_typer(tasks_app, name="tasks")
 app.add_typer(bench_app, name="bench")
 app.add_typer(backup_app, name="backup")
 
@@ -155,13 +157,50 @@ def subscriber(
     _run_background(_settings(), relay=False, subscribers=names)
 
 
-def _run_background(settings: Settings, *, relay: bool, subscribers: list[str] | None) -> None:
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None, typer.Option(help="Tasks at once (default CAPSTAN_WORKER_CONCURRENCY).")
+    ] = None,
+    queues: Annotated[
+        list[str] | None, typer.Option("--queue", help="Queue(s) to consume; repeatable.")
+    ] = None,
+) -> None:
+    """Run a task worker: consume task queues, run handlers, commit results."""
+    _run_background(
+        _settings(),
+        relay=False,
+        subscribers=None,
+        worker=True,
+        worker_queues=queues or None,
+        worker_concurrency=concurrency,
+    )
+
+
+def _run_background(
+    settings: Settings,
+    *,
+    relay: bool,
+    subscribers: list[str] | None,
+    worker: bool = False,
+    worker_queues: list[str] | None = None,
+    worker_concurrency: int | None = None,
+) -> None:
     from capstan.observability.logging import configure_logging
     from capstan.roles import run_background
 
     configure_logging(settings.log_level, json=settings.log_json)
     try:
-        asyncio.run(run_background(settings, relay=relay, subscribers=subscribers))
+        asyncio.run(
+            run_background(
+                settings,
+                relay=relay,
+                subscribers=subscribers,
+                worker=worker,
+                worker_queues=worker_queues,
+                worker_concurrency=worker_concurrency,
+            )
+        )
     except ValueError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc

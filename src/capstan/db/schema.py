@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -113,6 +114,8 @@ class OutboxEvent(Base):
     tenant_id: Mapped[str] = mapped_column(String(36))
     routing_key: Mapped[str] = mapped_column(String(200))
     subject: Mapped[str] = mapped_column(String(200))
+    # Which exchange the relay publishes to: "events" (topic, fan-out) or "tasks" (work queues).
+    channel: Mapped[str] = mapped_column(String(20), server_default="events")
     envelope: Mapped[dict[str, Any]] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -210,3 +213,71 @@ class WebhookAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     duration_ms: Mapped[float] = mapped_column(Float)
+
+
+# --- Tasks (migration 0004_tasks) ----------------------------------------------------------
+
+
+class Task(Base):
+    """A unit of asynchronous work; the row is the truth, broker messages only wake workers."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_tasks_tenant_idempotency"),
+        Index("ix_tasks_tenant_id", "tenant_id", "id"),
+        Index("ix_tasks_due", "status", "dispatched_at", "run_at"),
+        Index("ix_tasks_worker", "worker_id", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(100))
+    queue: Mapped[str] = mapped_column(String(100))
+    priority: Mapped[int] = mapped_column(Integer)
+    # queued | running | succeeded | failed | cancelled
+    status: Mapped[str] = mapped_column(String(20))
+    input: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    result: Mapped[Any | None] = mapped_column(JSONType, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    time_limit_seconds: Mapped[float] = mapped_column(Float)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    progress: Mapped[float] = mapped_column(Float)
+    progress_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean)
+    worker_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    run_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class WorkerRecord(Base):
+    """A worker process's heartbeat: what it runs and when it last proved it was alive."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[list[str]] = mapped_column(JSONType)
+    concurrency: Mapped[int] = mapped_column(Integer)
+    running: Mapped[list[str]] = mapped_column(JSONType)  # task ids
+    loop_lag_seconds: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class TaskEffect(Base):
+    """Side effects a handler asked to commit together with its result: exactly once."""
+
+    __tablename__ = "task_effects"
+
+    task_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[Any | None] = mapped_column(JSONType, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -33,6 +33,23 @@ def envelope(
     return env
 
 
+def add_task_message(
+    session: AsyncSession, *, tenant_id: str, queue: str, task_id: str, priority: int
+) -> OutboxEvent:
+    """Stage the message that hands task `task_id` to a worker of `queue`."""
+    row = OutboxEvent(
+        event_id=uuid7(),
+        tenant_id=tenant_id,
+        routing_key=queue,
+        subject=f"tasks/{task_id}",
+        channel="tasks",
+        envelope={"task_id": task_id, "priority": priority},
+        created_at=datetime.now(UTC),
+    )
+    session.add(row)
+    return row
+
+
 def add_event(
     session: AsyncSession,
     *,
@@ -52,6 +69,7 @@ def add_event(
         tenant_id=tenant_id,
         routing_key=f"{entity}.{action}",
         subject=subject,
+        channel="events",
         envelope=env,
         created_at=datetime.now(UTC),
     )

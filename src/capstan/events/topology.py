@@ -20,5 +20,17 @@ class Topology:
         """Topic exchange of audited events with their feed `seq`, for the realtime gateway."""
         return f"{self.namespace}.realtime"
 
+    @property
+    def tasks_exchange(self) -> str:
+        """Exchange of task messages; the routing key is the task queue's name."""
+        return f"{self.namespace}.tasks"
+
     def subscriber_queue(self, subscriber: str) -> str:
         return f"{self.namespace}.sub.{subscriber}"
+
+    def task_queue(self, queue: str) -> str:
+        return f"{self.namespace}.tasks.{queue}"
+
+    def exchange_for(self, channel: str) -> str:
+        """The exchange an outbox row of `channel` is published to."""
+        return self.tasks_exchange if channel == "tasks" else self.events_exchange

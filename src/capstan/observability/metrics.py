@@ -132,6 +132,56 @@ class Metrics:
             ["action"],
             registry=r,
         )
+        # Tasks (names are the contract in docs/alerts.md).
+        self.tasks_total = Counter(
+            "capstan_tasks_total",
+            "Task state changes: queued, running, succeeded, failed, retrying, cancelled.",
+            ["type", "state"],
+            registry=r,
+        )
+        self.task_duration = Histogram(
+            "capstan_task_duration_seconds",
+            "Run time of a task attempt.",
+            ["type"],
+            buckets=(*LATENCY_BUCKETS, 30.0, 60.0, 300.0),
+            registry=r,
+        )
+        self.task_queue_wait = Histogram(
+            "capstan_task_queue_wait_seconds",
+            "From when a task was due to when a worker started it.",
+            ["type"],
+            buckets=(*LATENCY_BUCKETS, 30.0, 60.0, 300.0),
+            registry=r,
+        )
+        self.tasks_running = Gauge(
+            "capstan_tasks_running", "Tasks running in this process.", registry=r
+        )
+        self.task_queue_depth = Gauge(
+            "capstan_task_queue_depth", "Tasks waiting in each queue.", ["queue"], registry=r
+        )
+        self.task_oldest_queued_age = Gauge(
+            "capstan_task_oldest_queued_age_seconds",
+            "Age of the oldest due task not yet started, per queue (0 when empty).",
+            ["queue"],
+            registry=r,
+        )
+        self.tasks_reaped = Counter(
+            "capstan_tasks_reaped_total",
+            "Running tasks returned to the queue because their worker stopped beating.",
+            registry=r,
+        )
+        self.worker_heartbeat = Gauge(
+            "capstan_worker_last_heartbeat_timestamp_seconds",
+            "Unix time of each worker's last heartbeat.",
+            ["worker"],
+            registry=r,
+        )
+        self.dead_letters = Gauge(
+            "capstan_dead_letters",
+            "Messages held in each dead-letter queue.",
+            ["queue"],
+            registry=r,
+        )
         self.dependency_up = Gauge(
             "capstan_dependency_up",
             "1 when the dependency answered the last readiness probe.",

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from capstan.broker.port import Broker, BrokerUnavailable, Message
 from capstan.db.schema import OutboxEvent
 from capstan.events.envelope import encode
+from capstan.events.topology import Topology
 from capstan.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,9 @@ class OutboxRelay:
         poll_seconds: float = 1.0,
         retention_hours: float = 24.0,
         wakeup: asyncio.Event | None = None,
-        exchange: str = "capstan.events",
+        topology: Topology | None = None,
     ) -> None:
-        self._exchange = exchange
+        self._topology = topology or Topology()
         self._engine = engine
         self._db = db
         self._broker = broker
@@ -62,6 +63,9 @@ class OutboxRelay:
         last_cleanup = last_gauges = 0.0
         try:
             while not stopping.is_set():
+                # Cleared before the batch, not after: a commit notified while we publish
+                # must wake the next round instead of waiting for the poll.
+                self._wakeup.clear()
                 try:
                     sent = await self.relay_once()
                 except BrokerUnavailable as exc:
@@ -84,7 +88,6 @@ class OutboxRelay:
                     last_cleanup = now
                     await self.cleanup()
                 if sent < self._batch_size:
-                    self._wakeup.clear()
                     await _wait_any(stopping, self._wakeup, self._poll_seconds)
         finally:
             if listener is not None:
@@ -110,7 +113,12 @@ class OutboxRelay:
             )
             if not rows:
                 return 0
-            await self._broker.publish([_message(row) for row in rows], self._exchange)
+            # Grouped by exchange; within each, rows keep their commit order.
+            for channel in dict.fromkeys(row.channel for row in rows):
+                await self._broker.publish(
+                    [_message(row) for row in rows if row.channel == channel],
+                    self._topology.exchange_for(channel),
+                )
             if self.fail_after_publish is not None:
                 self.fail_after_publish()
             await session.execute(
@@ -181,6 +189,10 @@ def _message(row: OutboxEvent) -> Message:
         body=encode(row.envelope),
         message_id=row.event_id,
         headers={"tenantid": row.tenant_id},
+        content_type="application/json"
+        if row.channel == "tasks"
+        else "application/cloudevents+json",
+        priority=int(row.envelope.get("priority", 0)) if row.channel == "tasks" else 0,
     )
 
 

@@ -1,0 +1,97 @@
+"""Document handlers: enrich a stored document through the normal write path."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from capstan.documents.schemas import DocumentUpdate
+from capstan.tasks.context import TaskContext
+from capstan.tasks.handlers.text import detect_language, keywords, summarize
+from capstan.tasks.registry import TaskRegistry, TaskType
+
+
+class EnrichInput(BaseModel):
+    document_id: str = Field(..., min_length=36, max_length=36)
+    sentences: int = Field(2, ge=1, le=20)
+    keywords: int = Field(8, ge=1, le=50)
+
+
+async def _enrich(data: EnrichInput, ctx: TaskContext) -> dict[str, Any]:
+    store = ctx.container.documents
+    view = await store.read(ctx.tenant_id, data.document_id, bypass_cache=True)
+    doc = json.loads(view.payload)
+    text = "\n".join(p for p in (doc["title"], doc["body"]) if p)
+    await ctx.progress(0.2, "detecting language")
+    language = await asyncio.to_thread(detect_language, text)
+    lang = language["language"] or "en"
+    await ctx.progress(0.4, "summarizing")
+    summary = await asyncio.to_thread(summarize, doc["body"] or text, data.sentences, lang)
+    await ctx.progress(0.7, "extracting keywords")
+    found = await asyncio.to_thread(keywords, text, data.keywords, lang if lang in _YAKE else "en")
+    enrichment = {
+        "summary": summary["summary"],
+        "keywords": [k["keyword"] for k in found],
+        "language": language["language"],
+        "language_probability": language["probability"],
+        "task_id": ctx.task_id,
+    }
+    ctx.check_cancelled()
+    # The normal write path: a new version, an outbox event, cache invalidation, reindexing.
+    # Writing the same enrichment again (a retried attempt) is harmless.
+    metadata = {**doc["metadata"], "enrichment": enrichment}
+    updated = await store.update(ctx.tenant_id, data.document_id, DocumentUpdate(metadata=metadata))
+    return {"document_id": data.document_id, "version": updated.version, "enrichment": enrichment}
+
+
+# Languages YAKE ships stopwords for (a subset; others fall back to English).
+_YAKE = {
+    "ar",
+    "bg",
+    "br",
+    "cz",
+    "da",
+    "de",
+    "el",
+    "en",
+    "es",
+    "et",
+    "fa",
+    "fi",
+    "fr",
+    "hi",
+    "hr",
+    "hu",
+    "hy",
+    "id",
+    "it",
+    "ja",
+    "lt",
+    "lv",
+    "nl",
+    "no",
+    "pl",
+    "pt",
+    "ro",
+    "ru",
+    "sk",
+    "sl",
+    "sv",
+    "tr",
+    "uk",
+    "zh",
+}
+
+
+def register(registry: TaskRegistry) -> None:
+    registry.register(
+        TaskType(
+            "documents.enrich",
+            EnrichInput,
+            _enrich,
+            "Summary, keywords and language of a stored document, written into its metadata.",
+        )
+    )

@@ -1,0 +1,77 @@
+"""Task types: a name, a Pydantic input model and an async handler. Applications add theirs
+through the `capstan.tasks` entry-point group: each entry point is `register(registry)`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from capstan.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from capstan.settings import Settings
+    from capstan.tasks.context import TaskContext
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "capstan.tasks"
+
+Handler = Callable[[Any, "TaskContext"], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class TaskType:
+    name: str
+    input_model: type[BaseModel]
+    handler: Handler
+    description: str
+    queue: str = "default"
+    max_attempts: int | None = None
+    time_limit_seconds: float | None = None
+
+
+class TaskRegistry:
+    def __init__(self) -> None:
+        self._types: dict[str, TaskType] = {}
+
+    def register(self, task_type: TaskType) -> None:
+        if task_type.name in self._types:
+            raise ValueError(f"task type {task_type.name!r} is registered twice")
+        self._types[task_type.name] = task_type
+
+    def get(self, name: str) -> TaskType:
+        try:
+            return self._types[name]
+        except KeyError:
+            known = ", ".join(sorted(self._types))
+            raise InvalidInput(
+                f"unknown task type {name!r}; known: {known}", field="type"
+            ) from None
+
+    def __iter__(self) -> Iterator[TaskType]:
+        return iter(sorted(self._types.values(), key=lambda t: t.name))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._types
+
+
+def build_registry(settings: Settings) -> TaskRegistry:
+    """Built-in types, test types when enabled, then every installed plugin."""
+    from capstan.tasks.handlers import documents, testing, text
+
+    registry = TaskRegistry()
+    text.register(registry)
+    documents.register(registry)
+    if settings.tasks_enable_test_handlers:
+        testing.register(registry)
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry.load()(registry)
+        except Exception:
+            log.exception("task plugin failed to load", extra={"plugin": entry.name})
+    return registry

@@ -1,0 +1,120 @@
+"""/v1/tasks, /v1/task-types and /v1/workers: thin handlers over TaskService."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+from sqlalchemy import select
+
+from capstan.api.deps import ContainerDep, PrincipalDep
+from capstan.db.schema import Task, WorkerRecord
+from capstan.tasks.schemas import (
+    TaskPage,
+    TaskRead,
+    TaskStatus,
+    TaskSubmit,
+    TaskTypeRead,
+    WorkerRead,
+    WorkerTask,
+)
+from capstan.tasks.service import to_read
+
+router = APIRouter(tags=["tasks"])
+
+
+@router.post("/v1/tasks", status_code=status.HTTP_202_ACCEPTED)
+async def submit_task(
+    body: TaskSubmit, c: ContainerDep, who: PrincipalDep, response: Response
+) -> TaskRead:
+    """Queue a task; answers at once. The same idempotency key returns the same task."""
+    task, created = await c.tasks.submit(who.tenant_id, body)
+    response.headers["Location"] = f"/v1/tasks/{task.id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return to_read(task)
+
+
+@router.get("/v1/tasks/{task_id}")
+async def get_task(task_id: str, c: ContainerDep, who: PrincipalDep) -> TaskRead:
+    """A task's state, attempts, progress, result or last error."""
+    return to_read(await c.tasks.get(who.tenant_id, task_id))
+
+
+@router.get("/v1/tasks")
+async def list_tasks(
+    c: ContainerDep,
+    who: PrincipalDep,
+    status: TaskStatus | None = None,
+    type: Annotated[str | None, Query(max_length=100)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> TaskPage:
+    """Tasks, newest first."""
+    rows, next_cursor = await c.tasks.list(
+        who.tenant_id, status=status, type=type, cursor=cursor, limit=limit
+    )
+    return TaskPage(items=[to_read(t) for t in rows], next_cursor=next_cursor)
+
+
+@router.post("/v1/tasks/{task_id}/cancel", status_code=status.HTTP_202_ACCEPTED)
+async def cancel_task(task_id: str, c: ContainerDep, who: PrincipalDep) -> TaskRead:
+    """Cancel: a queued task at once, a running one at its next cancellation point."""
+    return to_read(await c.tasks.cancel(who.tenant_id, task_id))
+
+
+@router.get("/v1/task-types")
+async def task_types(c: ContainerDep, who: PrincipalDep) -> list[TaskTypeRead]:
+    """Every task type with the JSON schema of its input."""
+    return [
+        TaskTypeRead(
+            name=t.name,
+            description=t.description,
+            queue=t.queue,
+            input_schema=t.input_model.model_json_schema(),
+        )
+        for t in c.task_registry
+    ]
+
+
+@router.get("/v1/workers")
+async def workers(c: ContainerDep, who: PrincipalDep) -> list[WorkerRead]:
+    """Workers with their last heartbeat and the caller's tasks they are running."""
+    now = datetime.now(UTC)
+    ttl = timedelta(seconds=c.settings.worker_heartbeat_ttl_seconds)
+    async with c.db() as session:
+        records = list(await session.scalars(select(WorkerRecord).order_by(WorkerRecord.id)))
+        running = list(
+            await session.scalars(
+                select(Task).where(Task.tenant_id == who.tenant_id, Task.status == "running")
+            )
+        )
+    by_worker: dict[str, list[WorkerTask]] = {}
+    for task in running:
+        elapsed = (now - task.started_at).total_seconds() if task.started_at else 0.0
+        by_worker.setdefault(task.worker_id or "", []).append(
+            WorkerTask(
+                id=task.id,
+                type=task.type,
+                running_for_seconds=round(elapsed, 3),
+                time_limit_seconds=task.time_limit_seconds,
+                progress=task.progress,
+                stuck=elapsed > task.time_limit_seconds,
+            )
+        )
+    return [
+        WorkerRead(
+            id=w.id,
+            hostname=w.hostname,
+            pid=w.pid,
+            queues=w.queues,
+            concurrency=w.concurrency,
+            status="alive" if now - w.last_heartbeat_at <= ttl else "stale",
+            loop_lag_seconds=w.loop_lag_seconds,
+            started_at=w.started_at,
+            last_heartbeat_at=w.last_heartbeat_at,
+            running=by_worker.get(w.id, []),
+        )
+        for w in records
+    ]

@@ -1,0 +1,233 @@
+"""Submitting, reading, listing and cancelling tasks (the API side)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from capstan.db.schema import Task
+from capstan.documents.service import decode_cursor, encode_cursor
+from capstan.errors import Conflict, InvalidInput, NotFound
+from capstan.events.outbox import add_event, add_task_message
+from capstan.ids import uuid7
+from capstan.observability.context import current_request_id
+from capstan.settings import Settings
+from capstan.tasks.registry import TaskRegistry
+from capstan.tasks.schemas import TaskRead, TaskSubmit
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def to_read(task: Task) -> TaskRead:
+    return TaskRead(
+        id=task.id,
+        url=f"/v1/tasks/{task.id}",
+        type=task.type,
+        queue=task.queue,
+        priority=task.priority,
+        status=task.status,
+        input=task.input,
+        result=task.result,
+        error=task.error,
+        attempts=task.attempts,
+        max_attempts=task.max_attempts,
+        time_limit_seconds=task.time_limit_seconds,
+        idempotency_key=task.idempotency_key,
+        progress=task.progress,
+        progress_message=task.progress_message,
+        cancel_requested=task.cancel_requested,
+        worker_id=task.worker_id,
+        run_at=task.run_at,
+        created_at=task.created_at,
+        started_at=task.started_at,
+        finished_at=task.finished_at,
+        updated_at=task.updated_at,
+    )
+
+
+def task_event_data(task: Task, **extra: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": task.id,
+        "type": task.type,
+        "status": task.status,
+        "attempts": task.attempts,
+        "max_attempts": task.max_attempts,
+    }
+    data.update(extra)
+    return data
+
+
+def stage_event(session: AsyncSession, source: str, task: Task, action: str, **extra: Any) -> None:
+    add_event(
+        session,
+        source=source,
+        entity="task",
+        action=action,
+        tenant_id=task.tenant_id,
+        subject=f"tasks/{task.id}",
+        data=task_event_data(task, **extra),
+    )
+
+
+def dispatch(session: AsyncSession, task: Task, now: datetime) -> None:
+    """Stage the worker message for a due task (committed with the caller's transaction)."""
+    task.dispatched_at = now
+    add_task_message(
+        session, tenant_id=task.tenant_id, queue=task.queue, task_id=task.id, priority=task.priority
+    )
+
+
+class TaskService:
+    def __init__(
+        self,
+        db: async_sessionmaker[AsyncSession],
+        registry: TaskRegistry,
+        settings: Settings,
+        on_commit: Any = lambda: None,
+    ) -> None:
+        self._db = db
+        self._registry = registry
+        self._settings = settings
+        self._on_commit = on_commit
+
+    async def submit(self, tenant_id: str, body: TaskSubmit) -> tuple[Task, bool]:
+        """The new task (True), or the one already submitted with this idempotency key (False)."""
+        task_type = self._registry.get(body.type)
+        try:
+            task_type.input_model.model_validate(body.input)
+        except ValidationError as exc:
+            errors = [
+                {"loc": ["input", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+                for e in exc.errors()
+            ]
+            first = errors[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise InvalidInput(f"{where}: {first['msg']}", errors=errors) from exc
+        if body.idempotency_key and (found := await self._by_key(tenant_id, body.idempotency_key)):
+            return found, False
+        now = datetime.now(UTC)
+        run_at = body.run_at or now
+        if run_at.tzinfo is None:
+            run_at = run_at.replace(tzinfo=UTC)
+        s = self._settings
+        task = Task(
+            id=uuid7(),
+            tenant_id=tenant_id,
+            type=task_type.name,
+            queue=body.queue or task_type.queue,
+            priority=body.priority,
+            status="queued",
+            input=body.input,
+            attempts=0,
+            max_attempts=body.max_attempts or task_type.max_attempts or s.task_default_max_attempts,
+            time_limit_seconds=body.time_limit_seconds
+            or task_type.time_limit_seconds
+            or s.task_default_time_limit_seconds,
+            idempotency_key=body.idempotency_key,
+            progress=0.0,
+            cancel_requested=False,
+            request_id=current_request_id(),
+            run_at=run_at,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            async with self._db.begin() as session:
+                session.add(task)
+                if run_at <= now:
+                    dispatch(session, task, now)
+                stage_event(session, s.source, task, "queued")
+        except IntegrityError:
+            # Another request with the same idempotency key won the race: same task.
+            if body.idempotency_key and (
+                found := await self._by_key(tenant_id, body.idempotency_key)
+            ):
+                return found, False
+            raise
+        self._on_commit()
+        return task, True
+
+    async def _by_key(self, tenant_id: str, key: str) -> Task | None:
+        async with self._db() as session:
+            return await session.scalar(
+                select(Task).where(Task.tenant_id == tenant_id, Task.idempotency_key == key)
+            )
+
+    async def get(self, tenant_id: str, task_id: str) -> Task:
+        async with self._db() as session:
+            task = await session.scalar(
+                select(Task).where(Task.tenant_id == tenant_id, Task.id == task_id)
+            )
+        if task is None:
+            raise NotFound(f"task {task_id} does not exist")
+        return task
+
+    async def list(
+        self,
+        tenant_id: str,
+        *,
+        status: str | None,
+        type: str | None,
+        cursor: str | None,
+        limit: int,
+    ) -> tuple[list[Task], str | None]:
+        stmt = select(Task).where(Task.tenant_id == tenant_id)
+        if status:
+            stmt = stmt.where(Task.status == status)
+        if type:
+            stmt = stmt.where(Task.type == type)
+        if cursor:
+            stmt = stmt.where(Task.id < decode_cursor(cursor))
+        async with self._db() as session:
+            rows = list(await session.scalars(stmt.order_by(Task.id.desc()).limit(limit + 1)))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, encode_cursor(rows[-1].id) if more and rows else None
+
+    async def cancel(self, tenant_id: str, task_id: str) -> Task:
+        """Queued: cancelled at once. Running: flagged; the worker stops at its next check."""
+        now = datetime.now(UTC)
+        async with self._db.begin() as session:
+            task = await session.scalar(
+                select(Task)
+                .where(Task.tenant_id == tenant_id, Task.id == task_id)
+                .with_for_update()
+            )
+            if task is None:
+                raise NotFound(f"task {task_id} does not exist")
+            if task.status in FINISHED:
+                raise Conflict(f"task {task_id} is already {task.status}", status=task.status)
+            if task.status == "queued":
+                task.status = "cancelled"
+                task.finished_at = now
+                stage_event(session, self._settings.source, task, "cancelled")
+            else:
+                task.cancel_requested = True
+            task.updated_at = now
+        self._on_commit()
+        return task
+
+
+async def reset_for_retry(session: AsyncSession, task_ids: list[str]) -> int:
+    """Put failed tasks back in the queue with a fresh attempt budget (dead-letter requeue)."""
+    now = datetime.now(UTC)
+    result = await session.execute(
+        update(Task)
+        .where(Task.id.in_(task_ids), Task.status == "failed")
+        .values(
+            status="queued",
+            attempts=0,
+            error=None,
+            finished_at=None,
+            worker_id=None,
+            dispatched_at=now,
+            run_at=now,
+            updated_at=now,
+        )
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

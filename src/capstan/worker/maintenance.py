@@ -1,0 +1,132 @@
+"""Housekeeping that keeps the task system truthful: dispatch due tasks (scheduled runs and
+retries), return tasks of dead workers to the queue, and publish queue gauges. Runs in every
+worker process; on PostgreSQL an advisory lock lets one of them act per round."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from capstan.container import Container
+from capstan.db.schema import Task, WorkerRecord
+from capstan.tasks.service import dispatch, stage_event
+
+log = logging.getLogger(__name__)
+
+MAINTENANCE_LOCK_KEY = 0x0CA5_7A5C
+BATCH = 500
+
+
+class TaskMaintenance:
+    def __init__(self, c: Container) -> None:
+        self._c = c
+        self._postgres = c.engine.dialect.name == "postgresql"
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        poll = self._c.settings.task_poll_seconds
+        while not stopping.is_set():
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("task maintenance round failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), poll)
+
+    async def tick(self) -> tuple[int, int]:
+        """One round: (tasks dispatched, tasks reaped)."""
+        now = datetime.now(UTC)
+        async with self._c.db.begin() as session:
+            if self._postgres and not await session.scalar(
+                select(func.pg_try_advisory_xact_lock(MAINTENANCE_LOCK_KEY))
+            ):
+                return 0, 0
+            due = list(
+                await session.scalars(
+                    select(Task)
+                    .where(
+                        Task.status == "queued", Task.dispatched_at.is_(None), Task.run_at <= now
+                    )
+                    .order_by(Task.run_at)
+                    .limit(BATCH)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            for task in due:
+                dispatch(session, task, now)
+            reaped = await self._reap(session, now)
+        if due or reaped:
+            self._c.outbox_wakeup.set()
+        await self._gauges(now)
+        return len(due), reaped
+
+    async def _reap(self, session: AsyncSession, now: datetime) -> int:
+        ttl = timedelta(seconds=self._c.settings.worker_heartbeat_ttl_seconds)
+        alive = select(WorkerRecord.id).where(WorkerRecord.last_heartbeat_at >= now - ttl)
+        lost = list(
+            await session.scalars(
+                select(Task)
+                .where(
+                    Task.status == "running",
+                    or_(Task.worker_id.is_(None), Task.worker_id.not_in(alive)),
+                    Task.started_at < now - ttl,
+                )
+                .limit(BATCH)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        for task in lost:
+            log.warning(
+                "task of a lost worker re-queued", extra={"task": task.id, "worker": task.worker_id}
+            )
+            if task.cancel_requested:
+                task.status, task.finished_at = "cancelled", now
+                stage_event(session, self._c.settings.source, task, "cancelled")
+            else:
+                lost_worker = task.worker_id
+                task.status, task.worker_id = "queued", None
+                task.error = f"worker {lost_worker} stopped beating; re-queued"
+                dispatch(session, task, now)
+                stage_event(session, self._c.settings.source, task, "retrying", error=task.error)
+            task.updated_at = now
+        self._c.metrics.tasks_reaped.inc(len(lost))
+        # Records of workers gone for an hour: nothing refers to them any more.
+        await session.execute(
+            delete(WorkerRecord).where(WorkerRecord.last_heartbeat_at < now - timedelta(hours=1))
+        )
+        return len(lost)
+
+    async def _gauges(self, now: datetime) -> None:
+        m = self._c.metrics
+        async with self._c.db() as session:
+            rows = (
+                await session.execute(
+                    select(Task.queue, func.count(), func.min(Task.run_at))
+                    .where(Task.status == "queued", Task.run_at <= now)
+                    .group_by(Task.queue)
+                )
+            ).all()
+            workers = (
+                await session.execute(select(WorkerRecord.id, WorkerRecord.last_heartbeat_at))
+            ).all()
+        seen = set()
+        for queue, count, oldest in rows:
+            seen.add(queue)
+            m.task_queue_depth.labels(queue).set(count)
+            if oldest is not None and oldest.tzinfo is None:
+                oldest = oldest.replace(tzinfo=UTC)
+            m.task_oldest_queued_age.labels(queue).set(
+                max((now - oldest).total_seconds(), 0.0) if oldest else 0.0
+            )
+        for queue in self._c.settings.worker_queues:
+            if queue not in seen:
+                m.task_queue_depth.labels(queue).set(0)
+                m.task_oldest_queued_age.labels(queue).set(0)
+        for worker_id, beat in workers:
+            if beat.tzinfo is None:
+                beat = beat.replace(tzinfo=UTC)
+            m.worker_heartbeat.labels(worker_id).set(beat.timestamp())
