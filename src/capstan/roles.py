@@ -156,6 +156,7 @@ async def run_background(
     worker: bool = False,
     worker_queues: list[str] | None = None,
     worker_concurrency: int | None = None,
+    scheduler: bool = False,
 ) -> None:
     """Run background roles until SIGINT/SIGTERM, exposing /metrics on settings.metrics_port."""
     from prometheus_client import start_http_server
@@ -174,6 +175,10 @@ async def run_background(
         start_http_server(
             settings.metrics_port, addr=settings.host, registry=container.metrics.registry
         )
+    if scheduler:
+        from capstan.scheduler.jobs import build_scheduler
+
+        background.add_loop(build_scheduler(container).run)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -29,7 +29,7 @@ def _copy(source: sqlite3.Connection, dest: sqlite3.Connection, progress: Any = 
 
 def table_stats(db: Path) -> TableStats:
     """Rows and an order-independent checksum per table (sum of 60-bit row hashes)."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn = sqlite3.connect(str(db), timeout=30)
     try:
         names = [
             r[0]

@@ -147,6 +147,21 @@ def relay() -> None:
 
 
 @app.command()
+def scheduler() -> None:
+    """Run the scheduler: backups on CAPSTAN_BACKUP_SCHEDULE (verified, then pruned)."""
+    from capstan.observability.logging import configure_logging
+    from capstan.roles import run_background
+
+    settings = _settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    try:
+        asyncio.run(run_background(settings, relay=False, subscribers=None, scheduler=True))
+    except ValueError as exc:  # a bad CAPSTAN_BACKUP_SCHEDULE
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+@app.command()
 def subscriber(
     names: Annotated[
         list[str],
@@ -278,8 +293,13 @@ def _serve(settings: Settings, *, with_background: bool = False) -> None:
     from capstan.observability.logging import configure_logging
 
     configure_logging(settings.log_level, json=settings.log_json)
+    app_ = create_app(settings, with_background=with_background)
+    if with_background:  # capstan dev: also the scheduler (backups into data_dir/backups)
+        from capstan.scheduler.jobs import attach_scheduler
+
+        attach_scheduler(app_)
     uvicorn.run(
-        create_app(settings, with_background=with_background),
+        app_,
         host=settings.host,
         port=settings.port,
         log_config=None,
