@@ -16,7 +16,10 @@ from capstan.documents.cache import CacheAside
 from capstan.documents.service import DocumentStore
 from capstan.events.topology import Topology
 from capstan.observability.metrics import Metrics
+from capstan.search.elasticsearch import ElasticsearchEngine
 from capstan.search.port import SearchEngine
+from capstan.search.service import SearchService
+from capstan.search.sql import DatabaseSearch
 from capstan.settings import Settings
 from capstan.tasks.registry import TaskRegistry, build_registry
 from capstan.tasks.service import TaskService
@@ -37,6 +40,8 @@ class Container:
     documents: DocumentStore
     # Set after each committed write: wakes an in-process relay without polling.
     outbox_wakeup: asyncio.Event
+    # The search flow: the database engine always, Elasticsearch when configured (`search`).
+    searcher: SearchService
     task_registry: TaskRegistry
     tasks: TaskService
     topology: Topology
@@ -93,18 +98,32 @@ def build_container(settings: Settings) -> Container:
         broker = RabbitBroker(settings.broker_url)
 
     search: SearchEngine
-    if settings.search_url.startswith("http"):
-        from capstan.search.elasticsearch import ElasticsearchEngine
-
-        search = ElasticsearchEngine(settings.search_url)
-    elif engine.dialect.name == "sqlite":
+    database_search: DatabaseSearch
+    if engine.dialect.name == "sqlite":
         from capstan.search.sqlite_fts import SqliteFts
 
-        search = SqliteFts(engine)
+        database_search = SqliteFts(engine)
     else:
         from capstan.search.postgres_fts import PostgresFts
 
-        search = PostgresFts(engine)
+        database_search = PostgresFts(engine)
+    index: ElasticsearchEngine | None = None
+    if settings.search_url.startswith("http"):
+        index = ElasticsearchEngine(
+            settings.search_url,
+            alias=settings.search_index,
+            analyzer=settings.search_analyzer,
+            shards=settings.search_shards,
+            replicas=settings.search_replicas,
+        )
+    search = index if index is not None else database_search
+    searcher = SearchService(
+        database_search,
+        index,
+        metrics,
+        timeout_seconds=settings.search_timeout_seconds,
+        retry_seconds=settings.search_retry_seconds,
+    )
 
     auth = Authenticator(
         db,
@@ -128,6 +147,7 @@ def build_container(settings: Settings) -> Container:
         auth=auth,
         documents=DocumentStore(db, aside, settings.source, on_commit=outbox_wakeup.set),
         outbox_wakeup=outbox_wakeup,
+        searcher=searcher,
         task_registry=task_registry,
         tasks=TaskService(db, task_registry, settings, on_commit=outbox_wakeup.set),
         topology=Topology(settings.broker_namespace),

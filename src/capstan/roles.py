@@ -15,6 +15,7 @@ from capstan.relay.relay import OutboxRelay
 from capstan.settings import Settings
 from capstan.subscribers.audit import AuditSubscriber
 from capstan.subscribers.cache import CacheSubscriber
+from capstan.search.reconcile import build_reconciler
 from capstan.subscribers.indexer import IndexerSubscriber
 from capstan.subscribers.notifier import NotifierSubscriber
 from capstan.subscribers.runtime import Subscriber, SubscriberRunner
@@ -63,14 +64,21 @@ def build_runner(c: Container, subscriber: Subscriber) -> SubscriberRunner:
         c.db,
         c.metrics,
         prefetch=s.subscriber_prefetch,
-        max_attempts=s.event_max_attempts,
+        max_attempts=getattr(subscriber, "max_attempts", None) or s.event_max_attempts,
         retry_delays_ms=s.event_retry_delays_ms,
         topology=c.topology,
     )
 
 
 SUBSCRIBERS: dict[str, Callable[[Container], Subscriber]] = {
-    "indexer": lambda c: IndexerSubscriber(c.metrics),
+    "indexer": lambda c: IndexerSubscriber(
+        c.metrics,
+        c.search,
+        c.db,
+        batch_size=c.settings.search_batch_size,
+        linger_ms=c.settings.search_batch_linger_ms,
+        max_attempts=c.settings.search_indexer_max_attempts,
+    ),
     "cache": lambda c: CacheSubscriber(c.cache, c.settings.cache_ttl_seconds),
     "audit": lambda c: AuditSubscriber(c.topology.realtime_exchange),
     "notifier": lambda c: NotifierSubscriber(),
@@ -100,6 +108,10 @@ class Background:
         )
         if self.dispatcher is not None:
             self._loops.append(self.dispatcher.run)
+        # The search reconciler runs beside the indexer (when Elasticsearch is the index).
+        self.reconciler = build_reconciler(c) if "indexer" in names else None
+        if self.reconciler is not None:
+            self._loops.append(self.reconciler.run)
         self.runners = [
             build_runner(
                 c,

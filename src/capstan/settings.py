@@ -65,6 +65,21 @@ class Settings(BaseSettings):
     # Tests and single-host setups deliver to loopback/private receivers; off in production.
     webhook_allow_private: bool = False
 
+    # Search (issue 5; docs/search.md). search_index is the read alias; indices are <alias>-<ms>.
+    search_index: str = Field("capstan-documents", pattern=r"^[a-z0-9][a-z0-9_.\-]*$")
+    search_timeout_seconds: float = Field(1.0, gt=0)  # then PostgreSQL FTS answers (degraded)
+    search_retry_seconds: float = Field(2.0, ge=0)  # Elasticsearch not retried for this long
+    search_max_query_chars: int = Field(500, ge=1)
+    search_max_page_size: int = Field(100, ge=1)
+    search_shards: int = Field(1, ge=1)
+    search_replicas: int = Field(0, ge=0)
+    search_batch_size: int = Field(500, ge=1, le=10_000)
+    search_batch_linger_ms: float = Field(5.0, ge=0)
+    # The indexer outlasts Elasticsearch outages by retrying (the reconciler is the backstop).
+    search_indexer_max_attempts: int = Field(50, ge=1)
+    search_reconcile_seconds: float = Field(300.0, ge=0)  # 0: no periodic reconciliation
+    search_reconcile_grace_seconds: float = Field(30.0, ge=0)
+
     # Port for /metrics of roles other than the API (worker, relay, subscribers, scheduler).
     metrics_port: int = Field(9400, ge=0)
 

@@ -16,6 +16,7 @@ from capstan.container import Container, build_container
 from capstan.documents.router import router as documents_router
 from capstan.events.router import router as events_router
 from capstan.roles import Background
+from capstan.search.router import router as search_router
 from capstan.settings import Settings
 from capstan.tasks.router import router as tasks_router
 from capstan.webhooks.router import router as webhooks_router
@@ -67,6 +68,7 @@ def create_app(
     app.include_router(documents_router)
     app.include_router(events_router)
     app.include_router(webhooks_router)
+    app.include_router(search_router)
     app.include_router(tasks_router)
     app.add_middleware(
         RequestContextMiddleware,

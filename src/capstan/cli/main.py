@@ -17,6 +17,7 @@ from rich.panel import Panel
 from capstan.backups.cli import app as backup_app
 from capstan.bench.read import app as bench_app
 from capstan.container import build_container
+from capstan.search.cli import app as search_app
 from capstan.settings import Settings
 from capstan.tasks.cli import tasks_app
 
@@ -27,6 +28,7 @@ events_app = typer.Typer(help="Recover and inspect the event flow.", no_args_is_
 app.add_typer(events_app, name="events")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(bench_app, name="bench")
+app.add_typer(search_app, name="search")
 app.add_typer(backup_app, name="backup")
 
 err = Console(stderr=True)

@@ -121,10 +121,28 @@ class OutboxEvent(Base):
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
+# --- Search (migration 0003_search): full-text objects the database maintains itself, kept out
+# of the ORM. PostgreSQL: the generated column documents.search_vector and its GIN index; SQLite:
+# the FTS5 table documents_fts (and its shadow tables) and documents_fts_map, fed by triggers.
+SEARCH_DERIVED_COLUMNS = {("documents", "search_vector")}
+SEARCH_DERIVED_INDEXES = {"ix_documents_search_vector"}
+SEARCH_DERIVED_TABLE_PREFIX = "documents_fts"
+
+
+def is_search_derived(name: str | None, type_: str, obj: Any) -> bool:
+    if type_ == "table":
+        return bool(name and name.startswith(SEARCH_DERIVED_TABLE_PREFIX))
+    if type_ == "column":
+        return (getattr(obj.table, "name", None), name) in SEARCH_DERIVED_COLUMNS
+    return type_ == "index" and name in SEARCH_DERIVED_INDEXES
+
+
 def include_for_dialect(dialect: str) -> Any:
     """An Alembic `include_object` hook that skips objects declared for another dialect."""
 
     def include(obj: Any, _name: str | None, _type: str, _reflected: bool, _compare: Any) -> bool:
+        if _reflected and is_search_derived(_name, _type, obj):
+            return False
         ddl_if = getattr(obj, "_ddl_if", None)
         return ddl_if is None or ddl_if.dialect is None or ddl_if.dialect == dialect
 

@@ -188,3 +188,47 @@ class Metrics:
             ["dependency"],
             registry=r,
         )
+        # --- Search (issue 5): the query API, the indexer and the reconciler.
+        self.search_requests = Counter(
+            "capstan_search_requests_total",
+            "Searches by engine (elasticsearch, postgres, sqlite, merged) and outcome.",
+            ["engine", "outcome"],
+            registry=r,
+        )
+        self.search_duration = Histogram(
+            "capstan_search_duration_seconds",
+            "Search latency per engine and for the merged answer.",
+            ["engine"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.search_index_operations = Counter(
+            "capstan_search_index_operations_total",
+            "Index operations by the indexer and reconciler: operation index|delete, outcome "
+            "applied|stale (a newer version was indexed)|failed.",
+            ["operation", "outcome"],
+            registry=r,
+        )
+        self.search_index_batch_size = Histogram(
+            "capstan_search_index_batch_size",
+            "Documents per indexer bulk request.",
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+            registry=r,
+        )
+        self.search_index_lag = Gauge(
+            "capstan_search_index_lag_seconds",
+            "Time from the oldest event of the last indexed batch to its bulk request's success.",
+            registry=r,
+        )
+        self.search_drift = Gauge(
+            "capstan_search_drift_documents",
+            "Documents whose indexed version differed from the database's at the last "
+            "reconciliation (changes younger than the grace window not counted).",
+            registry=r,
+        )
+        self.search_repaired = Counter(
+            "capstan_search_repaired_documents_total",
+            "Documents the reconciler re-indexed or deleted.",
+            ["operation"],
+            registry=r,
+        )

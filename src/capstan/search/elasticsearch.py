@@ -1,18 +1,82 @@
-"""Elasticsearch through the official async client."""
+"""Elasticsearch through the official async client: a versioned index behind an alias.
+
+Names, for alias `A` (settings.search_index): the read alias `A` points at exactly one index;
+the write alias `A-write` points at every index that must receive writes (two during a
+reindex); indices are `A-<unix ms>`. Every write uses external versioning from the row version,
+so a stale or replayed write is refused by Elasticsearch itself (status 409), and a delete
+leaves a tombstone at `version + 1` (kept `index.gc_deletes`) that no older write can pass.
+"""
 
 from __future__ import annotations
 
-from elasticsearch import AsyncElasticsearch, TransportError
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError, TransportError
 from elasticsearch import ConnectionError as EsConnectionError
 
-from capstan.search.port import SearchUnavailable
+from capstan.search.port import (
+    Hit,
+    IndexDoc,
+    IndexReport,
+    Removal,
+    SearchQuery,
+    SearchResult,
+    SearchUnavailable,
+    metadata_text,
+)
+
+FACET_SIZE = 20
+BULK_TIMEOUT_SECONDS = 60.0
+
+
+def document_source(doc: IndexDoc) -> dict[str, Any]:
+    meta = []
+    for key, value in doc.metadata.items():
+        text_value = metadata_text(value)
+        if text_value is not None:
+            meta.append(f"{key}={text_value}")
+    return {
+        "doc_id": doc.id,
+        "tenant_id": doc.tenant_id,
+        "collection": doc.collection,
+        "title": doc.title,
+        "body": doc.body,
+        "tags": list(doc.tags),
+        "meta": meta,
+        "version": doc.version,
+        "created_at": doc.created_at.isoformat(),
+        "updated_at": doc.updated_at.isoformat(),
+    }
 
 
 class ElasticsearchEngine:
     name = "elasticsearch"
+    derived: ClassVar[bool] = True
 
-    def __init__(self, url: str, *, timeout_seconds: float = 2.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        alias: str = "capstan-documents",
+        analyzer: str = "standard",
+        timeout_seconds: float = 2.0,
+        shards: int = 1,
+        replicas: int = 0,
+        alias_cache_seconds: float = 1.0,
+    ) -> None:
         self.client = AsyncElasticsearch(url, request_timeout=timeout_seconds, max_retries=0)
+        self.alias = alias
+        self.write_alias = f"{alias}-write"
+        self.analyzer = analyzer
+        self.shards = shards
+        self.replicas = replicas
+        self.alias_cache_seconds = alias_cache_seconds
+        self._ready = False
+        self._targets: tuple[float, list[str]] = (0.0, [])
+
+    # --- management ------------------------------------------------------------------------
 
     async def ping(self) -> None:
         try:
@@ -22,5 +86,303 @@ class ElasticsearchEngine:
         if health["status"] == "red":
             raise SearchUnavailable("elasticsearch cluster is red")
 
+    def body(self) -> dict[str, Any]:
+        text = {"type": "text", "analyzer": self.analyzer}
+        return {
+            "settings": {
+                "number_of_shards": self.shards,
+                "number_of_replicas": self.replicas,
+                # Delete tombstones outlive any write that read the row before the delete.
+                "index.gc_deletes": "1h",
+            },
+            "mappings": {
+                "dynamic": "strict",
+                "properties": {
+                    "doc_id": {"type": "keyword"},
+                    "tenant_id": {"type": "keyword"},
+                    "collection": {"type": "keyword"},
+                    "title": text,
+                    "body": text,
+                    "tags": {"type": "keyword"},
+                    "meta": {"type": "keyword"},
+                    "version": {"type": "long"},
+                    "created_at": {"type": "date"},
+                    "updated_at": {"type": "date"},
+                },
+            },
+        }
+
+    def new_index_name(self) -> str:
+        return f"{self.alias}-{time.time_ns() // 1_000_000}"
+
+    async def create_index(self, name: str, aliases: Sequence[str] = ()) -> None:
+        body = self.body()
+        await self._call(
+            self.client.indices.create(
+                index=name,
+                settings=body["settings"],
+                mappings=body["mappings"],
+                aliases={a: {} for a in aliases},
+            )
+        )
+
+    async def ensure(self) -> None:
+        """Create the first index with both aliases, once per process (race-safe)."""
+        if self._ready:
+            return
+        exists = await self._call(self.client.indices.exists_alias(name=self.alias))
+        if not exists:
+            try:
+                await self.create_index(self.new_index_name(), [self.alias, self.write_alias])
+            except SearchUnavailable as exc:
+                # Another process created it at the same moment.
+                if not await self._call(self.client.indices.exists_alias(name=self.alias)):
+                    raise exc
+        self._ready = True
+
+    async def read_index(self) -> str | None:
+        try:
+            found = await self._call(self.client.indices.get_alias(name=self.alias))
+        except SearchUnavailable as exc:
+            if isinstance(exc.__cause__, NotFoundError):
+                return None
+            raise
+        names = list(found.body)
+        return names[0] if names else None
+
+    async def write_targets(self, *, fresh: bool = False) -> list[str]:
+        """The indices writes go to, cached briefly (a reindex waits out the cache)."""
+        at, names = self._targets
+        if not fresh and names and time.monotonic() - at < self.alias_cache_seconds:
+            return names
+        await self.ensure()
+        found = await self._call(self.client.indices.get_alias(name=self.write_alias))
+        names = sorted(found.body)
+        self._targets = (time.monotonic(), names)
+        return names
+
+    async def update_aliases(self, actions: list[dict[str, Any]]) -> None:
+        await self._call(self.client.indices.update_aliases(actions=actions))
+        self._targets = (0.0, [])
+
+    async def delete_index(self, name: str) -> None:
+        await self._call(self.client.indices.delete(index=name, ignore_unavailable=True))
+
+    async def refresh(self) -> None:
+        await self.ensure()
+        await self._call(self.client.indices.refresh(index=self.write_alias))
+        await self._call(self.client.indices.refresh(index=self.alias))
+
     async def close(self) -> None:
         await self.client.close()
+
+    async def _call(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except (EsConnectionError, TransportError, ApiError) as exc:
+            raise SearchUnavailable(f"elasticsearch: {exc}") from exc
+
+    # --- writes ----------------------------------------------------------------------------
+
+    async def index(
+        self, docs: Sequence[IndexDoc], *, targets: Sequence[str] | None = None
+    ) -> IndexReport:
+        if not docs:
+            return IndexReport()
+        names = list(targets) if targets is not None else await self.write_targets()
+        ops: list[dict[str, Any]] = []
+        for doc in docs:
+            source = document_source(doc)
+            for name in names:
+                ops.append(
+                    {
+                        "index": {
+                            "_index": name,
+                            "_id": doc.id,
+                            "version": doc.version,
+                            "version_type": "external",
+                        }
+                    }
+                )
+                ops.append(source)
+        return await self._bulk(ops, ok_statuses=(200, 201))
+
+    async def delete(
+        self, removals: Sequence[Removal], *, targets: Sequence[str] | None = None
+    ) -> IndexReport:
+        if not removals:
+            return IndexReport()
+        names = list(targets) if targets is not None else await self.write_targets()
+        ops: list[dict[str, Any]] = []
+        for r in removals:
+            for name in names:
+                ops.append(
+                    {
+                        "delete": {
+                            "_index": name,
+                            "_id": r.id,
+                            "version": r.version + 1,
+                            "version_type": "external",
+                        }
+                    }
+                )
+        # 404: it was not there; the tombstone is recorded all the same.
+        return await self._bulk(ops, ok_statuses=(200, 404))
+
+    async def _bulk(self, ops: list[dict[str, Any]], ok_statuses: tuple[int, ...]) -> IndexReport:
+        client = self.client.options(request_timeout=BULK_TIMEOUT_SECONDS)
+        response = await self._call(client.bulk(operations=ops))
+        report = IndexReport()
+        per_doc: dict[str, str] = {}  # id → "applied" | "stale" | error
+        for item in response["items"]:
+            ((_action, result),) = item.items()
+            doc_id, status = result["_id"], result["status"]
+            if status in ok_statuses:
+                per_doc.setdefault(doc_id, "applied")
+            elif status == 409:
+                if per_doc.get(doc_id) in (None, "applied"):
+                    per_doc[doc_id] = "stale"
+            else:
+                error = result.get("error", {})
+                per_doc[doc_id] = f"{status} {error.get('type', '')}: {error.get('reason', '')}"
+        for doc_id, outcome in per_doc.items():
+            if outcome == "applied":
+                report.applied += 1
+            elif outcome == "stale":
+                report.stale += 1
+            else:
+                report.failed[doc_id] = outcome
+        return report
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def build_query(self, q: SearchQuery) -> dict[str, Any]:
+        f = q.filters
+        filters: list[dict[str, Any]] = [{"term": {"tenant_id": q.tenant_id}}]
+        if f.collection is not None:
+            filters.append({"term": {"collection": f.collection}})
+        if f.tags:
+            if f.tags_mode == "all":
+                filters.extend({"term": {"tags": t}} for t in f.tags)
+            else:
+                filters.append({"terms": {"tags": list(f.tags)}})
+        dates: dict[str, str] = {}
+        if f.created_after is not None:
+            dates["gt"] = f.created_after.isoformat()
+        if f.created_before is not None:
+            dates["lt"] = f.created_before.isoformat()
+        if dates:
+            filters.append({"range": {"created_at": dates}})
+        filters.extend({"term": {"meta": f"{k}={v}"}} for k, v in f.metadata)
+        text = (q.text or "").strip()
+        must: list[dict[str, Any]] = []
+        if text:
+            must.append(
+                {
+                    "multi_match": {
+                        "query": text,
+                        "fields": ["title^2", "body"],
+                        "type": "cross_fields",
+                        "operator": "and",
+                    }
+                }
+            )
+        sort: list[Any]
+        if q.sort == "relevance" and text:
+            sort = ["_score", {"doc_id": "asc"}]
+        else:
+            field = "updated_at" if q.sort == "updated" else "created_at"
+            sort = [{field: "desc"}, {"doc_id": "desc"}]
+        body: dict[str, Any] = {
+            "query": {"bool": {"filter": filters, "must": must}},
+            "sort": sort,
+            "size": q.limit + 1,
+            "track_total_hits": True,
+            "version": True,
+            "_source": ["title"],
+        }
+        if q.after is not None:
+            body["search_after"] = list(q.after)
+        elif q.offset:
+            body["from"] = q.offset
+        if text and q.with_highlights:
+            body["highlight"] = {
+                "pre_tags": ["<em>"],
+                "post_tags": ["</em>"],
+                "fields": {
+                    "title": {"number_of_fragments": 0},
+                    "body": {"fragment_size": 150, "number_of_fragments": 2},
+                },
+            }
+        if q.with_facets:
+            body["aggs"] = {
+                "tags": {"terms": {"field": "tags", "size": FACET_SIZE}},
+                "collections": {"terms": {"field": "collection", "size": FACET_SIZE}},
+            }
+        return body
+
+    async def query(self, q: SearchQuery) -> SearchResult:
+        await self.ensure()
+        body = self.build_query(q)
+        response = await self._call(self.client.search(index=self.alias, **body))
+        raw = response["hits"]["hits"]
+        more = len(raw) > q.limit
+        hits = []
+        for h in raw[: q.limit]:
+            marks = h.get("highlight", {})
+            hits.append(
+                Hit(
+                    id=h["_id"],
+                    title=h["_source"].get("title", ""),
+                    score=h.get("_score") if (q.text or "").strip() else None,
+                    version=int(h["_version"]),
+                    highlights=[*marks.get("title", []), *marks.get("body", [])],
+                    key=tuple(h["sort"]),
+                )
+            )
+        facets: dict[str, dict[str, int]] = {}
+        aggs = response.get("aggregations")
+        if aggs:
+            facets = {
+                name: {b["key"]: int(b["doc_count"]) for b in aggs[name]["buckets"]}
+                for name in ("collections", "tags")
+            }
+        return SearchResult(
+            hits=hits, total=int(response["hits"]["total"]["value"]), facets=facets, more=more
+        )
+
+    async def versions(self, tenant_id: str, *, index: str | None = None) -> dict[str, int]:
+        """Every indexed id of a tenant and its version (for the reconciler)."""
+        await self.ensure()
+        out: dict[str, int] = {}
+        after: list[Any] | None = None
+        while True:
+            kwargs: dict[str, Any] = {
+                "index": index or self.alias,
+                "query": {"term": {"tenant_id": tenant_id}},
+                "sort": [{"doc_id": "asc"}],
+                "size": 5000,
+                "version": True,
+                "_source": False,
+                "track_total_hits": False,
+            }
+            if after is not None:
+                kwargs["search_after"] = after
+            response = await self._call(self.client.search(**kwargs))
+            page = response["hits"]["hits"]
+            for h in page:
+                out[h["_id"]] = int(h["_version"])
+            if len(page) < 5000:
+                return out
+            after = page[-1]["sort"]
+
+    async def tenants(self, *, index: str | None = None) -> set[str]:
+        await self.ensure()
+        response = await self._call(
+            self.client.search(
+                index=index or self.alias,
+                size=0,
+                aggs={"t": {"terms": {"field": "tenant_id", "size": 100_000}}},
+            )
+        )
+        return {b["key"] for b in response["aggregations"]["t"]["buckets"]}

@@ -1,20 +1,16 @@
-"""SQLite FTS5, the embedded full-text engine; it lives in the main SQLite database."""
+"""SQLite FTS5, the embedded full-text engine; it lives in the main SQLite database and is kept
+by triggers in the write transaction (migration 0003), so a write is searchable at commit."""
 
 from __future__ import annotations
 
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from capstan.search.port import SearchUnavailable
+from capstan.search.sql import SqliteSearch
 
 
-class SqliteFts:
-    name = "sqlite-fts5"
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-
+class SqliteFts(SqliteSearch):
     async def ping(self) -> None:
         try:
             async with self._engine.connect() as conn:
@@ -23,6 +19,3 @@ class SqliteFts:
                 )
         except OperationalError as exc:
             raise SearchUnavailable(f"sqlite fts5: {exc.orig}") from exc
-
-    async def close(self) -> None:
-        return None

@@ -1,0 +1,81 @@
+"""`capstan search reindex|reconcile`: run against the configured database and Elasticsearch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from capstan.settings import Settings
+
+app = typer.Typer(help="Search index: rebuild and reconcile.", no_args_is_help=True)
+err = Console(stderr=True)
+
+
+@app.command("reindex")
+def reindex_command(
+    keep_old: Annotated[bool, typer.Option(help="Keep the previous index after the swap.")] = False,
+) -> None:
+    """Rebuild the index from the database into a new one and swap the alias (no downtime)."""
+    from capstan.search.reindex import ReindexUnsupported
+
+    try:
+        report = asyncio.run(_reindex(Settings(), keep_old))
+    except ReindexUnsupported as exc:
+        err.print(f"[yellow]{exc}[/yellow]")
+        raise typer.Exit(0) from exc
+    typer.echo(json.dumps(report))
+
+
+async def _reindex(settings: Settings, keep_old: bool) -> dict[str, object]:
+    from capstan.container import build_container
+    from capstan.search.reindex import reindex
+
+    c = build_container(settings)
+    try:
+
+        def progress(done: int, total: int) -> None:
+            err.print(f"reindex: {done}/{total}", end="\r")
+
+        report = await reindex(c, progress, keep_old=keep_old)
+        err.print()
+        return report.as_dict()
+    finally:
+        await c.close()
+
+
+@app.command("reconcile")
+def reconcile_command(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant id.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report, do not repair.")] = False,
+) -> None:
+    """Compare the database and the index (ids and versions) and repair the differences."""
+    report = asyncio.run(_reconcile(Settings(), tenant, not dry_run))
+    typer.echo(json.dumps(report))
+    if report.get("unsupported"):
+        raise typer.Exit(0)
+
+
+async def _reconcile(settings: Settings, tenant: str | None, repair: bool) -> dict[str, object]:
+    from capstan.container import build_container
+    from capstan.search.elasticsearch import ElasticsearchEngine
+    from capstan.search.reconcile import reconcile
+
+    c = build_container(settings)
+    try:
+        if not isinstance(c.search, ElasticsearchEngine):
+            return {"unsupported": f"{c.search.name} is kept by the database; nothing to do"}
+        report = await reconcile(
+            c.search,
+            c.db,
+            c.metrics,
+            grace_seconds=settings.search_reconcile_grace_seconds,
+            tenant_id=tenant,
+            repair=repair,
+        )
+        return report.as_dict()
+    finally:
+        await c.close()
