@@ -36,7 +36,8 @@ export async function buildApp(services: Services): Promise<FastifyInstance> {
       return typeof given === 'string' && SAFE_REQUEST_ID.test(given) ? given : randomUUID().replace(/-/g, '');
     },
     requestIdLogLabel: 'request_id',
-    disableRequestLogging: false,
+    // Fastify's request log has the full URL; ours (onResponse) never logs query strings.
+    disableRequestLogging: true,
     bodyLimit: services.settings.maxMessageBytes,
     forceCloseConnections: true,
   });
@@ -51,6 +52,10 @@ export async function buildApp(services: Services): Promise<FastifyInstance> {
     services.metrics.httpInFlight.inc();
   });
   app.addHook('onResponse', async (request, reply) => {
+    request.log.info(
+      { method: request.method, path: request.url.split('?')[0], status: reply.statusCode, ms: Math.round(reply.elapsedTime * 100) / 100 },
+      'request completed',
+    );
     if (request.startedAt === undefined) return;
     services.metrics.httpInFlight.dec();
     const route = request.routeOptions.url ?? 'unmatched';

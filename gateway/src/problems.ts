@@ -42,7 +42,7 @@ export function sendProblem(request: FastifyRequest, reply: FastifyReply, p: Pro
     .code(p.status)
     .headers(headers)
     .type(PROBLEM_JSON)
-    .send(JSON.stringify(problemBody(p.status, p.detail, String(request.id), p.extensions)));
+    .send(Buffer.from(JSON.stringify(problemBody(p.status, p.detail, String(request.id), p.extensions))));
 }
 
 export const unauthorized = (detail: string) => new Problem(401, detail);

@@ -1,0 +1,151 @@
+/** Real servers for the gateway's own tests: a fresh PostgreSQL database with the tables the
+ * gateway reads (mirroring src/capstan/db/schema.py; the Python cross-service tests in
+ * tests/gateway use the real migrations), Redis, and an isolated RabbitMQ namespace. */
+import amqp from 'amqplib';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
+import { Client } from 'pg';
+import { buildApp } from '../app';
+import { Services } from '../services';
+import { loadSettings } from '../settings';
+import pino from 'pino';
+
+export function servers(): { db: string; redis: string; amqp: string } | null {
+  const db = process.env.CAPSTAN_TEST_DATABASE_URL;
+  const redis = process.env.CAPSTAN_TEST_REDIS_URL;
+  const amqpUrl = process.env.CAPSTAN_TEST_AMQP_URL;
+  if (db && redis && amqpUrl) return { db, redis, amqp: amqpUrl };
+  if (process.env.CAPSTAN_REQUIRE_SERVICES === '1') throw new Error('CAPSTAN_TEST_DATABASE_URL, _REDIS_URL and _AMQP_URL are required (scripts/services env)');
+  return null;
+}
+
+const DDL = `
+CREATE TABLE tenants (id varchar(36) PRIMARY KEY, name varchar(200) UNIQUE NOT NULL, created_at timestamptz NOT NULL);
+CREATE TABLE api_keys (id varchar(32) PRIMARY KEY, tenant_id varchar(36) NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+  name varchar(200) NOT NULL, key_hash varchar(64) NOT NULL, created_at timestamptz NOT NULL, revoked_at timestamptz);
+CREATE TABLE documents (id varchar(36) PRIMARY KEY, tenant_id varchar(36) NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+  collection varchar(100) NOT NULL, title text NOT NULL, body text NOT NULL, tags jsonb NOT NULL, metadata jsonb NOT NULL,
+  version integer NOT NULL, created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL);
+CREATE TABLE audit_log (seq bigserial PRIMARY KEY, event_id varchar(36) UNIQUE NOT NULL, tenant_id varchar(36) NOT NULL,
+  type varchar(200) NOT NULL, subject varchar(200) NOT NULL, time timestamptz NOT NULL, recorded_at timestamptz NOT NULL, envelope jsonb NOT NULL);
+CREATE INDEX ix_audit_log_tenant_seq ON audit_log (tenant_id, seq);`;
+
+export interface Harness {
+  url: string;
+  services: Services;
+  db: Client;
+  namespace: string;
+  tenant(): Promise<{ id: string; key: string; keyId: string }>;
+  /** Play the audit subscriber: append to the audit log, then publish to <ns>.realtime. */
+  emit(tenantId: string, type: string, data?: Record<string, unknown>, publish?: boolean): Promise<number>;
+  close(): Promise<void>;
+}
+
+export async function harness(env: Record<string, string> = {}): Promise<Harness> {
+  const s = servers()!;
+  const name = `gw_test_${randomBytes(5).toString('hex')}`;
+  const admin = new Client({ connectionString: s.db });
+  await admin.connect();
+  await admin.query(`CREATE DATABASE "${name}"`);
+  await admin.end();
+  const dbUrl = new URL(s.db);
+  dbUrl.pathname = `/${name}`;
+  const db = new Client({ connectionString: dbUrl.toString() });
+  await db.connect();
+  await db.query(DDL);
+  const namespace = `gwt${randomBytes(4).toString('hex')}`;
+  const settings = loadSettings({
+    CAPSTAN_DATABASE_URL: dbUrl.toString(),
+    CAPSTAN_CACHE_URL: s.redis,
+    CAPSTAN_BROKER_URL: s.amqp,
+    CAPSTAN_BROKER_NAMESPACE: namespace,
+    CAPSTAN_GATEWAY_PORT: '0',
+    CAPSTAN_RATE_LIMIT_PER_MINUTE: '1000000',
+    CAPSTAN_RATE_LIMIT_BURST: '100000',
+    ...env,
+  });
+  const services = new Services(settings, pino({ level: 'warn' }));
+  await services.start();
+  await services.consumer.ready;
+  const app = await buildApp(services);
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
+  const conn = await amqp.connect(s.amqp);
+  const channel = await conn.createChannel();
+  return {
+    url,
+    services,
+    db,
+    namespace,
+    async tenant() {
+      const id = randomUUID();
+      const keyId = randomBytes(8).toString('hex');
+      const key = `cst_${keyId}_${randomBytes(32).toString('base64url')}`;
+      await db.query('INSERT INTO tenants VALUES ($1, $2, now())', [id, `t-${id}`]);
+      await db.query('INSERT INTO api_keys VALUES ($1, $2, $3, $4, now(), NULL)', [keyId, id, 'test', createHash('sha256').update(key).digest('hex')]);
+      return { id, key, keyId };
+    },
+    async emit(tenantId, type, data = {}, publish = true) {
+      const envelope = {
+        specversion: '1.0', id: randomUUID(), source: 'capstan', type: `capstan.${type}`, time: new Date().toISOString(),
+        subject: 'documents/x', datacontenttype: 'application/json', tenantid: tenantId, data,
+      };
+      const { rows } = await db.query<{ seq: string }>(
+        'INSERT INTO audit_log (event_id, tenant_id, type, subject, time, recorded_at, envelope) VALUES ($1,$2,$3,$4,now(),now(),$5) RETURNING seq',
+        [envelope.id, tenantId, envelope.type, envelope.subject, JSON.stringify(envelope)],
+      );
+      const seq = Number(rows[0].seq);
+      if (publish) {
+        channel.publish(`${namespace}.realtime`, type, Buffer.from(JSON.stringify({ ...envelope, seq })), { headers: { tenantid: tenantId, seq } });
+      }
+      return seq;
+    },
+    async close() {
+      await services.close();
+      await app.close();
+      await channel.deleteExchange(`${namespace}.realtime`).catch(() => {});
+      await conn.close().catch(() => {});
+      await db.end();
+      const a = new Client({ connectionString: s.db });
+      await a.connect();
+      await a.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+      await a.end();
+    },
+  };
+}
+
+/** Read SSE frames from a fetch response body. */
+export class SseReader {
+  private buf = '';
+  private reader: ReadableStreamDefaultReader<Uint8Array>;
+  private decoder = new TextDecoder();
+  constructor(body: ReadableStream<Uint8Array>) {
+    this.reader = body.getReader();
+  }
+  async next(timeoutMs = 5000): Promise<{ id?: string; event?: string; data?: string }> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const end = this.buf.indexOf('\n\n');
+      if (end >= 0) {
+        const frame = this.buf.slice(0, end);
+        this.buf = this.buf.slice(end + 2);
+        const out: Record<string, string> = {};
+        for (const line of frame.split('\n')) {
+          if (line.startsWith(':')) continue;
+          const i = line.indexOf(':');
+          if (i > 0) out[line.slice(0, i)] = line.slice(i + 1).trimStart();
+        }
+        if (out.data !== undefined || out.event !== undefined) return out;
+        continue;
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error('timed out waiting for an SSE frame');
+      const chunk = await Promise.race([this.reader.read(), new Promise<never>((_, r) => setTimeout(() => r(new Error('timed out waiting for an SSE frame')), left))]);
+      if (chunk.done) throw new Error('stream ended');
+      this.buf += this.decoder.decode(chunk.value, { stream: true });
+    }
+  }
+  async cancel() {
+    await this.reader.cancel().catch(() => {});
+  }
+}

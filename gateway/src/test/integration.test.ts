@@ -1,0 +1,182 @@
+/** The gateway against real PostgreSQL, Redis and RabbitMQ (scripts/services env). */
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { Redis } from 'ioredis';
+import WebSocket from 'ws';
+import { documentKey, FILL, INVALIDATE } from '../cache';
+import { harness, servers, SseReader, type Harness } from './helpers';
+
+const skip = servers() === null ? 'needs CAPSTAN_TEST_DATABASE_URL, _REDIS_URL, _AMQP_URL' : false;
+
+function wsClient(url: string, key?: string): Promise<{ ws: WebSocket; next: (ms?: number) => Promise<any>; closed: Promise<[number, string]> }> {
+  const ws = new WebSocket(url.replace('http', 'ws') + '/v1/ws', { headers: key ? { authorization: `Bearer ${key}` } : {} });
+  const queue: any[] = [];
+  const waiters: ((m: any) => void)[] = [];
+  ws.on('message', (d) => {
+    const m = JSON.parse(d.toString());
+    const w = waiters.shift();
+    if (w) w(m);
+    else queue.push(m);
+  });
+  const closed = new Promise<[number, string]>((r) => ws.on('close', (code, reason) => r([code, reason.toString()])));
+  const next = (ms = 5000) =>
+    queue.length ? Promise.resolve(queue.shift()) : new Promise((res, rej) => {
+      const t = setTimeout(() => rej(new Error('timed out waiting for a WS message')), ms);
+      waiters.push((m) => { clearTimeout(t); res(m); });
+    });
+  return new Promise((resolve, reject) => {
+    ws.on('open', () => resolve({ ws, next, closed }));
+    ws.on('unexpected-response', (_req, res) => reject(new Error(`HTTP ${res.statusCode}`)));
+    ws.on('error', reject);
+  });
+}
+
+describe('gateway', { skip }, () => {
+  let h: Harness;
+  let redis: Redis;
+  before(async () => {
+    h = await harness({ CAPSTAN_GATEWAY_MAX_MESSAGE_BYTES: '1024', CAPSTAN_GATEWAY_HEARTBEAT_SECONDS: '60' });
+    redis = new Redis(servers()!.redis);
+  });
+  after(async () => {
+    redis?.disconnect();
+    await h?.close();
+  });
+
+  test('credentials: API key, session token, missing, wrong, revoked', async () => {
+    const t = await h.tenant();
+    const get = (auth?: string) => fetch(`${h.url}/v1/documents/none`, { headers: auth ? { authorization: auth } : {} });
+    let r = await get();
+    assert.equal(r.status, 401);
+    assert.equal(r.headers.get('content-type'), 'application/problem+json');
+    assert.equal(r.headers.get('www-authenticate'), 'Bearer realm="capstan"');
+    assert.equal(((await r.json()) as any).type, 'https://capstan.dev/problems/unauthorized');
+    assert.equal((await get(`Bearer ${t.key}`)).status, 404); // authenticated; the document is missing
+    assert.equal((await get(`Bearer ${t.key.slice(0, -2)}xx`)).status, 401);
+    assert.equal((await get('Bearer cst_nothex')).status, 401);
+    const session = 'csts_' + 'a'.repeat(43);
+    const { createHash } = await import('node:crypto');
+    await redis.set(`capstan:session:${createHash('sha256').update(session).digest('hex')}`, JSON.stringify({ tenant_id: t.id, key_id: t.keyId, created_at: 1 }), 'EX', 60);
+    assert.equal((await get(`Bearer ${session}`)).status, 404);
+    assert.equal((await get(`Bearer csts_${'b'.repeat(43)}`)).status, 401);
+    const other = await h.tenant();
+    await h.db.query('UPDATE api_keys SET revoked_at = now() WHERE id = $1', [other.keyId]);
+    assert.equal((await get(`Bearer ${other.key}`)).status, 401);
+  });
+
+  test('document reads follow the cache contract: miss fills, hit serves, tombstones refuse old fills', async () => {
+    const t = await h.tenant();
+    const id = '01a21780-0000-7000-8000-000000000001';
+    await h.db.query(
+      `INSERT INTO documents VALUES ($1,$2,'notes','T','B', '["x"]', '{"b": 1.0, "a": 10}', 3, '2026-11-26T10:19:55.904335Z', '2026-11-26T10:19:56Z')`,
+      [id, t.id],
+    );
+    const get = (extra: Record<string, string> = {}) => fetch(`${h.url}/v1/documents/${id}`, { headers: { authorization: `Bearer ${t.key}`, ...extra } });
+    let r = await get();
+    const body = await r.text();
+    assert.equal(r.headers.get('x-cache'), 'miss');
+    assert.equal(r.headers.get('etag'), '"3"');
+    assert.equal(body, `{"id":"${id}","collection":"notes","title":"T","body":"B","tags":["x"],"metadata":{"a":10,"b":1.0},"version":3,"created_at":"2026-11-26T10:19:55.904335Z","updated_at":"2026-11-26T10:19:56Z"}`);
+    const key = documentKey(t.id, id);
+    assert.deepEqual(await redis.hmget(key, 'v', 'd'), ['3', body]);
+    r = await get();
+    assert.equal(r.headers.get('x-cache'), 'hit');
+    assert.equal(await r.text(), body);
+    assert.equal((await get({ 'cache-control': 'no-cache' })).headers.get('x-cache'), 'bypass');
+    // A writer commits version 4 and invalidates; a late fill with version 3 is refused.
+    await redis.eval(INVALIDATE, 1, key, 4, 300000);
+    assert.equal(await redis.eval(FILL, 1, key, 3, body, 300000), 0);
+    await h.db.query("UPDATE documents SET version = 4, title = 'T4' WHERE id = $1", [id]);
+    r = await get();
+    assert.equal(r.headers.get('x-cache'), 'miss');
+    assert.equal(r.headers.get('etag'), '"4"');
+    // Another tenant: 404, never the first tenant's entry.
+    const other = await h.tenant();
+    r = await fetch(`${h.url}/v1/documents/${id}`, { headers: { authorization: `Bearer ${other.key}` } });
+    assert.equal(r.status, 404);
+    assert.equal(((await r.json()) as any).detail, `document ${id} does not exist`);
+  });
+
+  test('SSE: replay after Last-Event-ID, then live, tenant-scoped and filtered', async () => {
+    const t = await h.tenant();
+    const other = await h.tenant();
+    const s1 = await h.emit(t.id, 'document.created');
+    const s2 = await h.emit(t.id, 'task.succeeded');
+    const s3 = await h.emit(t.id, 'document.updated', {}, false); // its publish was lost: replay only
+    const r = await fetch(`${h.url}/v1/stream?types=document.*`, { headers: { authorization: `Bearer ${t.key}`, 'last-event-id': String(s1 - 1) } });
+    assert.equal(r.status, 200);
+    assert.match(r.headers.get('content-type')!, /text\/event-stream/);
+    const sse = new SseReader(r.body!);
+    assert.deepEqual([(await sse.next()).id, (await sse.next()).id], [String(s1), String(s3)]);
+    const ready = await sse.next();
+    assert.equal(ready.event, 'ready');
+    assert.equal(ready.id, String(s3));
+    await h.emit(other.id, 'document.created');
+    const s5 = await h.emit(t.id, 'document.deleted');
+    const live = await sse.next();
+    assert.equal(live.id, String(s5));
+    const env = JSON.parse(live.data!);
+    assert.equal(env.seq, s5);
+    assert.equal(env.type, 'capstan.document.deleted');
+    assert.equal(env.tenantid, t.id);
+    void s2;
+    await sse.cancel();
+  });
+
+  test('SSE: bad patterns and cursors are 422 problems', async () => {
+    const t = await h.tenant();
+    const auth = { authorization: `Bearer ${t.key}` };
+    for (const [q, headers, field] of [
+      ['types=documnet.*', {}, 'types'],
+      ['types=document.cre*', {}, 'types'],
+      ['after=abc', {}, 'after'],
+      ['', { 'last-event-id': '-3' }, 'Last-Event-ID'],
+      ['after=999999999', {}, 'after'],
+    ] as const) {
+      const r = await fetch(`${h.url}/v1/stream?${q}`, { headers: { ...auth, ...headers } });
+      assert.equal(r.status, 422, q);
+      const p = (await r.json()) as any;
+      assert.equal(p.field, field);
+      assert.equal(p.type, 'https://capstan.dev/problems/invalid-input');
+    }
+    assert.equal((await fetch(`${h.url}/v1/stream`)).status, 401);
+  });
+
+  test('WebSocket: subscribe with a cursor, replay, live, errors, oversized messages', async () => {
+    const t = await h.tenant();
+    const s1 = await h.emit(t.id, 'task.succeeded');
+    const s2 = await h.emit(t.id, 'document.created');
+    const c = await wsClient(h.url, t.key);
+    assert.equal((await c.next()).op, 'hello');
+    c.ws.send(JSON.stringify({ op: 'subscribe', types: ['nope.*'] }));
+    assert.equal((await c.next()).code, 'invalid-pattern');
+    c.ws.send(JSON.stringify({ op: 'subscribe', types: ['task.*'], after: 'x' }));
+    assert.equal((await c.next()).code, 'invalid-cursor');
+    c.ws.send('not json');
+    assert.equal((await c.next()).code, 'invalid-message');
+    c.ws.send(JSON.stringify({ op: 'subscribe', types: ['task.*'], after: s1 - 1 }));
+    assert.equal((await c.next()).seq, s1);
+    const sub = await c.next();
+    assert.equal(sub.op, 'subscribed');
+    assert.equal(sub.position, s2);
+    const s3 = await h.emit(t.id, 'task.failed');
+    assert.equal((await c.next()).seq, s3);
+    c.ws.send(JSON.stringify({ op: 'subscribe', types: ['#'] }));
+    assert.equal((await c.next()).code, 'already-subscribed');
+    c.ws.send(JSON.stringify({ op: 'ping', pad: 'x'.repeat(2000) }));
+    const [code] = await c.closed;
+    assert.equal(code, 1009);
+    await assert.rejects(wsClient(h.url), /HTTP 401/);
+  });
+
+  test('ops: healthz, readyz, metrics', async () => {
+    assert.deepEqual(await (await fetch(`${h.url}/healthz`)).json(), { status: 'ok' });
+    const ready = (await (await fetch(`${h.url}/readyz`)).json()) as any;
+    assert.equal(ready.status, 'ready');
+    assert.deepEqual(Object.keys(ready.checks), ['database', 'cache', 'broker']);
+    const text = await (await fetch(`${h.url}/metrics`)).text();
+    for (const name of ['capstan_gateway_connections', 'capstan_gateway_messages_sent_total', 'capstan_gateway_events_replayed_total', 'capstan_gateway_resume_requests_total', 'capstan_http_requests_total', 'capstan_cache_requests_total']) {
+      assert.ok(text.includes(name), name);
+    }
+  });
+});

@@ -1,0 +1,99 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { formatFloat, parse, stringify } from '../pyjson';
+import { pyDatetime } from '../documents';
+import { checkPattern, Matcher } from '../realtime/patterns';
+import { parseCursor } from '../realtime/request';
+import { Subscriber, type RtEvent, type Sink } from '../realtime/subscriber';
+
+test('floats are written as pydantic-core writes them', () => {
+  // Expected values printed by pydantic_core.to_json on the same doubles.
+  const cases: [number, string][] = [
+    [1, '1.0'], [1e20, '1e+20'], [1e16, '1e+16'], [1e15, '1000000000000000.0'], [0.0001, '0.0001'],
+    [0.00001, '0.00001'], [1e-6, '1e-6'], [1.5e-7, '1.5e-7'], [1.234e-5, '0.00001234'], [-0, '-0.0'],
+    [12345678.9, '12345678.9'], [3.14159e25, '3.14159e+25'], [5e-324, '5e-324'], [1.7976931348623157e308, '1.7976931348623157e+308'],
+    [1234567890123456.8, '1234567890123456.8'], [9007199254740992, '9007199254740992.0'], [Infinity, 'null'],
+  ];
+  for (const [x, want] of cases) assert.equal(formatFloat(x), want, `formatFloat(${x})`);
+});
+
+test('JSON from PostgreSQL is re-serialized like Python: key order, big ints, floats', () => {
+  const text = '{"b": 1, "a": [1.0, 2.50, 123456789012345678901234567890, -0, 1e400], "100": "x", "s": "é\\u0001\\n\\"", "n": null, "t": true}';
+  assert.equal(
+    stringify(parse(text)),
+    '{"b":1,"a":[1.0,2.5,123456789012345678901234567890,0,null],"100":"x","s":"é\\u0001\\n\\"","n":null,"t":true}',
+  );
+  assert.throws(() => parse('{"a":1} x'));
+});
+
+test('datetimes: microseconds only when non-zero, then Z', () => {
+  assert.equal(pyDatetime('2026-11-26T10:19:55.904335'), '2026-11-26T10:19:55.904335Z');
+  assert.equal(pyDatetime('2026-01-01T00:00:00.500000'), '2026-01-01T00:00:00.500000Z');
+  assert.equal(pyDatetime('2026-01-01T00:00:00.000000'), '2026-01-01T00:00:00Z');
+});
+
+test('patterns follow AMQP topic semantics', () => {
+  const m = (p: string[], key: string) => new Matcher(p).matches(key);
+  assert.ok(m(['document.*'], 'document.created'));
+  assert.ok(!m(['document.*'], 'task.succeeded'));
+  assert.ok(!m(['document.*'], 'document.a.b'));
+  assert.ok(m(['document.#'], 'document'));
+  assert.ok(m(['document.#'], 'document.a.b'));
+  assert.ok(m(['#'], 'task.progress'));
+  assert.ok(m(['#.succeeded'], 'task.succeeded'));
+  assert.ok(m(['*.deleted', 'task.*'], 'document.deleted'));
+  assert.ok(m(['capstan.task.*'], 'task.failed'));
+  assert.ok(!m(['task.*'], 'taskx.failed'));
+});
+
+test('bad patterns and cursors are refused with a reason', () => {
+  assert.equal(checkPattern('document.*'), null);
+  assert.match(checkPattern('documnet.*')!, /unknown entity "documnet"/);
+  assert.match(checkPattern('document.cre*')!, /routing-key words/);
+  assert.match(checkPattern('')!, /1 to 200/);
+  assert.equal(parseCursor('42', 'after'), 42);
+  assert.equal(parseCursor(undefined, 'after'), null);
+  assert.throws(() => parseCursor('-1', 'after'), /non-negative integer/);
+  assert.throws(() => parseCursor('abc', 'Last-Event-ID'), /Last-Event-ID/);
+  assert.throws(() => parseCursor(1.5, 'after'));
+});
+
+class FakeSink implements Sink {
+  readonly transport = 'ws' as const;
+  sent: number[] = [];
+  bytes = 0;
+  closed?: string;
+  write(ev: RtEvent) { this.sent.push(ev.seq); }
+  buffered() { return this.bytes; }
+  close(reason: string) { this.closed = reason; }
+}
+
+const ev = (seq: number, key = 'document.created'): RtEvent => ({ seq, key, tenantId: 't', json: '{}' });
+const counters = { sent() {}, dropped() {}, lag() {} };
+
+test('a subscriber sends each seq once, in order, and buffers while held', () => {
+  const sink = new FakeSink();
+  const sub = new Subscriber('t', new Matcher(['document.*']), sink, { bufferBytes: 1000, bufferEvents: 10 }, counters);
+  sub.hold();
+  sub.offer(ev(5)); sub.offer(ev(3)); // live, arriving during the replay
+  sub.deliver(ev(2, 'task.succeeded'), true); // replayed, not matching: skipped
+  sub.deliver(ev(3), true); // replayed
+  sub.release();
+  sub.offer(ev(4)); // late duplicate-or-older: dropped
+  sub.offer(ev(6));
+  assert.deepEqual(sink.sent, [3, 5, 6]);
+  assert.equal(sub.position, 6);
+});
+
+test('a held subscriber that overflows, or a slow socket, is disconnected with a reason', () => {
+  const sink = new FakeSink();
+  const sub = new Subscriber('t', new Matcher(['#']), sink, { bufferBytes: 1000, bufferEvents: 2 }, counters);
+  sub.hold();
+  for (const s of [1, 2, 3]) sub.offer(ev(s));
+  assert.equal(sink.closed, 'overflow');
+  const slow = new FakeSink();
+  const sub2 = new Subscriber('t', new Matcher(['#']), slow, { bufferBytes: 1000, bufferEvents: 2 }, counters);
+  slow.bytes = 5000;
+  sub2.offer(ev(1));
+  assert.equal(slow.closed, 'slow_consumer');
+});
