@@ -73,7 +73,7 @@ async def _reconcile(settings: Settings, tenant: str | None, repair: bool) -> di
             c.db,
             c.metrics,
             grace_seconds=settings.search_reconcile_grace_seconds,
-            tenant_id=tenant,
+            tenants=[tenant] if tenant else None,
             repair=repair,
         )
         return report.as_dict()

@@ -9,6 +9,7 @@ leaves a tombstone at `version + 1` (kept `index.gc_deletes`) that no older writ
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -74,6 +75,7 @@ class ElasticsearchEngine:
         self.replicas = replicas
         self.alias_cache_seconds = alias_cache_seconds
         self._ready = False
+        self._lock = asyncio.Lock()
         self._targets: tuple[float, list[str]] = (0.0, [])
 
     # --- management ------------------------------------------------------------------------
@@ -127,18 +129,20 @@ class ElasticsearchEngine:
         )
 
     async def ensure(self) -> None:
-        """Create the first index with both aliases, once per process (race-safe)."""
+        """Create the first index with both aliases, once (race-safe: the first index has a
+        fixed name, so concurrent processes collide on it instead of creating two)."""
         if self._ready:
             return
-        exists = await self._call(self.client.indices.exists_alias(name=self.alias))
-        if not exists:
-            try:
-                await self.create_index(self.new_index_name(), [self.alias, self.write_alias])
-            except SearchUnavailable as exc:
-                # Another process created it at the same moment.
-                if not await self._call(self.client.indices.exists_alias(name=self.alias)):
-                    raise exc
-        self._ready = True
+        async with self._lock:
+            if self._ready:
+                return
+            if not await self._call(self.client.indices.exists_alias(name=self.alias)):
+                try:
+                    await self.create_index(f"{self.alias}-0", [self.alias, self.write_alias])
+                except SearchUnavailable as exc:
+                    if not isinstance(exc.__cause__, ApiError) or exc.__cause__.status_code != 400:
+                        raise
+            self._ready = True
 
     async def read_index(self) -> str | None:
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -57,24 +58,25 @@ async def reconcile(
     metrics: Metrics | None = None,
     *,
     grace_seconds: float = 30.0,
-    tenant_id: str | None = None,
+    tenants: Sequence[str] | None = None,
     index: str | None = None,
     repair: bool = True,
 ) -> ReconcileReport:
-    """Compare (and repair) one tenant or all; `index` checks one concrete index (reindex)."""
+    """Compare (and repair) some tenants or all; `index` checks one concrete index (reindex).
+    The drift gauge is set from every run against the live alias."""
     report = ReconcileReport()
-    if tenant_id is not None:
-        tenants = {tenant_id}
+    if tenants is not None:
+        scope = set(tenants)
     else:
         async with db() as session:
-            tenants = set((await session.scalars(select(Document.tenant_id).distinct())).all())
-        tenants |= await engine.tenants(index=index)
+            scope = set((await session.scalars(select(Document.tenant_id).distinct())).all())
+        scope |= await engine.tenants(index=index)
     targets = [index] if index is not None else None
     young = datetime.now(UTC) - timedelta(seconds=grace_seconds)
-    for tenant in sorted(tenants):
+    for tenant in sorted(scope):
         report.tenants += 1
         await _tenant(engine, db, tenant, targets, index, young, report, repair)
-    if metrics is not None and tenant_id is None and index is None:
+    if metrics is not None and index is None:
         metrics.search_drift.set(report.drift)
     return report
 

@@ -1,0 +1,176 @@
+"""GET /v1/search end to end: embedded (SQLite FTS5) and production (Elasticsearch merged with
+PostgreSQL), through the event flow."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+
+from tests.conftest import Stack
+
+WORDS = {
+    "apollo": ("Apollo moon landing", "astronauts walked on the moon", "space", ["nasa"]),
+    "cheese": ("Moon cheese", "the moon is made of cheese", "folklore", ["humor"]),
+    "garden": ("Gardening", "tomatoes and water", "garden", ["howto"]),
+}
+
+
+async def create(
+    client: httpx.AsyncClient, title: str, body: str, coll: str, tags: list[str], **extra: Any
+) -> dict[str, Any]:
+    r = await client.post(
+        "/v1/documents",
+        json={"title": title, "body": body, "collection": coll, "tags": tags, **extra},
+    )
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+async def search(client: httpx.AsyncClient, **params: Any) -> dict[str, Any]:
+    r = await client.get("/v1/search", params=params)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+async def found(stack: Stack, client: httpx.AsyncClient, q: str, n: int) -> dict[str, Any]:
+    """Wait until `q` finds `n` documents (the indexer is asynchronous in production)."""
+    result: dict[str, Any] = {}
+
+    async def ok() -> bool:
+        nonlocal result
+        result = await search(client, q=q)
+        return len(result["hits"]) == n
+
+    await stack.until(ok, timeout=30, what=f"{n} hits for {q!r}")
+    return result
+
+
+async def test_search_finds_ranks_highlights_and_facets(search_stack: Stack) -> None:
+    api = search_stack.api
+    tenant = await api.tenant()
+    async with api.client(tenant.key) as client:
+        started = time.monotonic()
+        docs = {k: await create(client, *v) for k, v in WORDS.items()}
+        result = await found(search_stack, client, "moon", 2)
+        if search_stack.container.settings.embedded:
+            assert time.monotonic() - started < 1.0  # acceptance: found within a second
+            assert result["engines"] == ["sqlite-fts5"]
+        else:
+            assert result["engines"] == ["elasticsearch", "postgresql"]
+        assert result["degraded"] is False
+        assert {h["id"] for h in result["hits"]} == {docs["apollo"]["id"], docs["cheese"]["id"]}
+        assert result["total"] == 2
+        assert result["facets"]["collections"] == {"space": 1, "folklore": 1}
+        assert result["facets"]["tags"] == {"nasa": 1, "humor": 1}
+        assert isinstance(result["took_ms"], float | int)
+        hit = next(h for h in result["hits"] if h["id"] == docs["cheese"]["id"])
+        assert hit["title"] == "Moon cheese" and hit["version"] == 1 and hit["score"] > 0
+        assert any("<em>" in frag for frag in hit["highlights"])
+
+        narrowed = await search(client, q="moon", collection="folklore")
+        assert [h["id"] for h in narrowed["hits"]] == [docs["cheese"]["id"]]
+        structured = await search(client, tag="howto")
+        assert [h["id"] for h in structured["hits"]] == [docs["garden"]["id"]]
+        assert structured["engines"] == (
+            ["sqlite"] if search_stack.container.settings.embedded else ["postgresql"]
+        )
+        assert structured["hits"][0]["score"] is None
+
+
+async def test_cursor_pagination_and_edits(search_stack: Stack) -> None:
+    api = search_stack.api
+    tenant = await api.tenant()
+    async with api.client(tenant.key) as client:
+        ids = [
+            (await create(client, f"Note {i}", "zebra stripes", "notes", []))["id"]
+            for i in range(7)
+        ]
+        await found(search_stack, client, "zebra", 7)
+        for params in ({"q": "zebra"}, {"collection": "notes", "sort": "created"}):
+            seen: list[str] = []
+            cursor = None
+            for _ in range(10):
+                page = await search(
+                    client, limit=3, **params, **({"cursor": cursor} if cursor else {})
+                )
+                seen += [h["id"] for h in page["hits"]]
+                cursor = page["next_cursor"]
+                if cursor is None:
+                    break
+            assert sorted(seen) == sorted(ids), params
+        # An edit is visible; a delete is never returned, even before the indexer has run.
+        r = await client.patch(f"/v1/documents/{ids[0]}", json={"body": "okapi"})
+        assert r.status_code == 200
+        await found(search_stack, client, "okapi", 1)
+        assert (await client.delete(f"/v1/documents/{ids[1]}")).status_code == 204
+        after = await search(client, q="zebra", limit=50)
+        assert ids[1] not in {h["id"] for h in after["hits"]}
+        assert ids[0] not in {h["id"] for h in after["hits"]}
+
+
+async def test_tenants_never_see_each_other(search_stack: Stack) -> None:
+    api = search_stack.api
+    a, b = await api.tenant(), await api.tenant()
+    async with api.client(a.key) as ca, api.client(b.key) as cb:
+        mine = await create(ca, "Walrus", "walrus tusks", "zoo", ["mine"])
+        theirs = await create(cb, "Walrus", "walrus tusks", "private", ["theirs"])
+        ra = await found(search_stack, ca, "walrus", 1)
+        rb = await found(search_stack, cb, "walrus", 1)
+        assert [h["id"] for h in ra["hits"]] == [mine["id"]]
+        assert [h["id"] for h in rb["hits"]] == [theirs["id"]]
+        assert ra["facets"] == {"collections": {"zoo": 1}, "tags": {"mine": 1}}
+        assert (await search(ca, collection="private"))["hits"] == []
+
+
+async def test_bad_parameters_are_422(search_stack: Stack) -> None:
+    api = search_stack.api
+    tenant = await api.tenant()
+    async with api.client(tenant.key) as client:
+        await create(client, "x", "alpha beta", "c", [])
+        cases: list[dict[str, Any]] = [
+            {"q": "a" * 501},
+            {"limit": 0},
+            {"limit": 1000},
+            {"cursor": "not-a-cursor"},
+            {"tags_mode": "some"},
+            {"sort": "random"},
+            {"metadata.bad field": "x"},
+            {"created_after": "yesterday"},
+            {"created_after": "2025-01-02T00:00:00Z", "created_before": "2025-01-01T00:00:00Z"},
+        ]
+        for params in cases:
+            r = await client.get("/v1/search", params=params)
+            assert r.status_code == 422, (params, r.text)
+            assert r.headers["content-type"].startswith("application/problem+json")
+        # A cursor is bound to its query.
+        for i in range(3):
+            await create(client, f"n{i}", "gamma", "c", [])
+        page = await search(client, collection="c", limit=1)
+        r = await client.get(
+            "/v1/search", params={"collection": "other", "cursor": page["next_cursor"]}
+        )
+        assert r.status_code == 422
+        assert (await client.get("/v1/search")).status_code == 200
+        assert (
+            await httpx.AsyncClient(
+                transport=client._transport, base_url="http://capstan.test"
+            ).get("/v1/search")
+        ).status_code == 401
+
+
+async def test_metadata_filters(search_stack: Stack) -> None:
+    api = search_stack.api
+    tenant = await api.tenant()
+    async with api.client(tenant.key) as client:
+        en = await create(
+            client, "Hello", "greeting words", "c", [], metadata={"lang": "en", "n": 3}
+        )
+        await create(client, "Bonjour", "greeting words", "c", [], metadata={"lang": "fr"})
+        await found(search_stack, client, "greeting", 2)
+        for params in ({"q": "greeting", "metadata.lang": "en"}, {"metadata.n": "3"}):
+            result = await search(client, **params)
+            assert [h["id"] for h in result["hits"]] == [en["id"]], params
+        await asyncio.sleep(0)
