@@ -79,3 +79,14 @@ async def _reconcile(settings: Settings, tenant: str | None, repair: bool) -> di
         return report.as_dict()
     finally:
         await c.close()
+
+
+def _register_bench() -> None:
+    """`capstan bench search` lives with the other benchmarks."""
+    from capstan.bench.read import app as bench_app
+    from capstan.bench.search import search_command
+
+    bench_app.command("search")(search_command)
+
+
+_register_bench()

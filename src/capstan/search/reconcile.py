@@ -45,6 +45,8 @@ class ReconcileReport:
     ahead: int = 0
     drift: int = 0
     repaired: int = 0
+    reindexed: int = 0
+    deleted: int = 0
     failed: int = 0
     examples: list[str] = field(default_factory=list)
 
@@ -76,8 +78,11 @@ async def reconcile(
     for tenant in sorted(scope):
         report.tenants += 1
         await _tenant(engine, db, tenant, targets, index, young, report, repair)
-    if metrics is not None and index is None:
-        metrics.search_drift.set(report.drift)
+    if metrics is not None:
+        metrics.search_repaired.labels("index").inc(report.reindexed)
+        metrics.search_repaired.labels("delete").inc(report.deleted)
+        if index is None:
+            metrics.search_drift.set(report.drift)
     return report
 
 
@@ -138,10 +143,12 @@ async def _tenant(
             docs = await indexing.load(session, to_index[start : start + 500])
         result = await engine.index(list(docs.values()), targets=targets)
         report.repaired += result.applied
+        report.reindexed += result.applied
         report.failed += len(result.failed)
     for start in range(0, len(extra), 500):
         result = await engine.delete(extra[start : start + 500], targets=targets)
         report.repaired += result.applied
+        report.deleted += result.applied
         report.failed += len(result.failed)
 
 
