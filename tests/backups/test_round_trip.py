@@ -200,3 +200,22 @@ async def test_manifest_lists_each_artifact_with_size_and_checksum(tmp_path: Pat
     assert artifact["size"] == (backup.path / "sqlite.db").stat().st_size
     assert len(artifact["sha256"]) == 64
     assert artifact["source"]["tables"]["tenants"]["rows"] == 0
+
+
+@pytest.mark.redis
+async def test_bgsave_twice_in_one_second_does_not_wait_for_a_lastsave_change(
+    redis_process: RedisProcess, tmp_path: Path
+) -> None:
+    """LASTSAVE has one-second resolution: the second save must still be noticed."""
+    import asyncio
+
+    from capstan.backups.progress import Silent
+    from capstan.backups.redis import dump_rdb
+
+    await _extra_redis_keys(redis_process.url)
+    for name in ("a.rdb", "b.rdb", "c.rdb"):
+        source = await asyncio.wait_for(
+            dump_rdb(redis_process.url, tmp_path / name, Silent(), "bgsave"), timeout=10
+        )
+        assert source["method"] == "BGSAVE + copy"
+        assert (tmp_path / name).read_bytes().startswith(b"REDIS")

@@ -187,22 +187,50 @@ async def _bgsave_copy(
                 raise BackupError(f"redis BGSAVE copy: {why}")
             return {"skipped": f"no redis-cli, and {why}"}
         with step(reporter, "redis RDB (BGSAVE)", unit="bytes"):
-            before = await client.lastsave()
-            await client.bgsave()
-            deadline = time.monotonic() + 3600
-            while await client.lastsave() == before:
-                if time.monotonic() > deadline:
-                    raise BackupError("redis BGSAVE did not finish within an hour")
-                await asyncio.sleep(0.05)
-            persistence = await client.info("persistence")
-            if persistence.get("rdb_last_bgsave_status") != "ok":
-                raise BackupError(f"redis BGSAVE failed: {persistence}")
-            shutil.copyfile(source, out)
+            await _bgsave(client)
+            await asyncio.to_thread(shutil.copyfile, source, out)
     except RedisError as exc:
         raise BackupError(f"redis: {exc}") from exc
     finally:
         await client.aclose()
     return {"method": "BGSAVE + copy", "server_file": str(source)}
+
+
+BGSAVE_TIMEOUT_SECONDS = 3600
+
+
+async def _bgsave(client: aioredis.Redis) -> None:
+    """BGSAVE and wait for that save to finish.
+
+    Completion is a new save counted in INFO's `rdb_saves` (Redis 7), else a new LASTSAVE;
+    LASTSAVE alone has one-second resolution and misses a save in the same second as the last.
+    A save already running (someone else's) is waited for first, then ours is started.
+    """
+    try:
+        async with asyncio.timeout(BGSAVE_TIMEOUT_SECONDS):
+            saves_before: Any = None
+            last_before: Any = None
+            started = False
+            while True:
+                info = dict(await client.info("persistence"))
+                busy = int(info.get("rdb_bgsave_in_progress", 0))
+                if not started and not busy:
+                    saves_before = info.get("rdb_saves")
+                    last_before = await client.lastsave()
+                    await client.bgsave()
+                    started = True
+                elif started and not busy:
+                    if saves_before is not None:
+                        if int(info["rdb_saves"]) > int(saves_before):
+                            break
+                    elif await client.lastsave() != last_before:
+                        break
+                await asyncio.sleep(0.05)
+    except TimeoutError as exc:
+        raise BackupError(f"redis BGSAVE did not finish in {BGSAVE_TIMEOUT_SECONDS}s") from exc
+    status = info.get("rdb_last_bgsave_status")
+    if status != "ok":
+        raise BackupError(f"redis BGSAVE failed: rdb_last_bgsave_status={status}")
 
 
 async def check_rdb(path: Path) -> list[str]:
