@@ -26,8 +26,11 @@ ID_FORMAT = "%Y%m%dT%H%M%SZ"
 
 
 def backup_root(settings: Settings) -> Path:
-    """CAPSTAN_BACKUP_DIR, or `<data_dir>/backups`."""
-    return settings.backup_dir if settings.backup_dir is not None else settings.data_dir / "backups"
+    """CAPSTAN_BACKUP_DIR, or `<data_dir>/backups` when it is unset or empty."""
+    configured = settings.backup_dir
+    if configured is None or configured == Path():  # an empty variable parses as "."
+        return settings.data_dir / "backups"
+    return configured
 
 
 @dataclass
