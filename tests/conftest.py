@@ -281,6 +281,13 @@ EVENT_TEST_SETTINGS = {
     "event_retry_delays_ms": [50, 200],
     "event_max_attempts": 3,
     "outbox_poll_seconds": 0.2,
+    "tasks_enable_test_handlers": True,
+    "task_retry_base_seconds": 0.1,
+    "task_poll_seconds": 0.1,
+    "worker_heartbeat_seconds": 0.2,
+    "worker_heartbeat_ttl_seconds": 1.5,
+    "worker_shutdown_grace_seconds": 1.0,
+    "webhook_allow_private": True,
 }
 
 
@@ -295,11 +302,15 @@ def stack_settings(mode: str, request: pytest.FixtureRequest, tmp_path: Path) ->
     return base.model_copy(update={"broker_namespace": namespace, **EVENT_TEST_SETTINGS})
 
 
-async def start_stack(settings: Settings, subscribers: list[str] | None = None) -> Stack:
+async def start_stack(
+    settings: Settings, subscribers: list[str] | None = None, *, worker: bool = True
+) -> Stack:
     from capstan.roles import Background
 
     api = await start_api(settings)
-    background = Background(api.container, relay=True, subscribers=subscribers or ["all"])
+    background = Background(
+        api.container, relay=True, subscribers=subscribers or ["all"], worker=worker
+    )
     await background.start()
     return Stack(api, background)
 
@@ -328,7 +339,11 @@ async def delete_namespace(url: str, namespace: str) -> None:
             for suffix in ("", ".dead", *(f".retry.{d}" for d in (50, 200))):
                 with contextlib.suppress(Exception):
                     await channel.queue_delete(queue + suffix)
-        for exchange in (f"{namespace}.events", f"{namespace}.realtime"):
+        for queue in ("default", "other"):
+            for suffix in ("", ".dead", ".retry.200"):
+                with contextlib.suppress(Exception):
+                    await channel.queue_delete(f"{namespace}.tasks.{queue}{suffix}")
+        for exchange in (f"{namespace}.events", f"{namespace}.realtime", f"{namespace}.tasks"):
             with contextlib.suppress(Exception):
                 await channel.exchange_delete(exchange)
 

@@ -12,15 +12,16 @@ from typing import Any
 
 from capstan.container import Container, build_container
 from capstan.relay.relay import OutboxRelay
+from capstan.search.reconcile import build_reconciler
 from capstan.settings import Settings
 from capstan.subscribers.audit import AuditSubscriber
 from capstan.subscribers.cache import CacheSubscriber
-from capstan.search.reconcile import build_reconciler
 from capstan.subscribers.indexer import IndexerSubscriber
 from capstan.subscribers.notifier import NotifierSubscriber
-from capstan.subscribers.runtime import Subscriber, SubscriberRunner
+from capstan.subscribers.runtime import Subscriber, SubscriberRunner, queue_spec
 from capstan.webhooks.dispatcher import WebhookDispatcher
 from capstan.worker.maintenance import TaskMaintenance
+from capstan.worker.queues import task_queue_spec
 from capstan.worker.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,11 @@ def build_relay(c: Container) -> OutboxRelay:
         retention_hours=s.outbox_retention_hours,
         wakeup=c.outbox_wakeup,
         topology=c.topology,
+        declare=[
+            queue_spec(build_subscriber(c, name), s.event_retry_delays_ms, c.topology)
+            for name in subscriber_names(c, ["all"])
+        ],
+        task_queue=lambda queue: task_queue_spec(c.topology, queue),
     )
 
 

@@ -65,6 +65,20 @@ class Settings(BaseSettings):
     # Tests and single-host setups deliver to loopback/private receivers; off in production.
     webhook_allow_private: bool = False
 
+    # Tasks and workers.
+    task_default_max_attempts: int = Field(3, ge=1, le=100)
+    task_default_time_limit_seconds: float = Field(300.0, gt=0)
+    task_retry_base_seconds: float = Field(1.0, gt=0)
+    task_retry_max_seconds: float = Field(300.0, gt=0)
+    task_poll_seconds: float = Field(0.5, gt=0)  # promoter/reaper cadence
+    worker_concurrency: int = Field(8, ge=1, le=1000)
+    worker_queues: list[str] = ["default"]
+    worker_heartbeat_seconds: float = Field(2.0, gt=0)
+    # A running task whose worker has not beaten for this long goes back to the queue.
+    worker_heartbeat_ttl_seconds: float = Field(15.0, gt=0)
+    worker_shutdown_grace_seconds: float = Field(10.0, ge=0)
+    tasks_enable_test_handlers: bool = False
+
     # Search (issue 5; docs/search.md). search_index is the read alias; indices are <alias>-<ms>.
     search_index: str = Field("capstan-documents", pattern=r"^[a-z0-9][a-z0-9_.\-]*$")
     search_timeout_seconds: float = Field(1.0, gt=0)  # then PostgreSQL FTS answers (degraded)

@@ -67,9 +67,9 @@ def create_app(
     app.include_router(sessions_router)
     app.include_router(documents_router)
     app.include_router(events_router)
+    app.include_router(tasks_router)
     app.include_router(webhooks_router)
     app.include_router(search_router)
-    app.include_router(tasks_router)
     app.add_middleware(
         RequestContextMiddleware,
         metrics=the_container.metrics,

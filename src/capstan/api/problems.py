@@ -8,9 +8,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from capstan.db.errors import is_database_down
 from capstan.errors import CapstanError
 from capstan.observability.context import current_request_id
 
@@ -38,7 +39,8 @@ def problem(
     request_id = current_request_id()
     if request_id:
         body["request_id"] = request_id
-    body.update(extensions)
+    # Extension members never override the standard ones (RFC 9457 section 3.2).
+    body.update({k: v for k, v in extensions.items() if k not in body})
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -90,10 +92,11 @@ def install(app: FastAPI) -> None:
             exc.status_code, title, str(exc.detail), slug=slug, headers=dict(exc.headers or {})
         )
 
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(InterfaceError)
+    @app.exception_handler(DBAPIError)
     @app.exception_handler(OSError)
-    async def _db_down(_request: Request, exc: Exception) -> JSONResponse:
+    async def _db_down(request: Request, exc: Exception) -> JSONResponse:
+        if not is_database_down(exc):
+            return await _unexpected(request, exc)
         log.warning("database unavailable", extra={"error": str(exc)})
         return problem(
             503,

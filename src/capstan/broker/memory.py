@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from capstan.broker.port import Handler, Message, QueueSpec, topic_matches
+from capstan.broker.port import BrokerUnavailable, Handler, Message, QueueSpec, topic_matches
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +93,24 @@ class MemoryBroker:
             timer.cancel()
         self._timers.clear()
 
-    async def publish(self, messages: Sequence[Message], exchange: str) -> None:
-        for message in messages:
-            for queue in self._queues.values():
-                if queue.spec.exchange == exchange and any(
-                    topic_matches(p, message.routing_key) for p in queue.spec.patterns
-                ):
-                    queue.put((message, 1))
+    async def publish(
+        self, messages: Sequence[Message], exchange: str, *, mandatory: bool = True
+    ) -> None:
+        routes = [
+            [
+                queue
+                for queue in self._queues.values()
+                if queue.spec.exchange == exchange
+                and any(topic_matches(p, message.routing_key) for p in queue.spec.patterns)
+            ]
+            for message in messages
+        ]
+        if mandatory and not all(routes):
+            unroutable = next(m.routing_key for m, r in zip(messages, routes, strict=True) if not r)
+            raise BrokerUnavailable(f"no queue is bound for {unroutable!r} on {exchange}")
+        for message, queues in zip(messages, routes, strict=True):
+            for queue in queues:
+                queue.put((message, 1))
 
     async def publish_to_queue(self, spec: QueueSpec, messages: Sequence[Message]) -> None:
         await self.declare(spec)

@@ -89,8 +89,12 @@ class Broker(Protocol):
 
     async def close(self) -> None: ...
 
-    async def publish(self, messages: Sequence[Message], exchange: str) -> None:
-        """Publish durably; returns once the broker confirmed every message."""
+    async def publish(
+        self, messages: Sequence[Message], exchange: str, *, mandatory: bool = True
+    ) -> None:
+        """Publish durably; returns once the broker confirmed every message. With
+        `mandatory`, a message no queue is bound for is an error (BrokerUnavailable) rather
+        than silently dropped."""
         ...
 
     async def publish_to_queue(self, spec: QueueSpec, messages: Sequence[Message]) -> None:

@@ -167,14 +167,21 @@ class RabbitBroker:
     async def _exchange(self, channel: AbstractChannel, name: str) -> AbstractExchange:
         return await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
 
-    async def publish(self, messages: Sequence[Message], exchange: str) -> None:
+    async def publish(
+        self, messages: Sequence[Message], exchange: str, *, mandatory: bool = True
+    ) -> None:
         if not messages:
             return
         try:
             target = await self._publisher_exchange(exchange)
             # Confirms arrive asynchronously: publish the batch at once, then wait for all.
             await asyncio.gather(
-                *(target.publish(_amqp(m, m.headers), routing_key=m.routing_key) for m in messages)
+                *(
+                    target.publish(
+                        _amqp(m, m.headers), routing_key=m.routing_key, mandatory=mandatory
+                    )
+                    for m in messages
+                )
             )
         except BrokerUnavailable:
             raise

@@ -84,8 +84,13 @@ class CacheAside:
         future: asyncio.Future[Loaded | None] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            loaded = await load()
-            if loaded is not None:
+            # A load that just finished filled the cache before it stopped taking followers:
+            # look once more before going to the database.
+            entry = await self._recheck(key)
+            if entry is None:
+                self._metrics.cache_loads.labels(self._name).inc()
+            loaded = entry if entry is not None else await load()
+            if loaded is not None and entry is None:
                 await self._fill(key, loaded)
         except BaseException as exc:
             future.set_exception(exc)
@@ -99,6 +104,13 @@ class CacheAside:
             # An invalidation may have detached this load already (see `invalidate`).
             if self._inflight.get(key) is future:
                 del self._inflight[key]
+
+    async def _recheck(self, key: str) -> Loaded | None:
+        try:
+            entry = await self._cache.get(key)
+        except CacheUnavailable:
+            return None
+        return None if entry is None else Loaded(entry.version, entry.payload)
 
     async def _fill(self, key: str, loaded: Loaded) -> None:
         try:

@@ -45,6 +45,12 @@ class Metrics:
             ["cache", "outcome"],
             registry=r,
         )
+        self.cache_loads = Counter(
+            "capstan_cache_loads_total",
+            "Database reads made to fill the cache after a miss (one per key at a time).",
+            ["cache"],
+            registry=r,
+        )
         self.db_reads_coalesced = Counter(
             "capstan_cache_coalesced_reads_total",
             "Misses that waited for another request's database read of the same key.",

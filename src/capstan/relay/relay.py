@@ -6,14 +6,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from capstan.broker.port import Broker, BrokerUnavailable, Message
+from capstan.broker.port import Broker, BrokerUnavailable, Message, QueueSpec
 from capstan.db.schema import OutboxEvent
 from capstan.events.envelope import encode
 from capstan.events.topology import Topology
@@ -40,8 +40,15 @@ class OutboxRelay:
         retention_hours: float = 24.0,
         wakeup: asyncio.Event | None = None,
         topology: Topology | None = None,
+        declare: Sequence[QueueSpec] = (),
+        task_queue: Callable[[str], QueueSpec] | None = None,
     ) -> None:
         self._topology = topology or Topology()
+        # Queues that must exist before anything is published, so no event is unroutable
+        # even if a subscriber starts after the relay; task queues are declared on first use.
+        self._declare = list(declare)
+        self._task_queue = task_queue
+        self._declared: set[str] = set()
         self._engine = engine
         self._db = db
         self._broker = broker
@@ -102,6 +109,7 @@ class OutboxRelay:
                 select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY))
             ):
                 return 0  # another relay is publishing; we are its standby
+            await self._ensure_queues()
             rows = list(
                 await session.scalars(
                     select(OutboxEvent)
@@ -113,6 +121,9 @@ class OutboxRelay:
             )
             if not rows:
                 return 0
+            if self._task_queue is not None:
+                for queue in {row.routing_key for row in rows if row.channel == "tasks"}:
+                    await self._declare_once(self._task_queue(queue))
             # Grouped by exchange; within each, rows keep their commit order.
             for channel in dict.fromkeys(row.channel for row in rows):
                 await self._broker.publish(
@@ -129,6 +140,15 @@ class OutboxRelay:
         self._metrics.events_published.inc(len(rows))
         self._metrics.relay_batch_size.observe(len(rows))
         return len(rows)
+
+    async def _ensure_queues(self) -> None:
+        for spec in self._declare:
+            await self._declare_once(spec)
+
+    async def _declare_once(self, spec: QueueSpec) -> None:
+        if spec.name not in self._declared:
+            await self._broker.declare(spec)
+            self._declared.add(spec.name)
 
     async def cleanup(self) -> int:
         """Delete published rows older than the retention; returns how many."""

@@ -109,7 +109,7 @@ class SubscriberRunner:
             reset_request_id(token)
         for exchange, message in outcome.publish if outcome else []:
             try:
-                await self._broker.publish([message], exchange=exchange)
+                await self._broker.publish([message], exchange=exchange, mandatory=False)
             except BrokerUnavailable as exc:
                 # The effect is committed; followers (realtime) recover through the audit log.
                 log.warning("follow-up publish lost", extra={"subscriber": name, "error": str(exc)})

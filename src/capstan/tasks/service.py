@@ -201,7 +201,7 @@ class TaskService:
             if task is None:
                 raise NotFound(f"task {task_id} does not exist")
             if task.status in FINISHED:
-                raise Conflict(f"task {task_id} is already {task.status}", status=task.status)
+                raise Conflict(f"task {task_id} is already {task.status}", task_status=task.status)
             if task.status == "queued":
                 task.status = "cancelled"
                 task.finished_at = now

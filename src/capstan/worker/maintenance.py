@@ -9,7 +9,7 @@ import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from capstan.container import Container
@@ -66,19 +66,23 @@ class TaskMaintenance:
 
     async def _reap(self, session: AsyncSession, now: datetime) -> int:
         ttl = timedelta(seconds=self._c.settings.worker_heartbeat_ttl_seconds)
-        alive = select(WorkerRecord.id).where(WorkerRecord.last_heartbeat_at >= now - ttl)
-        lost = list(
-            await session.scalars(
-                select(Task)
-                .where(
-                    Task.status == "running",
-                    or_(Task.worker_id.is_(None), Task.worker_id.not_in(alive)),
-                    Task.started_at < now - ttl,
+        # A running task is lost when its worker stopped beating, or beats without listing it
+        # (the worker gave up on it); `started_at` leaves a new claim time to show up.
+        alive = {
+            worker_id: set(running)
+            for worker_id, running in await session.execute(
+                select(WorkerRecord.id, WorkerRecord.running).where(
+                    WorkerRecord.last_heartbeat_at >= now - ttl
                 )
-                .limit(BATCH)
-                .with_for_update(skip_locked=True)
             )
+        }
+        candidates = await session.scalars(
+            select(Task)
+            .where(Task.status == "running", Task.started_at < now - ttl)
+            .limit(BATCH)
+            .with_for_update(skip_locked=True)
         )
+        lost = [t for t in candidates if t.id not in alive.get(t.worker_id or "", set())]
         for task in lost:
             log.warning(
                 "task of a lost worker re-queued", extra={"task": task.id, "worker": task.worker_id}

@@ -18,6 +18,7 @@ from sqlalchemy import delete, select, update
 
 from capstan.broker.port import Consumer, Delivery
 from capstan.container import Container
+from capstan.db.errors import is_database_down
 from capstan.db.schema import Task, WorkerRecord
 from capstan.observability.context import reset_request_id, set_request_id
 from capstan.tasks.context import Effect, TaskCancelled, TaskContext
@@ -99,7 +100,14 @@ class Worker:
             await delivery.dead_letter("malformed task message")
             return
         async with self._slots:
-            task = await self._claim(task_id)
+            try:
+                task = await self._claim(task_id)
+            except Exception as exc:
+                if not is_database_down(exc):
+                    raise
+                log.warning("claim failed, message retried later", extra={"error": repr(exc)})
+                await delivery.retry(1000)
+                return
             if task is None:
                 await delivery.ack()  # finished, cancelled, or running elsewhere: nothing to do
                 return
@@ -166,9 +174,20 @@ class Worker:
             self._m_running.dec()
             self._cancel_flags.pop(task.id, None)
             reset_request_id(token)
-        return await self._finish(
-            task, outcome, value, error, effects, time.perf_counter() - started
-        )
+        elapsed = time.perf_counter() - started
+        # The outcome is in hand: keep trying to record it through a database outage.
+        delay = 0.2
+        for _ in range(60):
+            try:
+                return await self._finish(task, outcome, value, error, effects, elapsed)
+            except Exception as exc:
+                if not is_database_down(exc):
+                    raise
+                log.warning("recording the outcome failed, retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        log.error("gave up recording a task outcome", extra={"task": task.id})
+        return None  # no longer listed by our heartbeat: the reaper re-queues it
 
     async def _invoke(self, task: Task) -> tuple[str, Any, str | None, list[Effect]]:
         ctx = TaskContext(
@@ -205,6 +224,7 @@ class Worker:
     ) -> str | None:
         now = datetime.now(UTC)
         s = self._c.settings
+        delay = 0.0
         if outcome == "error" and task.attempts < task.max_attempts:
             # Exponential backoff with jitter (half to all of the ceiling), capped.
             ceiling = min(
@@ -254,6 +274,7 @@ class Worker:
                 extra["result"] = value
             if action == "retrying":
                 extra["run_at"] = fresh.run_at.isoformat()
+                extra["retry_in_seconds"] = round(delay, 3)
             stage_event(session, s.source, fresh, action, **extra)
         self._c.outbox_wakeup.set()
         self._m_tasks.labels(task.type, state).inc()

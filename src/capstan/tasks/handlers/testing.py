@@ -21,6 +21,7 @@ class FailInput(BaseModel):
 
 class RecordInput(BaseModel):
     value: Any = None
+    sleep: float = Field(0, ge=0, le=60, description="seconds of work before recording")
 
 
 class NoopInput(BaseModel):
@@ -43,6 +44,8 @@ async def _fail(data: FailInput, ctx: TaskContext) -> dict[str, Any]:
 
 
 async def _record(data: RecordInput, ctx: TaskContext) -> dict[str, Any]:
+    if data.sleep:
+        await asyncio.sleep(data.sleep)
     ctx.effect_row("record", data.value)  # a duplicate would violate task_effects' key
     return {"recorded": data.value}
 
