@@ -86,7 +86,34 @@ _YAKE = {
 }
 
 
+class ReindexInput(BaseModel):
+    keep_old: bool = Field(False, description="keep the previous index (for a quick rollback)")
+
+
+async def _reindex(data: ReindexInput, ctx: TaskContext) -> dict[str, Any]:
+    from capstan.search.reindex import ReindexUnsupported, reindex
+
+    async def progress(done: int, total: int) -> None:
+        await ctx.progress(done / total if total else 1.0, f"{done}/{total} documents")
+
+    try:
+        report = await reindex(ctx.container, progress, keep_old=data.keep_old)
+    except ReindexUnsupported as exc:
+        return {"skipped": str(exc)}
+    return report.as_dict()
+
+
 def register(registry: TaskRegistry) -> None:
+    registry.register(
+        TaskType(
+            "documents.reindex",
+            ReindexInput,
+            _reindex,
+            "Rebuild the search index from the database behind its alias, with zero downtime.",
+            time_limit_seconds=6 * 3600,
+            max_attempts=1,
+        )
+    )
     registry.register(
         TaskType(
             "documents.enrich",
