@@ -71,6 +71,7 @@ class SubscriberRunner:
         self._prefetch = 1 if subscriber.ordered else prefetch
         self._max_attempts = max_attempts
         self._base_delay_ms = min(retry_delays_ms)
+        self._max_delay_ms = max(retry_delays_ms)
         self._consumer: Consumer | None = None
 
     @property
@@ -134,6 +135,16 @@ class SubscriberRunner:
 
     async def _failed(self, delivery: Delivery, event: Event, exc: Exception) -> None:
         name = self.name
+        if _outage(exc):
+            # A backend being down says nothing about this event: wait for it (longest tier)
+            # without spending the event's attempts, so an outage never dead-letters events.
+            log.warning(
+                "backend unavailable, event retried later",
+                extra={"subscriber": name, "event_id": event.id, "error": repr(exc)},
+            )
+            await delivery.retry(self._max_delay_ms)
+            self._metrics.events_consumed.labels(name, "retried").inc()
+            return
         if delivery.attempt >= self._max_attempts:
             log.error(
                 "event dead-lettered after retries",
@@ -157,3 +168,13 @@ class SubscriberRunner:
         )
         await delivery.retry(delay)
         self._metrics.events_consumed.labels(name, "retried").inc()
+
+
+def _outage(exc: BaseException) -> bool:
+    from capstan.cache.port import CacheUnavailable
+    from capstan.db.errors import is_database_down
+    from capstan.search.port import SearchUnavailable
+
+    return isinstance(
+        exc, CacheUnavailable | SearchUnavailable | BrokerUnavailable
+    ) or is_database_down(exc)
