@@ -315,7 +315,9 @@ async def test_higher_priority_runs_first(
 async def test_reindex_runs_as_a_task(stack: Stack) -> None:
     tenant = await stack.api.tenant()
     async with stack.api.client(tenant.key) as http:
-        task = (await http.post("/v1/tasks", json={"type": "documents.reindex", "input": {}})).json()
+        task = (
+            await http.post("/v1/tasks", json={"type": "documents.reindex", "input": {}})
+        ).json()
         done = await _finished(stack, http, task["url"])
     assert done["status"] == "succeeded", done["error"]
     # Embedded and PostgreSQL-only setups keep their index in the database: nothing to rebuild.
