@@ -5,31 +5,15 @@ Each write commits the row and its outbox event together, or neither.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 from sqlalchemy import func, select
 
 from capstan.db.schema import Document, OutboxEvent
 from capstan.documents.schemas import DocumentCreate, DocumentUpdate
 from capstan.errors import NotFound, PreconditionFailed
-from tests.conftest import Api, embedded_settings, production_settings, start_api
+from tests.conftest import Api
 
-
-@pytest.fixture(
-    params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.redis])]
-)
-async def api(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Api]:
-    if request.param == "sqlite":
-        settings = embedded_settings(tmp_path)
-    else:
-        settings = production_settings(
-            request.getfixturevalue("postgres_url"), request.getfixturevalue("redis_url"), tmp_path
-        )
-    instance = await start_api(settings)
-    yield instance
-    await instance.container.close()
+# The `api` fixture (tests/conftest.py) runs each test on SQLite and on PostgreSQL.
 
 
 async def _events(api: Api, doc_id: str) -> list[str]:
