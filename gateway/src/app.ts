@@ -1,7 +1,7 @@
 /** The Fastify application: plugins in order (fastify/demo habit): the services, then hooks
  * (request ids, metrics, problem+json errors), then routes. `server.ts` only listens. */
 import websocket from '@fastify/websocket';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import { randomUUID } from 'node:crypto';
 import { Problem, sendProblem } from './problems';
 import { documentRoutes } from './routes/documents';
@@ -35,9 +35,8 @@ export async function buildApp(services: Services): Promise<FastifyInstance> {
       const given = req.headers['x-request-id'];
       return typeof given === 'string' && SAFE_REQUEST_ID.test(given) ? given : randomUUID().replace(/-/g, '');
     },
-    requestIdLogLabel: 'request_id',
     // Fastify's request log has the full URL; ours (onResponse) never logs query strings.
-    disableRequestLogging: true,
+    logController: new LogController({ requestIdLogLabel: 'request_id', disableRequestLogging: true }),
     bodyLimit: services.settings.maxMessageBytes,
     forceCloseConnections: true,
   });
