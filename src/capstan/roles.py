@@ -7,8 +7,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Coroutine
-from typing import Any
+import threading
+from collections.abc import Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any
 
 from capstan.container import Container, build_container
 from capstan.relay.relay import OutboxRelay
@@ -23,6 +24,12 @@ from capstan.webhooks.dispatcher import WebhookDispatcher
 from capstan.worker.maintenance import TaskMaintenance
 from capstan.worker.queues import task_queue_spec
 from capstan.worker.worker import Worker
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+    from wsgiref.types import StartResponse, WSGIEnvironment
+
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +173,32 @@ class Background:
                     await task
 
 
+def serve_metrics(port: int, host: str, registry: CollectorRegistry) -> WSGIServer:
+    """/metrics (Prometheus) and /healthz (liveness, for the compose health check) of a
+    non-API role, on a daemon thread; any other path also answers metrics, as before."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client import make_wsgi_app
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # scrapes are not logged
+            pass
+
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/healthz":
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [b'{"status":"ok"}']
+        result: Iterable[bytes] = metrics(environ, start_response)
+        return result
+
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
+
+
 async def run_background(
     settings: Settings,
     *,
@@ -176,9 +209,8 @@ async def run_background(
     worker_concurrency: int | None = None,
     scheduler: bool = False,
 ) -> None:
-    """Run background roles until SIGINT/SIGTERM, exposing /metrics on settings.metrics_port."""
-    from prometheus_client import start_http_server
-
+    """Run background roles until SIGINT/SIGTERM, exposing /metrics and /healthz on
+    settings.metrics_port."""
     container = build_container(settings)
     await container.start()
     background = Background(
@@ -189,10 +221,11 @@ async def run_background(
         worker_queues=worker_queues,
         worker_concurrency=worker_concurrency,
     )
-    if settings.metrics_port:
-        start_http_server(
-            settings.metrics_port, addr=settings.host, registry=container.metrics.registry
-        )
+    metrics_server = (
+        serve_metrics(settings.metrics_port, settings.host, container.metrics.registry)
+        if settings.metrics_port
+        else None
+    )
     if scheduler:
         from capstan.scheduler.jobs import build_scheduler
 
@@ -211,3 +244,6 @@ async def run_background(
     finally:
         await background.stop()
         await container.close()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
