@@ -27,7 +27,8 @@ const schema = {
     CAPSTAN_GATEWAY_RECONNECT_MS: { type: 'integer', minimum: 0, default: 2000 },
     CAPSTAN_GATEWAY_SHUTDOWN_SECONDS: { type: 'number', minimum: 0, default: 10 },
     CAPSTAN_GATEWAY_DB_POOL: { type: 'integer', minimum: 1, default: 10 },
-    CAPSTAN_LOG_LEVEL: { type: 'string', enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' },
+    // Shared with Python (DEBUG, INFO, WARNING, ERROR); pino's names are accepted too.
+    CAPSTAN_LOG_LEVEL: { type: 'string', pattern: '^([Dd][Ee][Bb][Uu][Gg]|[Ii][Nn][Ff][Oo]|[Ww][Aa][Rr][Nn]([Ii][Nn][Gg])?|[Ee][Rr][Rr][Oo][Rr]|fatal|trace|silent)$', default: 'INFO' },
   },
 } as const;
 
@@ -80,6 +81,6 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     reconnectMs: e.CAPSTAN_GATEWAY_RECONNECT_MS,
     shutdownSeconds: e.CAPSTAN_GATEWAY_SHUTDOWN_SECONDS,
     dbPool: e.CAPSTAN_GATEWAY_DB_POOL,
-    logLevel: e.CAPSTAN_LOG_LEVEL,
+    logLevel: String(e.CAPSTAN_LOG_LEVEL).toLowerCase().replace('warning', 'warn'),
   };
 }

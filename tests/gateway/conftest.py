@@ -61,7 +61,7 @@ async def start_gateway(stack: Stack, log: Path, **extra: str) -> Gateway:
         "CAPSTAN_RATE_LIMIT_BURST": str(s.rate_limit_burst),
         "CAPSTAN_GATEWAY_PORT": str(port),
         "CAPSTAN_GATEWAY_MAX_MESSAGE_BYTES": "4096",
-        "CAPSTAN_LOG_LEVEL": "warn",
+        "CAPSTAN_LOG_LEVEL": "WARNING",
         **extra,
     }
     out = log.open("wb")

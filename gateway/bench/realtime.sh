@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# gateway/bench/realtime.sh [clients] [rate] [seconds] — the realtime benchmark, end to end:
+# a fresh database, the Python API + relay + subscribers and the gateway on the loopback servers
+# (scripts/services), N WebSocket clients, R document writes/s through the API.
+# Writes gateway/bench/results/realtime-<date>.json. Needs `npm run build` first.
+set -Eeuo pipefail
+ulimit -n 65536 2>/dev/null || ulimit -n 4096 || true
+cd "$(dirname "$0")/../.."
+CLIENTS=${1:-1000} RATE=${2:-200} SECONDS_=${3:-20}
+eval "$(scripts/services env)"
+ns="benchrt$RANDOM"; db="bench_rt_$RANDOM"; work=$(mktemp -d)
+psql "$CAPSTAN_TEST_DATABASE_URL" -qc "CREATE DATABASE $db"
+export CAPSTAN_DATABASE_URL="${CAPSTAN_TEST_DATABASE_URL%/*}/$db" CAPSTAN_CACHE_URL=$CAPSTAN_TEST_REDIS_URL \
+  CAPSTAN_BROKER_URL=$CAPSTAN_TEST_AMQP_URL CAPSTAN_BROKER_NAMESPACE=$ns CAPSTAN_DATA_DIR=$work \
+  CAPSTAN_RATE_LIMIT_PER_MINUTE=10000000 CAPSTAN_RATE_LIMIT_BURST=1000000 CAPSTAN_LOG_LEVEL=WARNING
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  psql "$CAPSTAN_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
+}
+trap cleanup EXIT
+.venv/bin/capstan migrate >/dev/null
+key=$(.venv/bin/capstan tenants create bench --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
+api_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+gw_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+.venv/bin/capstan api --port "$api_port" >"$work/api.log" 2>&1 & pids+=($!)
+CAPSTAN_METRICS_PORT=0 .venv/bin/capstan relay >"$work/relay.log" 2>&1 & pids+=($!)
+CAPSTAN_METRICS_PORT=0 .venv/bin/capstan subscriber audit >"$work/sub.log" 2>&1 & pids+=($!)
+CAPSTAN_GATEWAY_PORT=$gw_port node gateway/dist/server.js >"$work/gateway.log" 2>&1 & pids+=($!)
+for _ in $(seq 100); do
+  curl -sf "localhost:$gw_port/readyz" >/dev/null && curl -sf "localhost:$api_port/healthz" >/dev/null && break
+  sleep 0.2
+done
+mkdir -p gateway/bench/results
+out="gateway/bench/results/realtime-$(date -u +%Y%m%dT%H%M%SZ).json"
+node gateway/dist/bench/realtime.js --gateway "http://127.0.0.1:$gw_port" --api "http://127.0.0.1:$api_port" \
+  --key "$key" --clients "$CLIENTS" --rate "$RATE" --seconds "$SECONDS_" --out "$out"
+echo "results: $out (logs in $work)"
