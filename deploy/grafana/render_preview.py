@@ -153,7 +153,7 @@ def fmt_value(v: float, unit: str) -> str:
     if unit == "s":
         return f"{v * 1000:.1f} ms" if abs(v) < 1 else f"{v:.2f} s"
     if unit == "bool":
-        return "true" if v else "false"
+        return {0.0: "false", 1.0: "true"}.get(v, "")
     suffix = {"reqps": " req/s", "ops": " ops/s"}.get(unit, "")
     for div, s in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(v) >= div:
@@ -174,15 +174,15 @@ def draw(name: str, base: str, minutes: float, out: Path, dpi: int) -> Path:
     start = end - minutes * 60
     step = max(5.0, minutes * 60 / 240)
     height = max(p.grid["y"] + p.grid["h"] for p in ps)
-    fig = plt.figure(figsize=(16, 0.34 * height + 0.8), facecolor=BG)
+    fig = plt.figure(figsize=(16, 0.4 * height + 0.8), facecolor=BG)
     grid = fig.add_gridspec(
         height,
         24,
         left=0.04,
         right=0.99,
-        top=1 - 0.6 / (0.34 * height + 0.8),
+        top=1 - 0.6 / (0.4 * height + 0.8),
         bottom=0.01,
-        hspace=2.2,
+        hspace=3.0,
         wspace=1.2,
     )
     span = f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(start))}-{time.strftime('%H:%M', time.gmtime(end))} UTC"
@@ -254,7 +254,7 @@ def draw(name: str, base: str, minutes: float, out: Path, dpi: int) -> Path:
             _draw_stat(ax, p, series)
         else:
             for i, (label, xs, ys) in enumerate(series[:12]):
-                ax.plot(xs, ys, lw=1.1, color=PALETTE[i % len(PALETTE)], label=label[:40])
+                ax.plot(xs, ys, lw=1.1, color=PALETTE[i % len(PALETTE)], label=label[:40] or " ")
             ax.set_xlim(start, end)
             ax.grid(color=GRID, lw=0.5)
             ax.xaxis.set_major_formatter(
@@ -272,6 +272,11 @@ def draw(name: str, base: str, minutes: float, out: Path, dpi: int) -> Path:
     path = out / f"{name}.png"
     fig.savefig(path, dpi=dpi, facecolor=BG)
     plt.close(fig)
+    from PIL import Image  # matplotlib's own dependency: a 128-colour palette keeps files small
+
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(colors=128)
+    small.save(path, optimize=True)
     return path
 
 

@@ -108,12 +108,16 @@ def main() -> None:
         os.environ.get("CAPSTAN_STACK_GATEWAY_URL"),
     )
     end = time.monotonic() + args.seconds
-    rounds = 0
+    rounds = failed = 0
     while time.monotonic() < end:
-        one_round(api, gw)
-        rounds += 1
+        try:
+            one_round(api, gw)
+            rounds += 1
+        except (httpx.HTTPError, AssertionError) as exc:  # e.g. a server restarted meanwhile
+            failed += 1
+            print(f"round failed: {exc!r}", flush=True)
         time.sleep(args.pause)
-    print(f"{rounds} rounds")
+    print(f"{rounds} rounds, {failed} failed")
 
 
 if __name__ == "__main__":
