@@ -443,7 +443,7 @@ def events() -> Board:
         "Failed / s by subscriber",
         [
             (
-                f'sum by (subscriber) (rate(capstan_events_consumed_total{{outcome!="ok"}}[{RATE}]))',
+                f'sum by (subscriber) (rate(capstan_events_consumed_total{{outcome=~"retried|dead_lettered"}}[{RATE}]))',
                 "{{subscriber}}",
             )
         ],
@@ -458,7 +458,7 @@ def events() -> Board:
         "Handling time p99 by subscriber",
         [
             (
-                f"histogram_quantile(0.99, sum by (subscriber, le) (rate(capstan_event_handle_duration_seconds_bucket[{RATE}])))",
+                f"histogram_quantile(0.99, sum by (subscriber, le) (rate(capstan_subscriber_handle_duration_seconds_bucket[{RATE}])))",
                 "{{subscriber}}",
             )
         ],

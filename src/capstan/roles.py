@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 log = logging.getLogger(__name__)
+
+MONITOR_SECONDS = 10.0
 
 
 def build_relay(c: Container) -> OutboxRelay:
@@ -140,12 +143,35 @@ class Background:
                 c, c.task_registry, queues=worker_queues, concurrency=worker_concurrency
             )
             self._loops += [self.worker.run, TaskMaintenance(c).run]
+        if self.runners or self.worker is not None:
+            self._loops.append(self._monitor)
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def relay(self) -> OutboxRelay | None:
         return self._relay
+
+    async def _monitor(self, stopping: asyncio.Event) -> None:
+        """Queue gauges no message would update: dead letters, and lag back to 0 when idle."""
+        m = self._c.metrics
+        dead_queues = [r.spec.dead_letter_queue for r in self.runners]
+        if self.worker is not None:
+            dead_queues += [
+                task_queue_spec(self._c.topology, q).dead_letter_queue for q in self.worker.queues
+            ]
+        while not stopping.is_set():
+            for queue in dead_queues:
+                try:
+                    m.dead_letters.labels(queue).set(await self._c.broker.queue_depth(queue))
+                except Exception as exc:  # the broker may be down; try again next round
+                    log.debug("dead-letter depth unavailable", extra={"error": repr(exc)})
+            now = time.monotonic()
+            for runner in self.runners:
+                if now - runner.last_handled > MONITOR_SECONDS:
+                    m.subscriber_lag.labels(runner.name).set(0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), MONITOR_SECONDS)
 
     def add_loop(self, loop: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
         """Run `loop(stopping)` beside the others (e.g. the webhook dispatcher)."""

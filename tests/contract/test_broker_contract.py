@@ -219,3 +219,34 @@ async def _until(condition: object, timeout: float = 10.0) -> None:
 )
 def test_topic_matching_follows_amqp(pattern: str, key: str, matches: bool) -> None:
     assert topic_matches(pattern, key) is matches
+
+
+async def test_queue_depth_counts_ready_and_dead_messages(setup: Setup) -> None:
+    spec = setup.spec("task.*")
+    await setup.broker.declare(spec)
+    assert await setup.broker.queue_depth(f"{spec.name}-missing") == 0
+    await setup.publish("task.a", "task.b")
+
+    async def two_ready() -> bool:
+        return await setup.broker.queue_depth(spec.name) == 2
+
+    await _until_async(two_ready)
+    dead = Inbox("dead")
+    consumer = await setup.broker.consume(spec, dead, prefetch=2)
+    await dead.wait_for(2)
+    await consumer.stop()
+
+    async def two_dead() -> bool:
+        return await setup.broker.queue_depth(spec.dead_letter_queue) == 2
+
+    await _until_async(two_dead)
+    assert await setup.broker.queue_depth(spec.name) == 0
+
+
+async def _until_async(condition: object, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await condition():  # type: ignore[operator]
+        if loop.time() > deadline:
+            raise AssertionError("condition never held")
+        await asyncio.sleep(0.05)

@@ -59,6 +59,7 @@ from capstan.bench.wrk import WrkOutputError, WrkResult, parse_wrk, wrk_command,
 
 app = typer.Typer(help="Benchmarks against the production backends on this machine.")
 app.command("events")(events_command)  # `capstan bench events`: src/capstan/bench/events.py
+app.command("tasks")(__import__("capstan.bench.tasks").bench.tasks.tasks)  # bench/tasks.py
 
 out = Console()
 err = Console(stderr=True)

@@ -147,6 +147,12 @@ class MemoryBroker:
         workers = 1 if spec.single_active else prefetch
         return _MemoryConsumer([asyncio.create_task(worker()) for _ in range(workers)])
 
+    async def queue_depth(self, queue: str) -> int:
+        if queue in self._queues:
+            return self._queues[queue].items.qsize()
+        owner = self._queues.get(queue.removesuffix(".dead"))
+        return len(owner.dead) if owner is not None and queue.endswith(".dead") else 0
+
     async def dead_letters(self, spec: QueueSpec, limit: int = 100) -> list[Message]:
         await self.declare(spec)
         return list(self._queues[spec.name].dead[:limit])

@@ -109,6 +109,10 @@ class Broker(Protocol):
         """Declare `spec` and run `handler` for each message, up to `prefetch` at once."""
         ...
 
+    async def queue_depth(self, queue: str) -> int:
+        """Messages ready in a queue (0 for a queue that does not exist)."""
+        ...
+
     async def dead_letters(self, spec: QueueSpec, limit: int = 100) -> list[Message]:
         """Look at (without removing) the dead letters of a queue."""
         ...

@@ -252,6 +252,19 @@ class RabbitBroker:
         tag = await queue.consume(on_message, no_ack=False)
         return _RabbitConsumer(channel, queue, tag)
 
+    async def queue_depth(self, queue: str) -> int:
+        conn = await self._ready()
+        # A passive declare of a missing queue closes its channel: use a throwaway one.
+        channel = await conn.channel()
+        try:
+            declared = await channel.declare_queue(queue, passive=True)
+            return int(declared.declaration_result.message_count or 0)
+        except aio_pika.exceptions.ChannelClosed:
+            return 0
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
     async def dead_letters(self, spec: QueueSpec, limit: int = 100) -> list[Message]:
         channel = await self._admin_channel()
         await self._declare_on(channel, spec)

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, InternalError, OperationalError
 
+# SQLSTATE classes that mean the connection, not the statement, failed: 08 connection
+# exception, 57P operator intervention (admin shutdown, crash shutdown, cannot connect now).
+_OUTAGE_SQLSTATES = ("08", "57P")
+
 
 def is_database_down(exc: BaseException) -> bool:
     """True for lost or refused connections (retry later), False for errors in the request."""
     if isinstance(exc, OSError | OperationalError | InterfaceError):
         return True
-    if isinstance(exc, DBAPIError):
-        # asyncpg reports a server restart as a closed connection or a confused protocol state.
-        return exc.connection_invalidated or isinstance(exc, InternalError)
-    return False
+    if not isinstance(exc, DBAPIError):
+        return False
+    # asyncpg reports a server restart as a closed connection or a confused protocol state.
+    if exc.connection_invalidated or isinstance(exc, InternalError):
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    return sqlstate.startswith(_OUTAGE_SQLSTATES)

@@ -85,7 +85,9 @@ class Metrics:
         )
         self.events_published = Counter(
             "capstan_events_published_total",
-            "Events published by the relay and confirmed by the broker.",
+            "Messages published by the relay and confirmed by the broker, by event type "
+            "(routing key; task.dispatch for worker messages).",
+            ["type"],
             registry=r,
         )
         self.relay_batch_size = Histogram(

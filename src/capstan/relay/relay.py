@@ -137,7 +137,10 @@ class OutboxRelay:
                 .where(OutboxEvent.id.in_([row.id for row in rows]))
                 .values(published_at=datetime.now(UTC))
             )
-        self._metrics.events_published.inc(len(rows))
+        for row in rows:
+            self._metrics.events_published.labels(
+                row.routing_key if row.channel == "events" else "task.dispatch"
+            ).inc()
         self._metrics.relay_batch_size.observe(len(rows))
         return len(rows)
 

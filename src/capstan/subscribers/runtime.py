@@ -73,6 +73,7 @@ class SubscriberRunner:
         self._base_delay_ms = min(retry_delays_ms)
         self._max_delay_ms = max(retry_delays_ms)
         self._consumer: Consumer | None = None
+        self.last_handled = 0.0  # monotonic time of the last event handled
 
     @property
     def name(self) -> str:
@@ -115,6 +116,7 @@ class SubscriberRunner:
                 # The effect is committed; followers (realtime) recover through the audit log.
                 log.warning("follow-up publish lost", extra={"subscriber": name, "error": str(exc)})
         await delivery.ack()
+        self.last_handled = time.monotonic()
         lag = (datetime.now(UTC) - event.time).total_seconds()
         self._metrics.subscriber_lag.labels(name).set(max(lag, 0.0))
         self._metrics.subscriber_duration.labels(name).observe(time.perf_counter() - started)
