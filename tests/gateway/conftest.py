@@ -46,6 +46,15 @@ def _need_gateway() -> str:
     return node
 
 
+def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _tail(log: Path) -> str:
+    return log.read_text()[-2000:]
+
+
 async def start_gateway(stack: Stack, log: Path, **extra: str) -> Gateway:
     node = _need_gateway()
     s = stack.container.settings
@@ -64,23 +73,21 @@ async def start_gateway(stack: Stack, log: Path, **extra: str) -> Gateway:
         "CAPSTAN_LOG_LEVEL": "WARNING",
         **extra,
     }
-    out = log.open("wb")
-    proc = subprocess.Popen([node, str(SERVER)], env=env, stdout=out, stderr=subprocess.STDOUT)
-    out.close()
+    proc = _spawn([node, str(SERVER)], env, log)
     gateway = Gateway(f"http://127.0.0.1:{port}", proc, env, log)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 30
     async with httpx.AsyncClient() as http:
         while True:
             if proc.poll() is not None:
-                raise AssertionError(f"the gateway exited: {log.read_text()[-2000:]}")
+                raise AssertionError(f"the gateway exited: {_tail(log)}")
             try:
                 if (await http.get(gateway.url + "/readyz")).status_code == 200:
                     return gateway
             except httpx.TransportError:
                 pass
             if loop.time() > deadline:
-                raise AssertionError(f"the gateway did not become ready: {log.read_text()[-2000:]}")
+                raise AssertionError(f"the gateway did not become ready: {_tail(log)}")
             await asyncio.sleep(0.1)
 
 
@@ -122,7 +129,7 @@ class SseClient:
         self.response = response
         self._lines = response.aiter_lines()
 
-    async def next(self, timeout: float = 15.0) -> dict[str, str]:
+    async def next(self, timeout: float = 60.0) -> dict[str, str]:
         frame: dict[str, str] = {}
         while True:
             line = await asyncio.wait_for(self._lines.__anext__(), timeout)
@@ -136,7 +143,7 @@ class SseClient:
             name, _, value = line.partition(":")
             frame[name] = value.removeprefix(" ")
 
-    async def event(self, timeout: float = 15.0) -> dict[str, Any]:
+    async def event(self, timeout: float = 60.0) -> dict[str, Any]:
         """The next CloudEvent (skipping `ready`), with its SSE id checked against its seq."""
         while True:
             frame = await self.next(timeout)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -36,10 +36,12 @@ async def sse(url: str, key: str, **params: Any) -> AsyncIterator[SseClient]:
     headers = auth(key)
     if "last_event_id" in params:
         headers["Last-Event-ID"] = str(params.pop("last_event_id"))
-    async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=None)) as http:
-        async with http.stream("GET", url + "/v1/stream", params=params, headers=headers) as r:
-            assert r.status_code == 200, await r.aread()
-            yield SseClient(r)
+    async with (
+        httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=None)) as http,
+        http.stream("GET", url + "/v1/stream", params=params, headers=headers) as r,
+    ):
+        assert r.status_code == 200, await r.aread()
+        yield SseClient(r)
 
 
 async def ws_subscribe(
@@ -53,16 +55,16 @@ async def ws_subscribe(
     if after is not None:
         message["after"] = after
     await ws.send(json.dumps(message))
-    replayed = []
+    replayed: list[dict[str, Any]] = []
     while True:
-        msg = json.loads(await asyncio.wait_for(ws.recv(), 15))
+        msg = json.loads(await asyncio.wait_for(ws.recv(), 60))
         if msg.get("op") == "subscribed":
             return ws, msg, replayed
         assert "op" not in msg, msg
         replayed.append(msg)
 
 
-async def ws_event(ws: ClientConnection, timeout: float = 15.0) -> dict[str, Any]:
+async def ws_event(ws: ClientConnection, timeout: float = 60.0) -> dict[str, Any]:
     while True:
         msg: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout))
         if msg.get("op") in ("heartbeat", "pong"):
