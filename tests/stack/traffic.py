@@ -55,6 +55,10 @@ def one_round(api: httpx.Client, gateway: httpx.Client | None, docs: int = 5) ->
     api.delete(f"/v1/documents/{ids[-1]}").raise_for_status()
     for q in ("capstan", "anchor rope", tag):
         api.get("/v1/search", params={"q": q}).raise_for_status()
+    # Rates need a counter to move between two scrapes: search again after one interval.
+    time.sleep(6)
+    for q in ("capstan", tag):
+        api.get("/v1/search", params={"q": q}).raise_for_status()
     assert api.get(f"/v1/documents/{uuid.uuid4()}").status_code == 404
     assert api.post("/v1/documents", json={"body": 5}).status_code == 422
     assert api.get("/v1/documents", headers={"Authorization": ""}).status_code == 401
