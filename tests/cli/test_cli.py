@@ -89,3 +89,35 @@ def test_dev_serves_embedded_and_shares_its_data_dir_with_other_commands(tmp_pat
     assert dev_key in err  # the banner shows the dev key and the docs URL
     assert f"{base}/docs" in err
     assert dev.returncode == 0
+
+
+def test_tasks_submit_wait_prints_a_real_summary_in_embedded_mode(tmp_path: Path) -> None:
+    env = _env(tmp_path / "data")
+    made = subprocess.run(
+        [*CAPSTAN, "tenants", "create", "dev", "--json"], env=env, capture_output=True, text=True
+    )
+    assert made.returncode == 0, made.stderr
+    text = (
+        "Capstan stores documents in PostgreSQL. It caches them in Redis. Workers consume "
+        "RabbitMQ queues. The weather was pleasant."
+    )
+    done = subprocess.run(
+        [
+            *CAPSTAN,
+            "tasks",
+            "submit",
+            "text.summarize",
+            "--input",
+            json.dumps({"text": text, "sentences": 2}),
+            "--wait",
+            "--timeout",
+            "60",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    task = json.loads(done.stdout)
+    assert task["status"] == "succeeded"
+    assert task["result"]["summary"].count(".") == 2

@@ -284,3 +284,28 @@ async def test_rabbitmq_restarted_the_gateway_reconnects_and_clients_miss_nothin
         await asyncio.to_thread(subprocess.run, [str(SERVICES), "up", "rabbitmq"], check=False)
         await stop_gateway(gw)
         await stop_stack(stack)
+
+
+async def test_a_task_completion_reaches_ws_and_sse_of_its_tenant_only(both: Both) -> None:
+    api, gw = both.stack.api, both.gateway
+    a, b = await api.tenant(), await api.tenant()
+    ws_a, _, _ = await ws_subscribe(gw.ws_url(), a.key, ["task.succeeded"])
+    ws_b, _, _ = await ws_subscribe(gw.ws_url(), b.key, ["task.*"])
+    async with sse(gw.url, a.key, types="task.succeeded") as stream:
+        assert (await stream.next())["event"] == "ready"
+        async with api.client(a.key) as http:
+            task = (
+                await http.post(
+                    "/v1/tasks", json={"type": "text.language", "input": {"text": "Bonjour à tous"}}
+                )
+            ).json()
+        pushed_ws = await ws_event(ws_a)
+        pushed_sse = await stream.event()
+    for event in (pushed_ws, pushed_sse):
+        assert event["type"] == "capstan.task.succeeded"
+        assert event["data"]["id"] == task["id"]
+        assert event["data"]["result"]["language"] == "fr"
+    with pytest.raises(TimeoutError):
+        await ws_event(ws_b, timeout=1.0)
+    await ws_a.close()
+    await ws_b.close()
