@@ -178,9 +178,15 @@ class ElasticsearchEngine:
         await self._call(self.client.indices.refresh(index=self.alias))
 
     async def close(self) -> None:
+        self._closed = True
         await self.client.close()
 
     async def _call(self, awaitable: Any) -> Any:
+        if getattr(self, "_closed", False):
+            # A late caller (a batch still flushing at shutdown) must not make the client
+            # open a new HTTP session that nothing would close.
+            awaitable.close()
+            raise SearchUnavailable("elasticsearch: the client is closed")
         try:
             return await awaitable
         except (EsConnectionError, TransportError, ApiError) as exc:
