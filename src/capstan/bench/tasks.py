@@ -97,6 +97,7 @@ IDLE_GAP_S = 0.05  # between latency samples: the previous task and its events a
 WARMUP_TASKS = 50
 DONE_TIMEOUT_S = 300.0
 CELERY_SUBMIT_THREADS = 4
+CLEANUP_RETRY_S = 90.0
 CELERY_INSTALL = ".venv/bin/pip install celery psycopg2-binary"
 SERVER_COMMS = {"postgres": "postgres", "rabbitmq": "beam.smp"}
 
@@ -1012,33 +1013,46 @@ def _cleanup(
             child.stop()
         except Exception as exc:
             err.print(f"[red]could not stop {child.label} (pid {child.proc.pid}): {exc}[/red]")
-    try:
-        # The namespace is the bench's own: every queue and exchange under it goes.
-        names = _leftovers(amqp_url, namespace)
-        failed: list[str] = []
-        if names is None:
-            names = {
-                "queues": [f"{namespace}.celery", f"{namespace}.ceiling"],
-                "exchanges": [f"{namespace}.celery"],
-            }
-        failed = asyncio.run(_delete_namespace(amqp_url, names))
-        left = _leftovers(amqp_url, namespace)
-        remaining = failed if left is None else left["queues"] + left["exchanges"]
-        if remaining:
-            err.print(f"[yellow]broker names left in {namespace}: {remaining}[/yellow]")
-        else:
-            err.print(f"deleted broker namespace {namespace}")
-    except Exception as exc:
-        err.print(f"[red]could not delete broker namespace {namespace}: {exc}[/red]")
+    # A server restarted under the run (by another session, say) may still be coming back:
+    # each clean-up step is retried for up to CLEANUP_RETRY_S.
+    _retrying(lambda: _delete_broker_names(amqp_url, namespace), f"broker namespace {namespace}")
     if tenant_id is not None:
         with contextlib.suppress(Exception):
             asyncio.run(_forget_keys(b.cache_url, f"capstan:{tenant_id}:*"))
     if scratch is not None:
-        try:
-            asyncio.run(admin(b.database_url, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)'))
+        drop = f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)'
+        if _retrying(lambda: asyncio.run(admin(b.database_url, drop)), f"database {scratch}"):
             err.print(f"dropped scratch database {scratch}")
+
+
+def _retrying(step: Callable[[], None], what: str) -> bool:
+    deadline = time.monotonic() + CLEANUP_RETRY_S
+    while True:
+        try:
+            step()
+            return True
         except Exception as exc:
-            err.print(f"[red]could not drop scratch database {scratch}: {exc}[/red]")
+            if time.monotonic() > deadline:
+                err.print(f"[red]could not clean up {what}: {exc}[/red]")
+                return False
+            time.sleep(2)
+
+
+def _delete_broker_names(amqp_url: str, namespace: str) -> None:
+    """Every queue and exchange under the namespace (the bench's own), per the management
+    API; raises while any is left, so `_retrying` tries again."""
+    names = _leftovers(amqp_url, namespace)
+    if names is None:
+        names = {
+            "queues": [f"{namespace}.celery", f"{namespace}.ceiling"],
+            "exchanges": [f"{namespace}.celery"],
+        }
+    failed = asyncio.run(_delete_namespace(amqp_url, names))
+    left = _leftovers(amqp_url, namespace)
+    remaining = failed if left is None else left["queues"] + left["exchanges"]
+    if remaining:
+        raise BenchError(f"names left: {remaining}")
+    err.print(f"deleted broker namespace {namespace}")
 
 
 # ---------------------------------------------------------------- output
