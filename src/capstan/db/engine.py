@@ -16,13 +16,15 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     if async_url.startswith("sqlite"):
         engine = create_async_engine(async_url, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(
         async_url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # No pre-ping: it costs a round trip per checkout on every hot path. A connection
+        # found dead fails its statement instead (503 to API clients, retried by workers and
+        # subscribers) and SQLAlchemy then drops every pooled connection of that generation.
         pool_recycle=1800,
     )
 
@@ -39,12 +41,35 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
 
 
-def _sqlite_begin_immediate(conn: Any) -> None:
+WRITE_OPTION = "capstan_write"
+
+
+def _sqlite_begin(conn: Any) -> None:
     # A deferred transaction that reads and then writes fails with SQLITE_BUSY when another
-    # writer got in between; taking the write lock up front makes writers queue instead.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # writer got in between; writers take the lock up front (and queue on busy_timeout),
+    # readers stay deferred so WAL lets them run beside the writer.
+    if conn.get_execution_options().get(WRITE_OPTION):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")
+
+
+class _SqliteSessions(async_sessionmaker[Any]):
+    """`db()` for reads, `db.begin()` for writes: the one place SQLite needs to know which."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine, expire_on_commit=False)
+        self._writers = async_sessionmaker(
+            engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
+        )
+
+    def begin(self) -> Any:
+        return self._writers.begin()
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
-    """Sessions that keep loaded attributes after commit (responses are built after it)."""
+    """Sessions that keep loaded attributes after commit (responses are built after it).
+    Write with `async with db.begin()`, read with `async with db()`."""
+    if engine.dialect.name == "sqlite":
+        return _SqliteSessions(engine)
     return async_sessionmaker(engine, expire_on_commit=False)

@@ -135,7 +135,8 @@ class Worker:
     async def _claim(self, task_id: str) -> Task | None:
         now = datetime.now(UTC)
         async with self._c.db.begin() as session:
-            result = await session.execute(
+            # One round trip: the conditional claim hands back the claimed row.
+            task: Task | None = await session.scalar(
                 update(Task)
                 .where(Task.id == task_id, Task.status == "queued", Task.run_at <= now)
                 .values(
@@ -147,11 +148,11 @@ class Worker:
                     progress=0.0,
                     progress_message=None,
                 )
+                .returning(Task),
+                execution_options={"synchronize_session": False},
             )
-            if not result.rowcount:  # type: ignore[attr-defined]
+            if task is None:
                 return None
-            task = await session.scalar(select(Task).where(Task.id == task_id))
-            assert task is not None
             stage_event(session, self._c.settings.source, task, "started", worker=self.id)
         self._c.outbox_wakeup.set()
         self._m_tasks.labels(task.type, "running").inc()
@@ -252,7 +253,7 @@ class Worker:
             action, state = "succeeded", "succeeded"
         async with self._c.db.begin() as session:
             # Only if this worker still owns this attempt (the reaper may have taken it back).
-            result = await session.execute(
+            fresh: Task | None = await session.scalar(
                 update(Task)
                 .where(
                     Task.id == task.id,
@@ -261,14 +262,14 @@ class Worker:
                     Task.attempts == task.attempts,
                 )
                 .values(updated_at=now, **values)
+                .returning(Task),
+                execution_options={"synchronize_session": False},
             )
-            if not result.rowcount:  # type: ignore[attr-defined]
+            if fresh is None:
                 log.warning("task was taken back before it finished", extra={"task": task.id})
                 return None
             for effect in effects:
                 await effect(session)
-            fresh = await session.scalar(select(Task).where(Task.id == task.id))
-            assert fresh is not None
             extra: dict[str, Any] = {"error": error} if error else {}
             if action == "succeeded":
                 extra["result"] = value
