@@ -26,7 +26,7 @@ import os
 import time
 from typing import Any
 
-from celery import Celery  # type: ignore[import-untyped,unused-ignore]
+from celery import Celery  # bench-only: installed on demand (see bench/README.md)
 
 NOOP = "capstan_bench.noop"
 STARTED = "capstan_bench.started"
