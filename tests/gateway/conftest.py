@@ -130,9 +130,15 @@ class SseClient:
         self._lines = response.aiter_lines()
 
     async def next(self, timeout: float = 60.0) -> dict[str, str]:
+        # One deadline for the frame: heartbeat comments must not extend the wait forever.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         frame: dict[str, str] = {}
         while True:
-            line = await asyncio.wait_for(self._lines.__anext__(), timeout)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError
+            line = await asyncio.wait_for(self._lines.__anext__(), remaining)
             if line == "":
                 if "data" in frame or "event" in frame:
                     return frame
@@ -145,8 +151,10 @@ class SseClient:
 
     async def event(self, timeout: float = 60.0) -> dict[str, Any]:
         """The next CloudEvent (skipping `ready`), with its SSE id checked against its seq."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         while True:
-            frame = await self.next(timeout)
+            frame = await self.next(max(deadline - loop.time(), 0.001))
             if frame.get("event") in (None, "message"):
                 envelope: dict[str, Any] = json.loads(frame["data"])
                 assert frame["id"] == str(envelope["seq"])
