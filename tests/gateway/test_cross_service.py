@@ -104,8 +104,73 @@ async def test_a_document_written_through_python_reaches_ws_and_sse_of_its_tenan
     await ws_b.close()
 
 
-# Resume (Last-Event-ID, WebSocket cursors) is covered by gateway/src/test/integration.test.ts
-# against the real servers. The cross-service version of it hung in CI (see CHANGELOG).
+async def audited(http: httpx.AsyncClient, doc_id: str, version: int) -> bool:
+    """Whether the audit log (the replay source) already holds `version` of the document."""
+    page = (await http.get("/v1/events", params={"subject": f"documents/{doc_id}", "limit": 500})).json()
+    return any(item["event"]["data"].get("version") == version for item in page["items"])
+
+
+async def test_resume_replays_exactly_the_missed_events_in_order_then_live(both: Both) -> None:
+    """The missed events are in the audit log before the client comes back: they are replayed
+    (counted in `ready`/`subscribed`), then live events follow, nothing twice."""
+    stack, api, gw = both.stack, both.stack.api, both.gateway
+    t = await api.tenant()
+    async with api.client(t.key) as http:
+        async with sse(gw.url, t.key, types="document.*") as stream:
+            assert (await stream.next())["event"] == "ready"
+            doc = (await http.post("/v1/documents", json={"body": "v1"})).json()
+            first = await stream.event()
+        last_id = first["seq"]
+        # Disconnected: three changes happen and reach the audit log.
+        for i in range(2, 5):
+            await http.patch(f"/v1/documents/{doc['id']}", json={"body": f"v{i}"})
+        await stack.until(lambda: audited(http, doc["id"], 4), what="v4 in the audit log")
+        # SSE with Last-Event-ID: exactly versions 2..4, then `ready`, then live.
+        async with sse(gw.url, t.key, types="document.*", last_event_id=last_id) as stream:
+            frames = [await stream.next() for _ in range(4)]
+            missed = [json.loads(f["data"]) for f in frames[:3]]
+            assert [e["data"]["version"] for e in missed] == [2, 3, 4]
+            seqs = [e["seq"] for e in missed]
+            assert seqs == sorted(seqs) and seqs[0] > last_id
+            assert [f["id"] for f in frames[:3]] == [str(q) for q in seqs]
+            ready = frames[3]
+            assert ready["event"] == "ready", ready
+            assert json.loads(ready["data"])["replayed"] == 3 and ready["id"] == str(seqs[-1])
+            await http.patch(f"/v1/documents/{doc['id']}", json={"body": "v5"})
+            live = await stream.event()
+            assert live["data"]["version"] == 5
+            with pytest.raises(TimeoutError):
+                await stream.event(timeout=1.0)  # and nothing twice
+        # WebSocket: the same with `after`.
+        ws, subscribed, replayed = await ws_subscribe(gw.ws_url(), t.key, ["document.*"], last_id)
+        assert [e["data"]["version"] for e in replayed] == [2, 3, 4, 5]
+        assert subscribed["replayed"] == 4 and subscribed["position"] == live["seq"]
+        await http.patch(f"/v1/documents/{doc['id']}", json={"body": "v6"})
+        assert (await ws_event(ws))["data"]["version"] == 6
+        with pytest.raises(TimeoutError):
+            await ws_event(ws, timeout=1.0)
+        await ws.close()
+
+
+async def test_resume_while_the_missed_events_are_still_in_flight(both: Both) -> None:
+    """The client comes back at once, before the audit subscriber has recorded what it missed:
+    whether each event is replayed or arrives live, the client gets each one once, in order."""
+    api, gw = both.stack.api, both.gateway
+    t = await api.tenant()
+    async with api.client(t.key) as http:
+        async with sse(gw.url, t.key, types="document.*") as stream:
+            assert (await stream.next())["event"] == "ready"
+            doc = (await http.post("/v1/documents", json={"body": "v1"})).json()
+            last_id = (await stream.event())["seq"]
+        for i in range(2, 7):
+            await http.patch(f"/v1/documents/{doc['id']}", json={"body": f"v{i}"})
+        async with sse(gw.url, t.key, types="document.*", last_event_id=last_id) as stream:
+            got = [await stream.event() for _ in range(5)]
+            assert [e["data"]["version"] for e in got] == [2, 3, 4, 5, 6]
+            seqs = [e["seq"] for e in got]
+            assert seqs == sorted(set(seqs)) and seqs[0] > last_id
+            with pytest.raises(TimeoutError):
+                await stream.event(timeout=1.0)
 
 
 async def test_cache_entries_filled_by_either_service_serve_the_other_byte_for_byte(
