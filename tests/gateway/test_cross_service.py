@@ -106,7 +106,9 @@ async def test_a_document_written_through_python_reaches_ws_and_sse_of_its_tenan
 
 async def audited(http: httpx.AsyncClient, doc_id: str, version: int) -> bool:
     """Whether the audit log (the replay source) already holds `version` of the document."""
-    page = (await http.get("/v1/events", params={"subject": f"documents/{doc_id}", "limit": 500})).json()
+    page = (
+        await http.get("/v1/events", params={"subject": f"documents/{doc_id}", "limit": 500})
+    ).json()
     return any(item["event"]["data"].get("version") == version for item in page["items"])
 
 
