@@ -1,17 +1,20 @@
 # syntax=docker/dockerfile:1
 # The Node.js realtime gateway (:3001): WebSocket + SSE, document reads, /healthz, /metrics.
 # Build from the repository root:  docker build -f deploy/gateway.Dockerfile -t capstan-gateway .
-# Expects gateway/package.json + gateway/package-lock.json, `npm run build` writing dist/,
-# and dist/server.js as the entry point.
+# Expects gateway/package.json + gateway/package-lock.json, `npm run build` writing dist/
+# (with dist/lua copied from src/capstan/cache/lua), and dist/server.js as the entry point.
 
 ARG NODE_IMAGE=node:20-bookworm-slim
 
 # ---------------------------------------------------------------- build (with dev deps)
+# The repository's layout under /repo: `npm run build` copies the cache contract's Lua scripts
+# from ../src/capstan/cache/lua (their only copy, the Python package's data) into dist/lua.
 FROM ${NODE_IMAGE} AS build
-WORKDIR /app
+WORKDIR /repo/gateway
 COPY gateway/package.json gateway/package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY gateway/ ./
+COPY src/capstan/cache/lua /repo/src/capstan/cache/lua
 RUN npm run build
 
 # ---------------------------------------------------------------- production node_modules
@@ -29,7 +32,7 @@ ENV NODE_ENV=production \
     CAPSTAN_GATEWAY_PORT=3001
 WORKDIR /app
 COPY --from=deps --chown=root:root /app/node_modules ./node_modules
-COPY --from=build --chown=root:root /app/dist ./dist
+COPY --from=build --chown=root:root /repo/gateway/dist ./dist
 COPY --chown=root:root gateway/package.json ./
 # The image's built-in unprivileged `node` user (uid 1000); the code stays root-owned.
 USER 1000:1000
@@ -40,8 +43,9 @@ HEALTHCHECK --interval=30s --timeout=10s --retries=3 --start-period=5s \
 CMD ["node", "dist/server.js"]
 
 # ---------------------------------------------------------------- dev
-# docker-compose.dev.yml bind-mounts gateway/ at /app and the nodejs_modules volume at
-# /app/node_modules; `npm ci` runs when the lock file changed, then `npm run dev` (watch).
+# docker-compose.dev.yml bind-mounts gateway/ at /app, src/capstan/cache/lua at
+# /src/capstan/cache/lua (read-only, for the build's copy into dist/lua) and the nodejs_modules
+# volume at /app/node_modules; `npm ci` runs when the lock file changed, then `npm run dev`.
 FROM ${NODE_IMAGE} AS dev
 ENV NODE_ENV=development \
     CAPSTAN_GATEWAY_HOST=0.0.0.0 \

@@ -1,50 +1,23 @@
 /** The shared Redis contract (docs/contracts/cache.md): document entries, sessions, rate limits.
- * The Lua scripts are byte-for-byte the Python ones (src/capstan/cache/redis.py). */
+ * The Lua scripts are the Python API's own files (src/capstan/cache/lua/), not a copy. */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Redis } from 'ioredis';
 
-// Fill only if nothing newer is there: a tombstone (v without d) or an entry of a later version.
-export const FILL = `
-local cur = redis.call('HGET', KEYS[1], 'v')
-if cur then
-  local v = tonumber(cur)
-  local want = tonumber(ARGV[1])
-  if v > want then return 0 end
-  if v == want and redis.call('HEXISTS', KEYS[1], 'd') == 1 then return 0 end
-end
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
-`;
+/** The text of one of the contract's Lua scripts. Their only copy is the Python package data
+ * src/capstan/cache/lua/; `npm run build` copies it to dist/lua (scripts/copy-lua.js), beside
+ * this file once compiled, in the repository and in the Docker image alike. */
+export function loadScript(name: string): string {
+  return readFileSync(join(__dirname, 'lua', name), 'utf8');
+}
 
-// Replace the entry by a tombstone that remembers the newest version seen (tests use it to
-// play the writer's side of the contract; the gateway itself never writes documents).
-export const INVALIDATE = `
-local cur = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
-local v = math.max(cur, tonumber(ARGV[1]))
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'v', v)
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return v
-`;
-
-// GCRA, the Python limiter's script; time comes from the Redis server so every replica agrees.
-export const GCRA = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - tolerance - interval
-if now < allow_at then
-  return {0, 0, tostring(allow_at - now)}
-end
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
-local remaining = math.floor((tolerance - (new_tat - interval - now)) / interval + 1e-9)
-if remaining < 0 then remaining = 0 end
-return {1, remaining, '0'}
-`;
+/** Fill after a miss, unless a tombstone or a later version is there. */
+export const FILL = loadScript('cache_fill.lua');
+/** Replace the entry by a tombstone that remembers the newest version seen (tests use it to
+ * play the writer's side of the contract; the gateway itself never writes documents). */
+export const INVALIDATE = loadScript('cache_invalidate.lua');
+/** GCRA on the Redis server's clock, the Python limiter's script: one budget per API key. */
+export const GCRA = loadScript('rate_limit.lua');
 
 export class CacheUnavailable extends Error {}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable
+from importlib.resources import files
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -16,48 +17,18 @@ from capstan.cache.port import CachedEntry, CacheUnavailable, RateDecision, Sess
 
 T = TypeVar("T")
 
-# Fill only if nothing newer is there: a tombstone (v without d) or an entry of a later version.
-_FILL = """
-local cur = redis.call('HGET', KEYS[1], 'v')
-if cur then
-  local v = tonumber(cur)
-  local want = tonumber(ARGV[1])
-  if v > want then return 0 end
-  if v == want and redis.call('HEXISTS', KEYS[1], 'd') == 1 then return 0 end
-end
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
 
-# Replace the entry by a tombstone that remembers the newest version seen.
-_INVALIDATE = """
-local cur = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
-local v = math.max(cur, tonumber(ARGV[1]))
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'v', v)
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return v
-"""
+def load_script(name: str) -> str:
+    """One of the cache contract's Lua scripts: `capstan/cache/lua/<name>`, package data.
 
-# GCRA, mirroring capstan.cache.gcra; time comes from the Redis server so replicas agree.
-_GCRA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - tolerance - interval
-if now < allow_at then
-  return {0, 0, tostring(allow_at - now)}
-end
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
-local remaining = math.floor((tolerance - (new_tat - interval - now)) / interval + 1e-9)
-if remaining < 0 then remaining = 0 end
-return {1, remaining, '0'}
-"""
+    These files are the only copy; the gateway's build copies them into gateway/dist/lua and
+    it registers the same text (docs/contracts/cache.md, tests/unit/test_cache_scripts.py)."""
+    return files("capstan.cache").joinpath("lua").joinpath(name).read_text(encoding="utf-8")
+
+
+_FILL = load_script("cache_fill.lua")
+_INVALIDATE = load_script("cache_invalidate.lua")
+_GCRA = load_script("rate_limit.lua")
 
 
 class RedisLink:
