@@ -1,10 +1,35 @@
 import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { test } from 'node:test';
+import { RedisLink } from '../cache';
 import { formatFloat, parse, stringify } from '../pyjson';
 import { pyDatetime } from '../documents';
 import { checkPattern, Matcher } from '../realtime/patterns';
 import { parseCursor } from '../realtime/request';
 import { Subscriber, type RtEvent, type Sink } from '../realtime/subscriber';
+
+test('the Redis scripts are the shared contract files, byte for byte, and nothing else', () => {
+  // dist/test -> the repository's Python package data, the scripts' only copy.
+  const shared = resolve(__dirname, '../../../src/capstan/cache/lua');
+  const files = readdirSync(shared).filter((name) => name.endsWith('.lua')).sort();
+  assert.deepEqual(files, ['cache_fill.lua', 'cache_invalidate.lua', 'rate_limit.lua']);
+  const link = new RedisLink('redis://127.0.0.1:1'); // lazy: never connects
+  try {
+    const registered = link.client.scriptsSet as Record<string, { lua: string }>;
+    const byCommand: Record<string, string> = {
+      capstanFill: 'cache_fill.lua',
+      capstanInvalidate: 'cache_invalidate.lua',
+      capstanGcra: 'rate_limit.lua',
+    };
+    assert.deepEqual(Object.keys(registered).sort(), Object.keys(byCommand).sort());
+    for (const [command, file] of Object.entries(byCommand)) {
+      assert.equal(registered[command].lua, readFileSync(join(shared, file), 'utf8'), command);
+    }
+  } finally {
+    void link.close();
+  }
+});
 
 test('floats are written as pydantic-core writes them', () => {
   // Expected values printed by pydantic_core.to_json on the same doubles.
