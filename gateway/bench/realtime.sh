@@ -24,10 +24,12 @@ trap cleanup EXIT
 key=$(.venv/bin/capstan tenants create bench --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
 api_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 gw_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-.venv/bin/capstan api --port "$api_port" >"$work/api.log" 2>&1 & pids+=($!)
-CAPSTAN_METRICS_PORT=0 .venv/bin/capstan relay >"$work/relay.log" 2>&1 & pids+=($!)
-CAPSTAN_METRICS_PORT=0 .venv/bin/capstan subscriber audit >"$work/sub.log" 2>&1 & pids+=($!)
-CAPSTAN_GATEWAY_PORT=$gw_port node gateway/dist/server.js >"$work/gateway.log" 2>&1 & pids+=($!)
+.venv/bin/capstan api --port "$api_port" >"$work/api.log" 2>&1 & pids+=($!); api_pid=$!
+CAPSTAN_METRICS_PORT=0 .venv/bin/capstan relay >"$work/relay.log" 2>&1 & pids+=($!); relay_pid=$!
+CAPSTAN_METRICS_PORT=0 .venv/bin/capstan subscriber audit >"$work/sub.log" 2>&1 & pids+=($!); audit_pid=$!
+# GATEWAY_NODE_ARGS, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof", to profile the gateway.
+# shellcheck disable=SC2086
+CAPSTAN_GATEWAY_PORT=$gw_port node ${GATEWAY_NODE_ARGS:-} gateway/dist/server.js >"$work/gateway.log" 2>&1 & pids+=($!); gw_pid=$!
 for _ in $(seq 100); do
   curl -sf "localhost:$gw_port/readyz" >/dev/null && curl -sf "localhost:$api_port/healthz" >/dev/null && break
   sleep 0.2
@@ -35,5 +37,6 @@ done
 mkdir -p gateway/bench/results
 out="gateway/bench/results/realtime-$(date -u +%Y%m%dT%H%M%SZ).json"
 node gateway/dist/bench/realtime.js --gateway "http://127.0.0.1:$gw_port" --api "http://127.0.0.1:$api_port" \
-  --key "$key" --clients "$CLIENTS" --rate "$RATE" --seconds "$SECONDS_" --out "$out"
+  --key "$key" --clients "$CLIENTS" --rate "$RATE" --seconds "$SECONDS_" --out "$out" \
+  --pids "api=$api_pid,relay=$relay_pid,audit=$audit_pid,gateway=$gw_pid,rabbitmq=$(pgrep -o beam.smp || true)"
 echo "results: $out (logs in $work)"

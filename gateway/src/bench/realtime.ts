@@ -1,17 +1,26 @@
-/** Realtime benchmark: hold N WebSocket clients, produce R events/s, measure delivery latency
- * and the gateway's memory per connection.
+/** Realtime benchmark: hold N WebSocket clients, produce R events/s, measure commit → delivered
+ * latency, the gateway's memory per connection and the CPU each component spends per event.
  *
  *   node dist/bench/realtime.js --gateway http://127.0.0.1:3001 --key KEY \
- *        [--api http://127.0.0.1:8000] [--clients 1000] [--rate 200] [--seconds 20] [--out FILE]
+ *        [--api http://127.0.0.1:8000] [--clients 1000] [--rate 200] [--seconds 20]
+ *        [--threads 2] [--probe-every 10] [--pids api=1,relay=2,...] [--out FILE]
  *
  * With --api, events are document writes through the Python API, and latency is commit →
  * delivered: the event's `time` (stamped in the committing transaction) to its arrival at a
  * client, through outbox → relay → RabbitMQ → audit subscriber → realtime exchange → gateway.
  * Without --api, nothing is written and the script only measures connections and memory.
- * Gateway memory: process_resident_memory_bytes from its /metrics, before and after connecting. */
-import { writeFileSync } from 'node:fs';
+ *
+ * The clients live in --threads worker threads and the writer in one more, so a receiving loop
+ * that falls behind cannot slow the writes down (the writer's own rate is reported). Every
+ * client counts its deliveries; every --probe-every'th client also timestamps them (parsing
+ * every message in every client would make the bench measure itself).
+ * Gateway memory: process_resident_memory_bytes from its /metrics, before and after connecting.
+ * CPU: utime + stime from /proc/<pid>/stat of each --pids process over the write phase. */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import WebSocket from 'ws';
 
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function arg(name: string, fallback?: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -20,17 +29,155 @@ function arg(name: string, fallback?: string): string {
   return fallback;
 }
 
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+// --- receivers (worker thread) ----------------------------------------------------------------
+
+interface ReceiverJob {
+  role: 'receiver';
+  gateway: string;
+  key: string;
+  clients: number;
+  probeEvery: number;
+}
+
+interface ReceiverReport {
+  delivered: number;
+  closed: number;
+  latencies?: number[];
+}
+
+/** `"time":"...Z"` of an envelope without parsing it: the field the latency is measured from. */
+function eventTime(text: string): number | null {
+  const at = text.indexOf('"time":"');
+  if (at < 0) return null;
+  const end = text.indexOf('"', at + 8);
+  return Date.parse(text.slice(at + 8, end));
+}
+
+const CONTROL = Buffer.from('{"op":');
+const isControl = (data: Buffer) => data.subarray(0, CONTROL.length).equals(CONTROL);
+
+async function receiver(job: ReceiverJob): Promise<void> {
+  const port = parentPort!;
+  const latencies: number[] = [];
+  let delivered = 0;
+  let closed = 0;
+  for (let i = 0; i < job.clients; i += 50) {
+    await Promise.all(
+      Array.from({ length: Math.min(50, job.clients - i) }, (_, j) =>
+        new Promise<void>((resolve, reject) => {
+          const probe = (i + j) % job.probeEvery === 0;
+          let subscribed = false;
+          const ws = new WebSocket(job.gateway.replace('http', 'ws') + '/v1/ws', { headers: { authorization: `Bearer ${job.key}` }, perMessageDeflate: false });
+          ws.on('message', (data: Buffer) => {
+            if (subscribed && !isControl(data)) {
+              delivered++;
+              if (probe) {
+                const t = eventTime(data.toString());
+                if (t !== null) latencies.push(Date.now() - t);
+              }
+              return;
+            }
+            const msg = JSON.parse(data.toString()) as { op?: string };
+            if (msg.op === 'hello') ws.send(JSON.stringify({ op: 'subscribe', types: ['document.*'] }));
+            else if (msg.op === 'subscribed') {
+              subscribed = true;
+              resolve();
+            }
+          });
+          ws.on('close', () => closed++);
+          ws.on('error', reject);
+        }),
+      ),
+    );
+  }
+  port.postMessage({ connected: job.clients });
+  const progress = setInterval(() => port.postMessage({ delivered, closed } satisfies ReceiverReport), 500);
+  port.on('message', (msg: { stop?: boolean }) => {
+    if (!msg.stop) return;
+    clearInterval(progress);
+    port.postMessage({ delivered, closed, latencies } satisfies ReceiverReport);
+  });
+}
+
+// --- writer (worker thread) -------------------------------------------------------------------
+
+interface WriterJob {
+  role: 'writer';
+  api: string;
+  key: string;
+  rate: number;
+  seconds: number;
+}
+
+interface WriterReport {
+  written: number;
+  errors: Record<string, number>;
+  seconds: number;
+}
+
+async function writer(job: WriterJob): Promise<void> {
+  const total = job.rate * job.seconds;
+  const errors: Record<string, number> = {};
+  const fail = (why: string) => (errors[why] = (errors[why] ?? 0) + 1);
+  let written = 0;
+  const t0 = Date.now();
+  const inflight = new Set<Promise<void>>();
+  for (let i = 0; i < total; i++) {
+    const wait = t0 + (i * 1000) / job.rate - Date.now();
+    if (wait > 0) await sleep(wait);
+    const p: Promise<void> = fetch(`${job.api}/v1/documents`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${job.key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ body: `bench ${i}` }),
+    })
+      .then(
+        async (r) => {
+          await r.arrayBuffer();
+          if (r.ok) written++;
+          else fail(`HTTP ${r.status}`);
+        },
+        (err: Error) => fail((err.cause as Error | undefined)?.message ?? err.message),
+      )
+      .then(() => void inflight.delete(p));
+    inflight.add(p);
+    if (inflight.size >= 256) await Promise.race(inflight);
+  }
+  await Promise.all(inflight);
+  parentPort!.postMessage({ written, errors, seconds: (Date.now() - t0) / 1000 } satisfies WriterReport);
+}
+
+// --- coordinator (main thread) ----------------------------------------------------------------
+
 async function rss(gateway: string): Promise<number> {
   const text = await (await fetch(`${gateway}/metrics`)).text();
   const m = /^process_resident_memory_bytes (\S+)$/m.exec(text);
   return m ? Number(m[1]) : NaN;
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** CPU seconds (user + system) a process has used so far. */
+function cpuSeconds(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
+  } catch {
+    return NaN;
+  }
+}
 
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+function spawn<T>(job: ReceiverJob | WriterJob, onProgress?: (msg: T) => void): { worker: Worker; first: Promise<T> } {
+  const worker = new Worker(__filename, { workerData: job });
+  const first = new Promise<T>((resolve, reject) => {
+    worker.once('message', resolve);
+    worker.once('error', reject);
+  });
+  if (onProgress) worker.on('message', onProgress);
+  return { worker, first };
 }
 
 async function main(): Promise<void> {
@@ -40,94 +187,105 @@ async function main(): Promise<void> {
   const clients = Number(arg('clients', '1000'));
   const rate = Number(arg('rate', '200'));
   const seconds = Number(arg('seconds', '20'));
+  const threads = Math.max(1, Number(arg('threads', '2')));
+  const probeEvery = Math.max(1, Number(arg('probe-every', '10')));
+  const pids = Object.fromEntries(
+    arg('pids', '')
+      .split(',')
+      .filter(Boolean)
+      .map((kv) => kv.split('=') as [string, string])
+      .map(([name, pid]) => [name, Number(pid)]),
+  );
   const out = arg('out', '');
 
   await sleep(500);
   const rssBefore = await rss(gateway);
-  const latencies: number[] = [];
-  let delivered = 0;
-  let closedEarly = 0;
-  const sockets: WebSocket[] = [];
   const started = Date.now();
-  // Connect in batches so the handshakes do not time out on a small machine.
-  for (let i = 0; i < clients; i += 50) {
-    await Promise.all(
-      Array.from({ length: Math.min(50, clients - i) }, () =>
-        new Promise<void>((resolve, reject) => {
-          const ws = new WebSocket(gateway.replace('http', 'ws') + '/v1/ws', { headers: { authorization: `Bearer ${key}` }, perMessageDeflate: false });
-          ws.on('message', (data) => {
-            const msg = JSON.parse(data.toString()) as { op?: string; time?: string };
-            if (msg.op === 'subscribed') return resolve();
-            if (msg.op === 'hello') return ws.send(JSON.stringify({ op: 'subscribe', types: ['document.*'] }));
-            if (msg.op) return;
-            delivered++;
-            if (msg.time) latencies.push(Date.now() - Date.parse(msg.time));
-          });
-          ws.on('close', () => closedEarly++);
-          ws.on('error', reject);
-          sockets.push(ws);
-        }),
-      ),
-    );
-  }
+  const latest: ReceiverReport[] = [];
+  const receivers = Array.from({ length: threads }, (_, t) => {
+    const share = Math.floor(clients / threads) + (t < clients % threads ? 1 : 0);
+    latest.push({ delivered: 0, closed: 0 });
+    return spawn<{ connected: number }>({ role: 'receiver', gateway, key, clients: share, probeEvery }, (msg) => {
+      if ('delivered' in (msg as object)) latest[t] = msg as unknown as ReceiverReport;
+    });
+  });
+  await Promise.all(receivers.map((r) => r.first));
   const connectSeconds = (Date.now() - started) / 1000;
   await sleep(2000);
   const rssConnected = await rss(gateway);
   const perConnection = (rssConnected - rssBefore) / clients;
   console.log(`connected ${clients} clients in ${connectSeconds.toFixed(1)} s; gateway RSS ${(rssBefore / 2 ** 20).toFixed(1)} → ${(rssConnected / 2 ** 20).toFixed(1)} MiB (${(perConnection / 1024).toFixed(1)} KiB per connection)`);
 
-  let written = 0;
-  let writeErrors = 0;
-  let achievedRate = 0;
+  const delivered = () => latest.reduce((n, r) => n + r.delivered, 0);
+  let writes: WriterReport = { written: 0, errors: {}, seconds: 0 };
+  const cpuStart: Record<string, number> = Object.fromEntries(Object.entries(pids).map(([n, p]) => [n, cpuSeconds(p)]));
+  const clientCpuStart = process.cpuUsage();
+  const t0 = Date.now();
   if (api) {
-    const total = rate * seconds;
-    const t0 = Date.now();
-    const inflight = new Set<Promise<void>>();
-    for (let i = 0; i < total; i++) {
-      const due = t0 + (i * 1000) / rate;
-      const wait = due - Date.now();
-      if (wait > 0) await sleep(wait);
-      const p = fetch(`${api}/v1/documents`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-        body: JSON.stringify({ body: `bench ${i}` }),
-      })
-        .then((r) => (r.ok ? written++ : writeErrors++), () => writeErrors++)
-        .then(() => void inflight.delete(p));
-      inflight.add(p);
-      if (inflight.size > 256) await Promise.race(inflight);
-    }
-    await Promise.all(inflight);
-    achievedRate = written / ((Date.now() - t0) / 1000);
-    // Wait for the tail of the deliveries.
-    const want = written * clients;
+    const ticker = setInterval(() => {
+      const s = (Date.now() - t0) / 1000;
+      console.log(`  ${s.toFixed(0).padStart(3)} s: ${delivered()} deliveries`);
+    }, 2000);
+    const w = spawn<WriterReport>({ role: 'writer', api, key, rate, seconds });
+    writes = await w.first;
+    await w.worker.terminate();
+    // The tail of the deliveries, bounded.
+    const want = writes.written * clients;
     const deadline = Date.now() + 60_000;
-    while (delivered < want && Date.now() < deadline) await sleep(250);
+    while (delivered() < want && Date.now() < deadline) await sleep(250);
+    clearInterval(ticker);
   }
+  const wall = (Date.now() - t0) / 1000;
+  const cpu: Record<string, number> = Object.fromEntries(Object.entries(pids).map(([n, p]) => [n, Math.round((cpuSeconds(p) - cpuStart[n]) * 100) / 100]));
+  const own = process.cpuUsage(clientCpuStart);
+  cpu.bench_client_and_writer = Math.round((own.user + own.system) / 1e4) / 100;
   const rssEnd = await rss(gateway);
-  for (const ws of sockets) ws.close();
-  latencies.sort((a, b) => a - b);
+
+  const finals = await Promise.all(
+    receivers.map(
+      (r) =>
+        new Promise<ReceiverReport>((resolve) => {
+          r.worker.on('message', (msg: ReceiverReport) => msg.latencies && resolve(msg));
+          r.worker.postMessage({ stop: true });
+        }),
+    ),
+  );
+  await Promise.all(receivers.map((r) => r.worker.terminate()));
+  const latencies = finals.flatMap((f) => f.latencies ?? []).sort((a, b) => a - b);
+  const total = finals.reduce((n, f) => n + f.delivered, 0);
   const result = {
     clients,
     target_rate: rate,
     seconds,
-    writes: written,
-    write_errors: writeErrors,
-    achieved_write_rate: Math.round(achievedRate * 10) / 10,
-    deliveries_expected: written * clients,
-    deliveries: delivered,
-    disconnected_during_run: closedEarly,
+    writes: writes.written,
+    write_errors: writes.errors,
+    achieved_write_rate: Math.round((writes.written / Math.max(writes.seconds, 0.001)) * 10) / 10,
+    deliveries_expected: writes.written * clients,
+    deliveries: total,
+    deliveries_per_second: Math.round(total / wall),
+    disconnected_during_run: finals.reduce((n, f) => n + f.closed, 0),
+    latency_samples: latencies.length,
     latency_ms: { p50: percentile(latencies, 50), p90: percentile(latencies, 90), p99: percentile(latencies, 99), max: latencies[latencies.length - 1] ?? NaN },
     gateway_rss_mib: { before: rssBefore / 2 ** 20, connected: rssConnected / 2 ** 20, end: rssEnd / 2 ** 20 },
     gateway_bytes_per_connection: Math.round(perConnection),
+    cpu_seconds: cpu,
+    cpu_ms_per_event: Object.fromEntries(Object.entries(cpu).map(([n, c]) => [n, writes.written ? Math.round((c * 1000 * 100) / writes.written) / 100 : NaN])),
+    wall_seconds: Math.round(wall * 10) / 10,
   };
   console.log(JSON.stringify(result, null, 2));
   if (out) writeFileSync(out, JSON.stringify(result, null, 2) + '\n');
-  await sleep(200);
   process.exit(0);
 }
 
-void main().catch((err) => {
-  console.error(err);
-  process.exit(1);
-});
+if (isMainThread) {
+  void main().catch((err) => {
+    console.error(err);
+    process.exit(1);
+  });
+} else {
+  const job = workerData as ReceiverJob | WriterJob;
+  void (job.role === 'writer' ? writer(job) : receiver(job)).catch((err) => {
+    console.error(err);
+    process.exit(1);
+  });
+}

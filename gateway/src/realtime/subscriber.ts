@@ -13,6 +13,8 @@ export interface RtEvent {
   tenantId: string;
   json: string; // the CloudEvents envelope with "seq"
   time?: number; // event time (ms), for the delivery lag metric
+  /** Wire forms, built once per event by the first sink that needs them (not per client). */
+  wire?: { ws?: Buffer; sse?: string };
 }
 
 export type Transport = 'ws' | 'sse';
@@ -25,6 +27,9 @@ export interface Sink {
   buffered(): number;
   /** Close the connection with a reason the client can read. */
   close(reason: CloseReason, detail: string): void;
+  /** Hold writes in memory until `uncork`, so a burst of events leaves in one system call. */
+  cork(): void;
+  uncork(): void;
 }
 
 export type CloseReason = 'slow_consumer' | 'overflow' | 'shutdown' | 'client' | 'error' | 'heartbeat_timeout';
@@ -35,9 +40,8 @@ export interface Limits {
 }
 
 export interface Counters {
-  sent(t: Transport, replayed: boolean): void;
+  sent(t: Transport): void;
   dropped(t: Transport, reason: 'duplicate' | 'overflow', n?: number): void;
-  lag(seconds: number): void;
 }
 
 export class Subscriber {
@@ -75,7 +79,7 @@ export class Subscriber {
     this.pending = [];
     for (const ev of buffered) {
       if (this.closed) return;
-      this.deliver(ev, false);
+      this.deliver(ev);
     }
   }
 
@@ -91,11 +95,11 @@ export class Subscriber {
       }
       return;
     }
-    this.deliver(ev, false);
+    this.deliver(ev);
   }
 
   /** Deliver in order: drop what is at or below the position, send what matches. */
-  deliver(ev: RtEvent, replayed: boolean): boolean {
+  deliver(ev: RtEvent): boolean {
     if (this.closed) return false;
     if (ev.seq <= this.position) {
       this.counters.dropped(this.transport, 'duplicate');
@@ -104,8 +108,7 @@ export class Subscriber {
     this.position = ev.seq;
     if (!this.matcher.matches(ev.key)) return false;
     this.sink.write(ev);
-    this.counters.sent(this.transport, replayed);
-    if (!replayed && ev.time) this.counters.lag((Date.now() - ev.time) / 1000);
+    this.counters.sent(this.transport);
     if (this.sink.buffered() > this.limits.bufferBytes) {
       this.counters.dropped(this.transport, 'overflow');
       this.shut('slow_consumer', `the client reads too slowly: more than ${this.limits.bufferBytes} bytes are waiting; reconnect with your last seq`);

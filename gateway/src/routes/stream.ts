@@ -6,7 +6,7 @@ import { bearer } from '../auth';
 import { Problem, invalid } from '../problems';
 import { aheadOfFeed, BadSubscription, parseCursor, parsePatterns } from '../realtime/request';
 import { splitTypes } from '../realtime/patterns';
-import { Subscriber, type CloseReason, type RtEvent, type Sink } from '../realtime/subscriber';
+import { Subscriber, type CloseReason, type Counters, type RtEvent, type Sink } from '../realtime/subscriber';
 import type { Connection } from '../services';
 
 class SseSink implements Sink {
@@ -15,7 +15,15 @@ class SseSink implements Sink {
   constructor(private readonly res: ServerResponse, private readonly reconnectMs: number, private readonly position: () => number) {}
 
   write(ev: RtEvent): void {
-    if (!this.ended) this.res.write(`id: ${ev.seq}\ndata: ${ev.json}\n\n`);
+    if (this.ended) return;
+    const wire = (ev.wire ??= {});
+    this.res.write((wire.sse ??= `id: ${ev.seq}\ndata: ${ev.json}\n\n`));
+  }
+  cork(): void {
+    this.res.cork();
+  }
+  uncork(): void {
+    this.res.uncork();
   }
   raw(text: string): void {
     if (!this.ended) this.res.write(text);
@@ -106,10 +114,9 @@ export async function streamRoutes(app: FastifyInstance): Promise<void> {
   });
 }
 
-export function counters(s: FastifyInstance['services']) {
+export function counters(s: FastifyInstance['services']): Counters {
   return {
-    sent: (t: 'ws' | 'sse') => s.metrics.sent.inc({ transport: t }),
-    dropped: (t: 'ws' | 'sse', reason: 'duplicate' | 'overflow', n = 1) => s.metrics.dropped.inc({ transport: t, reason }, n),
-    lag: (seconds: number) => s.metrics.deliveryLag.observe(Math.max(0, seconds)),
+    sent: (t) => s.metrics.sentCounts[t]++, // per delivery: a plain number, folded in at scrape time
+    dropped: (t, reason, n = 1) => s.metrics.dropped.inc({ transport: t, reason }, n),
   };
 }

@@ -4,6 +4,7 @@
  * Server → client: every event is its CloudEvents JSON with "seq"; control messages carry "op":
  *   hello, subscribed, pong, heartbeat, error, closing. */
 import type { FastifyInstance } from 'fastify';
+import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import { bearer } from '../auth';
 import { Problem } from '../problems';
@@ -28,7 +29,20 @@ class WsSink implements Sink {
   readonly transport = 'ws' as const;
   constructor(private readonly ws: WebSocket, private readonly reconnectMs: number, private readonly position: () => number) {}
   write(ev: RtEvent): void {
-    if (this.ws.readyState === this.ws.OPEN) this.ws.send(ev.json);
+    if (this.ws.readyState !== this.ws.OPEN) return;
+    const wire = (ev.wire ??= {});
+    // One buffer per event for every client (ws frames it without copying: servers don't mask).
+    this.ws.send((wire.ws ??= Buffer.from(ev.json)), { binary: false });
+  }
+  cork(): void {
+    this.socket.cork();
+  }
+  uncork(): void {
+    this.socket.uncork();
+  }
+  /** ws has no cork of its own; its sender writes through this socket (and nests corks). */
+  private get socket(): Socket {
+    return (this.ws as unknown as { _socket: Socket })._socket;
   }
   control(msg: Record<string, unknown>): void {
     if (this.ws.readyState === this.ws.OPEN) this.ws.send(JSON.stringify(msg));

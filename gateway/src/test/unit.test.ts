@@ -8,6 +8,10 @@ import { pyDatetime } from '../documents';
 import { checkPattern, Matcher } from '../realtime/patterns';
 import { parseCursor } from '../realtime/request';
 import { Subscriber, type RtEvent, type Sink } from '../realtime/subscriber';
+import { Hub } from '../realtime/hub';
+import { Metrics } from '../metrics';
+import type { Pool } from 'pg';
+import pino from 'pino';
 
 test('the Redis scripts are the shared contract files, byte for byte, and nothing else', () => {
   // dist/test -> the repository's Python package data, the scripts' only copy.
@@ -88,21 +92,32 @@ class FakeSink implements Sink {
   sent: number[] = [];
   bytes = 0;
   closed?: string;
-  write(ev: RtEvent) { this.sent.push(ev.seq); }
+  corks = 0;
+  /** Writes made while corked, per flush. */
+  flushes: number[][] = [];
+  private held: number[] = [];
+  write(ev: RtEvent) {
+    this.sent.push(ev.seq);
+    if (this.corks > 0) this.held.push(ev.seq);
+  }
   buffered() { return this.bytes; }
   close(reason: string) { this.closed = reason; }
+  cork() { this.corks++; }
+  uncork() {
+    if (--this.corks === 0 && this.held.length) this.flushes.push(this.held.splice(0));
+  }
 }
 
 const ev = (seq: number, key = 'document.created'): RtEvent => ({ seq, key, tenantId: 't', json: '{}' });
-const counters = { sent() {}, dropped() {}, lag() {} };
+const counters = { sent() {}, dropped() {} };
 
 test('a subscriber sends each seq once, in order, and buffers while held', () => {
   const sink = new FakeSink();
   const sub = new Subscriber('t', new Matcher(['document.*']), sink, { bufferBytes: 1000, bufferEvents: 10 }, counters);
   sub.hold();
   sub.offer(ev(5)); sub.offer(ev(3)); // live, arriving during the replay
-  sub.deliver(ev(2, 'task.succeeded'), true); // replayed, not matching: skipped
-  sub.deliver(ev(3), true); // replayed
+  sub.deliver(ev(2, 'task.succeeded')); // replayed, not matching: skipped
+  sub.deliver(ev(3)); // replayed
   sub.release();
   sub.offer(ev(4)); // late duplicate-or-older: dropped
   sub.offer(ev(6));
@@ -121,4 +136,22 @@ test('a held subscriber that overflows, or a slow socket, is disconnected with a
   slow.bytes = 5000;
   sub2.offer(ev(1));
   assert.equal(slow.closed, 'slow_consumer');
+});
+
+test('a burst of live events reaches each client in one corked write, in order', async () => {
+  const db = { query: async () => ({ rows: [{ m: '0' }] }) } as unknown as Pool;
+  const hub = new Hub(db, new Metrics(), pino({ level: 'silent' }), 1);
+  const a = new FakeSink();
+  const b = new FakeSink();
+  await hub.start(new Subscriber('t', new Matcher(['document.*']), a, { bufferBytes: 1e6, bufferEvents: 10 }, counters), null);
+  await hub.start(new Subscriber('t', new Matcher(['#']), b, { bufferBytes: 1e6, bufferEvents: 10 }, counters), null);
+  for (const seq of [1, 2, 3]) hub.dispatch(ev(seq, seq === 2 ? 'task.succeeded' : 'document.created'));
+  assert.equal(a.corks, 1); // still corked: the flush waits for the end of this turn
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(a.flushes, [[1, 3]]);
+  assert.deepEqual(b.flushes, [[1, 2, 3]]);
+  assert.equal(a.corks + b.corks, 0);
+  hub.dispatch(ev(4));
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(a.flushes, [[1, 3], [4]]);
 });
