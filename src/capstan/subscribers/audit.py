@@ -9,12 +9,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import ClassVar
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from capstan.broker.port import Message
 from capstan.db.schema import AuditEntry
-from capstan.db.upsert import insert_ignore
+from capstan.db.upsert import insert_ignore_returning
 from capstan.events.envelope import Event, encode
 from capstan.subscribers.runtime import Outcome
 
@@ -28,7 +27,7 @@ class AuditSubscriber:
         self._realtime_exchange = realtime_exchange
 
     async def handle(self, event: Event, session: AsyncSession) -> Outcome | None:
-        inserted = await insert_ignore(
+        seq = await insert_ignore_returning(
             session,
             AuditEntry.__table__,  # type: ignore[arg-type]
             {
@@ -40,10 +39,10 @@ class AuditSubscriber:
                 "recorded_at": datetime.now(UTC),
                 "envelope": event.envelope,
             },
+            AuditEntry.__table__.c.seq,
         )
-        if not inserted:
+        if seq is None:
             return None
-        seq = await session.scalar(select(AuditEntry.seq).where(AuditEntry.event_id == event.id))
         realtime = Message(
             routing_key=event.routing_key,
             body=encode({**event.envelope, "seq": seq}),
