@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from capstan.bench.common import BenchError
-from capstan.bench.events import broker_names, metrics_view, resolve_amqp
+from capstan.bench.events import broker_names, metrics_view
 from capstan.bench.latency import (
     DRAIN_GRACE_S,
     EventTimes,
@@ -18,6 +18,7 @@ from capstan.bench.latency import (
     expected_subscribers,
     judge_step,
     max_sustained,
+    nearest_percentile,
     parse_rates,
     percentile,
     schedule,
@@ -25,6 +26,7 @@ from capstan.bench.latency import (
     timeline,
     write_kind,
 )
+from capstan.bench.rabbitmq import resolve_amqp
 
 PATTERNS = {
     "indexer": ("document.*",),
@@ -83,6 +85,15 @@ def test_percentile_rejects_nonsense() -> None:
         percentile([], 50)
     with pytest.raises(ValueError):
         percentile([1.0], 101)
+
+
+def test_nearest_percentile_is_the_index_rounded() -> None:
+    """`capstan bench search`'s percentile: index round(p% of (n - 1)), unlike nearest rank."""
+    values = [float(v) for v in range(1, 101)]  # 1..100
+    assert nearest_percentile(values, 50) == 51  # index round(49.5) = 50 (half to even)
+    assert percentile(values, 50) == 50
+    assert nearest_percentile(values, 99) == 99  # index round(98.01) = 98
+    assert nearest_percentile([3.0, 1.0, 2.0], 100) == 3.0
 
 
 def test_summary_ms() -> None:

@@ -1,22 +1,36 @@
-"""Pieces every `capstan bench` command shares: the servers to run against, a scratch
-database, free ports, process CPU time, the git commit, and SIGTERM handled like Ctrl-C."""
+"""Pieces every `capstan bench` command shares: the consoles, the servers to run against, a
+scratch database, free ports, the git commit, SIGTERM handled like Ctrl-C, the environment of
+the processes a run starts, and the clean-up afterwards."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from rich.console import Console
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from capstan.settings import Settings
+
+T = TypeVar("T")
+
+out = Console()
+err = Console(stderr=True)
 
 SERVICES_HINT = "start them with `scripts/services up` (and `eval $(scripts/services env)`)"
 
@@ -133,12 +147,6 @@ def free_port() -> int:
         return port
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (Linux /proc), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def git_commit() -> dict[str, Any]:
     def git(*args: str) -> str:
         return subprocess.run(
@@ -185,3 +193,112 @@ async def seed_tenant(database_url: str) -> tuple[str, str, str]:
     finally:
         await engine.dispose()
     return created.tenant_id, str(key_id), created.api_key
+
+
+class ScratchDatabase:
+    """A database of the run's own (`capstan_bench_<random>`) on the PostgreSQL server at
+    `server_url`: created, migrated with one tenant, and dropped."""
+
+    def __init__(self, server_url: str) -> None:
+        self.server_url = server_url
+        self.name = f"capstan_bench_{secrets.token_hex(4)}"
+        self.url = with_database(server_url, self.name)
+        self.created = False
+
+    def create(self) -> tuple[str, str, str]:
+        """Create, migrate and seed it: (tenant id, key id, key) of its tenant `bench`."""
+        err.print(f"scratch database [bold]{self.name}[/bold] on {redact(self.url)}")
+        asyncio.run(admin(self.server_url, f'CREATE DATABASE "{self.name}"'))
+        self.created = True
+        return asyncio.run(seed_tenant(self.url))
+
+    def drop(self, *, retry_s: float = 0.0) -> None:
+        """Drop it if it was created, trying again for up to `retry_s`."""
+        if not self.created:
+            return
+        sql = f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'
+        if retrying(
+            lambda: asyncio.run(admin(self.server_url, sql)),
+            f"drop scratch database {self.name}",
+            retry_s,
+        ):
+            err.print(f"dropped scratch database {self.name}")
+
+
+def retrying(step: Callable[[], None], what: str, retry_s: float) -> bool:
+    """Run `step`, again every 2 s while it fails, for up to `retry_s` (0: once); False, and
+    `could not <what>` on stderr, if it never succeeded."""
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            step()
+            return True
+        except Exception as exc:
+            if time.monotonic() >= deadline:
+                err.print(f"[red]could not {what}: {exc}[/red]")
+                return False
+            time.sleep(2)
+
+
+async def _delete_keys(cache_url: str, patterns: Sequence[str]) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(cache_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        for pattern in patterns:
+            keys = [k async for k in client.scan_iter(match=pattern, count=1000)]
+            for i in range(0, len(keys), 1000):
+                await client.delete(*keys[i : i + 1000])
+    finally:
+        await client.aclose()
+
+
+def forget_keys(cache_url: str, patterns: Sequence[str]) -> None:
+    """Delete the bench's Redis keys (glob patterns); a warning if Redis does not answer."""
+    try:
+        asyncio.run(_delete_keys(cache_url, patterns))
+    except Exception as exc:
+        err.print(f"[yellow]could not remove the bench's Redis keys: {exc}[/yellow]")
+
+
+def child_env(overrides: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a process the run starts: this one's with the overrides, and without
+    CAPSTAN_SEARCH_URL (the benchmarks run without Elasticsearch)."""
+    env = {**os.environ, **overrides}
+    env.pop("CAPSTAN_SEARCH_URL", None)
+    return env
+
+
+def settings_for(overrides: Mapping[str, str]) -> Settings:
+    """The Settings a process started with `child_env(overrides)` reads (e.g. which
+    subscribers are enabled)."""
+    from capstan.settings import Settings
+
+    saved = {k: os.environ.get(k) for k in (*overrides, "CAPSTAN_SEARCH_URL")}
+    os.environ.update(overrides)
+    os.environ.pop("CAPSTAN_SEARCH_URL", None)
+    try:
+        return Settings()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run, on uvloop when it is installed (as `capstan api` runs)."""
+    try:
+        import uvloop
+    except ImportError:
+        runner = asyncio.Runner()
+    else:
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    with runner:
+        return runner.run(coro)
+
+
+def remove_tree(path: Path) -> None:
+    """The run's working directory (logs, data dir), whatever is in it."""
+    shutil.rmtree(path, ignore_errors=True)

@@ -25,66 +25,65 @@ See bench/README.md ("capstan bench events").
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.metadata
-import json
-import os
-import platform
 import secrets
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
-from urllib.parse import quote, unquote, urlsplit
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from capstan.bench.common import (
-    SERVICES_HINT,
-    Backends,
     BenchError,
-    admin,
-    check_backends,
-    cpu_seconds,
-    free_port,
+    ScratchDatabase,
+    child_env,
+    err,
+    forget_keys,
     git_commit,
+    out,
     redact,
-    resolve_backends,
-    seed_tenant,
+    remove_tree,
+    run_async,
+    settings_for,
     sigterm_as_interrupt,
-    with_database,
 )
+from capstan.bench.cpu import SERVER_COMMS, CpuSnapshot
 from capstan.bench.latency import (
     DRAIN_GRACE_S,
     MIN_ACHIEVED_SHARE,
     TREND_FACTOR,
     TREND_SLACK_MS,
-    EventTimes,
     analyze_step,
-    expected_subscribers,
     max_sustained,
     parse_rates,
     schedule,
     summary_ms,
     write_kind,
 )
+from capstan.bench.outbox import event_times, max_outbox_id, outbox_progress
+from capstan.bench.processes import ChildProcess, Samples, start_role, stop_all
+from capstan.bench.rabbitmq import check_servers, remove_namespace, wait_consumers
+from capstan.bench.report import (
+    default_output,
+    event_loop,
+    fmt,
+    machine_environment,
+    measured,
+    print_invalid,
+    progress_bar,
+    publish,
+    result_header,
+)
 
 if TYPE_CHECKING:
     from capstan.container import Container
-
-out = Console()
-err = Console(stderr=True)
-
-T = TypeVar("T")
 
 # Design target from the issue; informational: missing it does not fail the command.
 TARGET_RATE = 500
@@ -95,7 +94,14 @@ UPDATE_SHARE = 0.5  # half the writes update an existing document, half create o
 WARMUP_DOCUMENTS = 1000  # created before the first step: warmup, and the documents updated
 WARMUP_RATE = 200
 DRAIN_POLL_S = 0.25
-ROLE_CPU_COMMS = ("postgres", "beam.smp", "redis-server")  # servers whose CPU we attribute
+# The metric families of the roles that the result reports (`metrics_view`).
+METRIC_FAMILIES = (
+    "capstan_event_end_to_end_seconds",
+    "capstan_events_consumed",
+    "capstan_relay_batch_size",
+    "capstan_subscriber_handle_duration_seconds",
+    "capstan_relay_publish_failures",
+)
 
 BODY = ("An event benchmark document: one row and its outbox event per write. " * 4).strip()
 
@@ -110,39 +116,7 @@ class Options:
     split_subscribers: bool = False
 
 
-# ---------------------------------------------------------------- servers
-
-
-def resolve_amqp(env: Mapping[str, str] = os.environ) -> tuple[str, str]:
-    """The RabbitMQ URL: CAPSTAN_BROKER_URL if it is amqp://, else CAPSTAN_TEST_AMQP_URL."""
-    for var in ("CAPSTAN_BROKER_URL", "CAPSTAN_TEST_AMQP_URL"):
-        url = env.get(var, "")
-        if url.startswith(("amqp://", "amqps://")):
-            return url, var
-    raise BenchError(
-        "CAPSTAN_TEST_AMQP_URL (or an amqp:// CAPSTAN_BROKER_URL) not set: the benchmark needs "
-        f"a real RabbitMQ; {SERVICES_HINT}"
-    )
-
-
-async def _check_amqp(url: str, var: str) -> str:
-    import aio_pika
-
-    try:
-        conn = await aio_pika.connect(url, timeout=5)
-    except Exception as exc:
-        raise BenchError(
-            f"RabbitMQ at {redact(url)} ({var}) is unreachable: "
-            f"{exc or type(exc).__name__}; {SERVICES_HINT}"
-        ) from exc
-    try:
-        props: Any = conn.transport.connection.server_properties if conn.transport else {}
-        version = props.get("version", b"unknown")
-        return version.decode() if isinstance(version, bytes) else str(version)
-    except Exception:
-        return "unknown"
-    finally:
-        await conn.close()
+# ---------------------------------------------------------------- broker names
 
 
 def broker_names(
@@ -156,261 +130,14 @@ def broker_names(
     return {"exchanges": [f"{namespace}.events", f"{namespace}.realtime"], "queues": queues}
 
 
-async def _delete_namespace(url: str, names: dict[str, list[str]]) -> list[str]:
-    """Delete the namespace's queues and exchanges; the names that could not be deleted."""
-    import aio_pika
-
-    failed: list[str] = []
-    conn = await aio_pika.connect(url, timeout=5)
-    try:
-        channel = await conn.channel()
-        for queue in names["queues"]:
-            try:
-                await channel.queue_delete(queue)
-            except Exception:
-                failed.append(queue)
-                channel = await conn.channel()  # an error closes the channel
-        for exchange in names["exchanges"]:
-            try:
-                await channel.exchange_delete(exchange)
-            except Exception:
-                failed.append(exchange)
-                channel = await conn.channel()
-        await channel.close()
-    finally:
-        await conn.close()
-    return failed
-
-
-def _leftovers(url: str, namespace: str) -> dict[str, list[str]] | None:
-    """Queues and exchanges still under the namespace, per the management API (None if it
-    does not answer). The namespace is the bench's own, so all of them are ours."""
-    import httpx
-
-    parts = urlsplit(url)
-    vhost = quote(unquote(parts.path.lstrip("/")) or "/", safe="")
-    auth = (unquote(parts.username or "guest"), unquote(parts.password or "guest"))
-    base = f"http://{parts.hostname or '127.0.0.1'}:15672/api"
-    found: dict[str, list[str]] = {}
-    try:
-        for kind in ("queues", "exchanges"):
-            r = httpx.get(f"{base}/{kind}/{vhost}", auth=auth, timeout=5)
-            r.raise_for_status()
-            found[kind] = [x["name"] for x in r.json() if x["name"].startswith(namespace + ".")]
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
-        return None
-    return found
-
-
-async def _forget_keys(cache_url: str, pattern: str) -> None:
-    import redis.asyncio as aioredis
-
-    client = aioredis.from_url(cache_url, socket_timeout=5, socket_connect_timeout=5)
-    try:
-        keys = [k async for k in client.scan_iter(match=pattern, count=1000)]
-        for i in range(0, len(keys), 1000):
-            await client.delete(*keys[i : i + 1000])
-    finally:
-        await client.aclose()
-
-
-# ---------------------------------------------------------------- the role processes
-
-
-class Role:
-    """`capstan relay` or `capstan subscriber all` in its own process and session."""
-
-    def __init__(self, label: str, args: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.label = label
-        self.metrics_port = int(env["CAPSTAN_METRICS_PORT"])
-        self.command = [sys.executable, "-m", "capstan.cli.main", *args]
-        self._log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            self.command,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def log_summary(self) -> dict[str, Any]:
-        """How many lines the role logged at WARNING and above, and the last few."""
-        try:
-            lines = self._log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            lines = []
-        return {"lines": len(lines), "last": lines[-5:]}
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise BenchError(
-                f"`{' '.join(self.command[3:])}` exited with code {self.proc.returncode}:\n"
-                + self.log_tail()
-            )
-
-    async def wait_metrics(self, timeout_s: float = 60) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout_s
-        async with httpx.AsyncClient(timeout=2) as client:
-            while time.monotonic() < deadline:
-                self.check_alive()
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(self.metrics_url)).status_code == 200:
-                        return
-                await asyncio.sleep(0.2)
-        raise BenchError(f"{self.label}: /metrics did not answer within {timeout_s:g}s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-
-
-async def _wait_consumers(url: str, queues: list[str], timeout_s: float = 60) -> None:
-    """Until every queue exists and has a consumer (the subscribers are listening)."""
-    import aio_pika
-
-    deadline = time.monotonic() + timeout_s
-    conn = await aio_pika.connect(url, timeout=5)
-    try:
-        waiting = list(queues)
-        while waiting and time.monotonic() < deadline:
-            channel = await conn.channel()
-            try:
-                queue = await channel.declare_queue(waiting[0], passive=True)
-                if queue.declaration_result.consumer_count:
-                    waiting.pop(0)
-                    continue
-            except aio_pika.exceptions.ChannelClosed:
-                pass  # not declared yet
-            finally:
-                with contextlib.suppress(Exception):
-                    await channel.close()
-            await asyncio.sleep(0.2)
-        if waiting:
-            raise BenchError(f"no consumer on {', '.join(waiting)} within {timeout_s:g}s")
-    finally:
-        await conn.close()
-
-
-# ---------------------------------------------------------------- CPU accounting
-
-
-def _system_cpu() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    fields = [float(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
-    return sum(fields) - idle, sum(fields)
-
-
-def _server_cpu() -> dict[tuple[str, int], float]:
-    """CPU seconds so far of every PostgreSQL, RabbitMQ and Redis process, by (name, pid)."""
-    totals: dict[tuple[str, int], float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = (entry / "stat").read_text()
-        except OSError:
-            continue
-        comm = raw[raw.find("(") + 1 : raw.rfind(")")]
-        if comm in ROLE_CPU_COMMS:
-            fields = raw.rsplit(")", 1)[1].split()
-            totals[(comm, int(entry.name))] = (int(fields[11]) + int(fields[12])) / tick
-    return totals
-
-
-@dataclass
-class CpuSnapshot:
-    at: float
-    system: tuple[float, float]
-    roles: dict[str, float]
-    servers: dict[tuple[str, int], float]
-    bench: float
-
-    @classmethod
-    def take(cls, roles: list[Role]) -> CpuSnapshot:
-        role_cpu: dict[str, float] = {}
-        for role in roles:
-            with contextlib.suppress(OSError):
-                role_cpu[role.label] = cpu_seconds(role.proc.pid)
-        return cls(time.monotonic(), _system_cpu(), role_cpu, _server_cpu(), time.process_time())
-
-    def share_since(self, before: CpuSnapshot) -> dict[str, float]:
-        """Cores used per process group between two snapshots (1.0 = one core busy)."""
-        wall = max(self.at - before.at, 1e-9)
-        busy = self.system[0] - before.system[0]
-        total = max(self.system[1] - before.system[1], 1e-9)
-        machine = busy / total * (os.cpu_count() or 1)
-        shares = {"machine": round(machine, 3)}
-        shares["bench_writers"] = round((self.bench - before.bench) / wall, 3)
-        for label, value in self.roles.items():
-            shares[label] = round((value - before.roles.get(label, value)) / wall, 3)
-        # Per process: one born during the interval counts whole; one that exited is lost.
-        for comm in ROLE_CPU_COMMS:
-            used = sum(
-                value - before.servers.get(key, 0.0)
-                for key, value in self.servers.items()
-                if key[0] == comm
-            )
-            shares[comm] = round(used / wall, 3)
-        shares["other"] = round(
-            max(machine - sum(v for k, v in shares.items() if k != "machine"), 0.0), 3
-        )
-        return shares
-
-
 # ---------------------------------------------------------------- metrics of the roles
 
 
-async def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
-    async with httpx.AsyncClient(timeout=10) as client:
-        text = (await client.get(url)).text
-    wanted = (
-        "capstan_event_end_to_end_seconds",
-        "capstan_events_consumed",
-        "capstan_relay_batch_size",
-        "capstan_subscriber_handle_duration_seconds",
-        "capstan_relay_publish_failures",
-    )
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name in wanted:
-            for s in family.samples:
-                samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return samples
-
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-async def _scrape_all(roles: list[Role]) -> Samples:
+async def _scrape_all(roles: list[ChildProcess]) -> Samples:
     """Every role's samples, summed (each process counts its own)."""
     total: Samples = {}
     for role in roles:
-        for key, value in (await _scrape(role.metrics_url)).items():
+        for key, value in (await role.scrape(METRIC_FAMILIES)).items():
             total[key] = total.get(key, 0.0) + value
     return total
 
@@ -554,90 +281,16 @@ async def generate(
     return stats
 
 
-# ---------------------------------------------------------------- reading the outcome
-
-
-async def _max_outbox_id(container: Container) -> int:
-    from sqlalchemy import text
-
-    async with container.engine.connect() as conn:
-        return int(await conn.scalar(text("SELECT coalesce(max(id), 0) FROM outbox")) or 0)
-
-
-async def _progress(
-    container: Container, lo: int, hi: int, patterns: Mapping[str, tuple[str, ...]]
-) -> tuple[int, int, int, int]:
-    """(events, published, subscriber effects expected, subscriber effects recorded)."""
-    from sqlalchemy import text
-
-    async with container.engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                text(
-                    "SELECT routing_key, count(*), count(published_at) FROM outbox "
-                    "WHERE id > :lo AND id <= :hi GROUP BY routing_key"
-                ),
-                {"lo": lo, "hi": hi},
-            )
-        ).all()
-        done = await conn.scalar(
-            text(
-                "SELECT count(*) FROM processed_events p JOIN outbox o ON o.event_id = p.event_id "
-                "WHERE o.id > :lo AND o.id <= :hi AND p.subscriber = ANY(:subs)"
-            ),
-            {"lo": lo, "hi": hi, "subs": list(patterns)},
-        )
-    events = sum(int(r[1]) for r in rows)
-    published = sum(int(r[2]) for r in rows)
-    expected = sum(int(r[1]) * len(expected_subscribers(str(r[0]), patterns)) for r in rows)
-    return events, published, expected, int(done or 0)
-
-
-async def _collect(container: Container, lo: int, hi: int) -> list[EventTimes]:
-    from sqlalchemy import text
-
-    async with container.engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                text(
-                    "SELECT o.event_id, o.routing_key, o.envelope->>'time', o.published_at, "
-                    "p.subscriber, p.processed_at FROM outbox o "
-                    "LEFT JOIN processed_events p ON p.event_id = o.event_id "
-                    "WHERE o.id > :lo AND o.id <= :hi"
-                ),
-                {"lo": lo, "hi": hi},
-            )
-        ).all()
-    events: dict[str, EventTimes] = {}
-    for event_id, routing_key, at, published, subscriber, processed in rows:
-        e = events.get(event_id)
-        if e is None:
-            e = events[event_id] = EventTimes(
-                event_id, routing_key, datetime.fromisoformat(at), published
-            )
-        if subscriber is not None:
-            e.processed[subscriber] = processed
-    return list(events.values())
-
-
 # ---------------------------------------------------------------- the run
 
 
 def _environment(versions: dict[str, str], opts: Options) -> dict[str, Any]:
-    try:
-        loop = f"uvloop {importlib.metadata.version('uvloop')}"
-    except importlib.metadata.PackageNotFoundError:
-        loop = "asyncio"
     return {
-        "started_at": opts.started_at.isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "platform": platform.platform(),
-        "python": platform.python_version(),
+        **machine_environment(opts.started_at),
         "sqlalchemy": importlib.metadata.version("sqlalchemy"),
         "asyncpg": importlib.metadata.version("asyncpg"),
         "aio_pika": importlib.metadata.version("aio-pika"),
-        "bench_event_loop": loop,
+        "bench_event_loop": event_loop(),
         "roles_event_loop": "asyncio (asyncio.run in `capstan relay` / `capstan subscriber`)",
         "backends": versions,
         "git": git_commit(),
@@ -661,60 +314,28 @@ def _environment(versions: dict[str, str], opts: Options) -> dict[str, Any]:
     }
 
 
-def _runner() -> asyncio.Runner:
-    try:
-        import uvloop
-
-        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:
-        return asyncio.Runner()
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    with _runner() as runner:
-        return runner.run(coro)
-
-
 def measure(opts: Options) -> dict[str, Any]:
     """The whole benchmark; cleans up processes, broker names, keys and the scratch database."""
     from capstan.roles import SUBSCRIBERS
-    from capstan.settings import Settings
 
-    backends = resolve_backends()
-    amqp_url, amqp_var = resolve_amqp()
-    versions = asyncio.run(check_backends(backends))
-    versions["rabbitmq"] = asyncio.run(_check_amqp(amqp_url, amqp_var))
+    backends, amqp_url, versions = check_servers()
     environment = _environment(versions, opts)
 
-    scratch = f"capstan_bench_{secrets.token_hex(4)}"
-    scratch_url = with_database(backends.database_url, scratch)
+    scratch = ScratchDatabase(backends.database_url)
     namespace = f"bench_{secrets.token_hex(4)}"
     workdir = Path(tempfile.mkdtemp(prefix="capstan-bench-events-"))
-    roles: list[Role] = []
-    created_db = False
+    roles: list[ChildProcess] = []
     tenant_id: str | None = None
     overrides = {
-        "CAPSTAN_DATABASE_URL": scratch_url,
+        "CAPSTAN_DATABASE_URL": scratch.url,
         "CAPSTAN_CACHE_URL": backends.cache_url,
         "CAPSTAN_BROKER_URL": amqp_url,
         "CAPSTAN_BROKER_NAMESPACE": namespace,
         "CAPSTAN_DATA_DIR": str(workdir / "data"),
         "CAPSTAN_LOG_LEVEL": ROLE_LOG_LEVEL,
     }
-    env = {**os.environ, **overrides}
-    env.pop("CAPSTAN_SEARCH_URL", None)
-    # The settings the roles will read (same environment), e.g. which subscribers are enabled.
-    saved = {k: os.environ.get(k) for k in (*overrides, "CAPSTAN_SEARCH_URL")}
-    os.environ.update(overrides)
-    os.environ.pop("CAPSTAN_SEARCH_URL", None)
-    try:
-        settings = Settings()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    env = child_env(overrides)
+    settings = settings_for(overrides)
     names = broker_names(
         namespace,
         sorted(set(SUBSCRIBERS) | set(settings.subscribers)),
@@ -722,22 +343,20 @@ def measure(opts: Options) -> dict[str, Any]:
     )
     try:
         with sigterm_as_interrupt():
-            err.print(f"scratch database [bold]{scratch}[/bold] on {redact(scratch_url)}")
-            asyncio.run(admin(backends.database_url, f'CREATE DATABASE "{scratch}"'))
-            created_db = True
-            tenant_id, _key_id, _key = asyncio.run(seed_tenant(scratch_url))
+            tenant_id, _key_id, _key = scratch.create()
             err.print(f"broker namespace [bold]{namespace}[/bold] on {redact(amqp_url)}")
 
             groups = [[n] for n in settings.subscribers] if opts.split_subscribers else [["all"]]
             for group in groups:
                 label = "subscribers" if group == ["all"] else f"subscriber-{group[0]}"
-                sub_env = {**env, "CAPSTAN_METRICS_PORT": str(free_port())}
-                roles.append(Role(label, ["subscriber", *group], sub_env, workdir / f"{label}.log"))
-            relay_env = {**env, "CAPSTAN_METRICS_PORT": str(free_port())}
-            roles.append(Role("relay", ["relay"], relay_env, workdir / "relay.log"))
+                roles.append(start_role(label, ["subscriber", *group], env, workdir))
+            roles.append(start_role("relay", ["relay"], env, workdir))
             environment["roles"] = {
                 "processes": {
-                    r.label: {"command": " ".join(r.command[3:]), "metrics_port": r.metrics_port}
+                    r.label: {
+                        "command": r.shown.removeprefix("capstan "),
+                        "metrics_port": r.metrics_port,
+                    }
                     for r in roles
                 }
             }
@@ -746,16 +365,15 @@ def measure(opts: Options) -> dict[str, Any]:
             environment["roles"]["subscriber_prefetch"] = settings.subscriber_prefetch
             environment["roles"]["outbox_batch_size"] = settings.outbox_batch_size
             environment["roles"]["outbox_poll_seconds"] = settings.outbox_poll_seconds
-            steps = _run(_drive(opts, settings, tenant_id, roles, amqp_url, names, environment))
+            steps = run_async(_drive(opts, settings, tenant_id, roles, amqp_url, environment))
     finally:
         environment["role_logs"] = {r.label: r.log_summary() for r in roles}
-        _cleanup(
-            roles, backends, amqp_url, namespace, names, scratch if created_db else None, tenant_id
-        )
-        with contextlib.suppress(OSError):
-            for child in sorted(workdir.rglob("*"), reverse=True):
-                child.unlink() if child.is_file() else child.rmdir()
-            workdir.rmdir()
+        stop_all(roles)
+        remove_namespace(amqp_url, namespace, names)
+        if tenant_id is not None:
+            forget_keys(backends.cache_url, [f"capstan:{tenant_id}:*"])
+        scratch.drop()
+        remove_tree(workdir)
     return summarize(environment, steps)
 
 
@@ -763,9 +381,8 @@ async def _drive(
     opts: Options,
     settings: Any,
     tenant_id: str,
-    roles: list[Role],
+    roles: list[ChildProcess],
     amqp_url: str,
-    names: dict[str, list[str]],
     environment: dict[str, Any],
 ) -> list[dict[str, Any]]:
     from capstan.container import build_container
@@ -779,22 +396,15 @@ async def _drive(
         environment["roles"]["subscriber_patterns"] = {n: list(p) for n, p in patterns.items()}
         for role in roles[:-1]:
             await role.wait_metrics()
-        await _wait_consumers(amqp_url, [f"{settings.broker_namespace}.sub.{n}" for n in enabled])
+        await wait_consumers(amqp_url, [f"{settings.broker_namespace}.sub.{n}" for n in enabled])
         await roles[-1].wait_metrics()
         err.print(
             "roles: "
-            + ", ".join(f"`capstan {' '.join(r.command[3:])}` (pid {r.proc.pid})" for r in roles)
+            + ", ".join(f"`{r.shown}` (pid {r.proc.pid})" for r in roles)
             + f"; subscribers {', '.join(enabled)}; CAPSTAN_LOG_LEVEL={ROLE_LOG_LEVEL}"
         )
         steps: list[dict[str, Any]] = []
-        with Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed:>6.0f}/{task.total:<6.0f}"),
-            TimeElapsedColumn(),
-            console=err,
-            refresh_per_second=4,
-        ) as progress:
+        with progress_bar() as progress:
             # Warmup: documents the steps will update; also warms every connection and cache.
             warm = await _step(
                 container, tenant_id, roles, patterns, progress, opts,
@@ -826,7 +436,7 @@ async def _drive(
 async def _step(
     container: Container,
     tenant_id: str,
-    roles: list[Role],
+    roles: list[ChildProcess],
     patterns: Mapping[str, tuple[str, ...]],
     progress: Progress,
     opts: Options,
@@ -839,7 +449,7 @@ async def _step(
 ) -> dict[str, Any]:
     total = len(schedule(rate, duration_s))
     task = progress.add_task(f"{label}: writing", total=total)
-    lo = await _max_outbox_id(container)
+    lo = await max_outbox_id(container)
     before = await _scrape_all(roles)
     cpu_before = CpuSnapshot.take(roles)
 
@@ -857,16 +467,16 @@ async def _step(
         on_write=tick,
     )
     cpu_load = CpuSnapshot.take(roles)
-    hi = await _max_outbox_id(container)
+    hi = await max_outbox_id(container)
 
     # Drain: until every event is published and done by every subscriber bound to it.
     progress.update(task, description=f"{label}: draining", completed=0)
     drain_started = time.monotonic()
     drained = False
     while time.monotonic() - drain_started < opts.drain_timeout:
-        events, published, expected, done = await _progress(container, lo, hi, patterns)
-        progress.update(task, total=max(expected, 1), completed=done)
-        if published == events and done >= expected:
+        now = await outbox_progress(container, lo, hi, patterns)
+        progress.update(task, total=max(now.expected, 1), completed=now.done)
+        if now.published == now.rows and now.done >= now.expected:
             drained = True
             break
         for role in roles:
@@ -876,7 +486,7 @@ async def _step(
     progress.update(task, description=f"{label}: done", visible=False)
     after = await _scrape_all(roles)
 
-    events_times = await _collect(container, lo, hi)
+    events_times = await event_times(container, lo, hi)
     achieved = stats.achieved_rate()
     analysis = analyze_step(
         events_times,
@@ -899,7 +509,13 @@ async def _step(
         **analysis,
         "drained": drained,
         "drain_wait_s": round(drain_s, 2),
-        "cpu_cores_during_load": cpu_load.share_since(cpu_before),
+        "cpu_cores_during_load": cpu_load.cores_since(
+            cpu_before,
+            bench="bench_writers",
+            servers={comm: comm for comm in SERVER_COMMS},
+            digits=3,
+            other=True,
+        ),
         "metrics": metrics_view(before, after),
         "_created_ids": stats.created_ids,
     }
@@ -916,47 +532,6 @@ def _report(console: Console, step: dict[str, Any]) -> None:
     )
     for reason in step["not_sustained_because"]:
         console.print(f"            [yellow]{reason}[/yellow]")
-
-
-def _cleanup(
-    roles: list[Role],
-    b: Backends,
-    amqp_url: str,
-    namespace: str,
-    names: dict[str, list[str]],
-    scratch: str | None,
-    tenant_id: str | None,
-) -> None:
-    for role in roles:
-        try:
-            role.stop()
-        except Exception as exc:
-            err.print(f"[red]could not stop {role.label} (pid {role.proc.pid}): {exc}[/red]")
-    try:
-        failed = asyncio.run(_delete_namespace(amqp_url, names))
-        # Names the contract does not list yet (e.g. a new channel's exchange) go too.
-        extra = _leftovers(amqp_url, namespace)
-        if extra and (extra["queues"] or extra["exchanges"]):
-            failed += asyncio.run(_delete_namespace(amqp_url, extra))
-        left = _leftovers(amqp_url, namespace)
-        remaining = failed if left is None else left["queues"] + left["exchanges"]
-        if remaining:
-            err.print(f"[yellow]broker names left in {namespace}: {remaining}[/yellow]")
-        else:
-            err.print(f"deleted broker namespace {namespace}")
-    except Exception as exc:
-        err.print(f"[red]could not delete broker namespace {namespace}: {exc}[/red]")
-    if tenant_id is not None:
-        try:
-            asyncio.run(_forget_keys(b.cache_url, f"capstan:{tenant_id}:*"))
-        except Exception as exc:
-            err.print(f"[yellow]could not remove the bench's Redis keys: {exc}[/yellow]")
-    if scratch is not None:
-        try:
-            asyncio.run(admin(b.database_url, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)'))
-            err.print(f"dropped scratch database {scratch}")
-        except Exception as exc:
-            err.print(f"[red]could not drop scratch database {scratch}: {exc}[/red]")
 
 
 # ---------------------------------------------------------------- results
@@ -985,20 +560,11 @@ def summarize(environment: dict[str, Any], steps: list[dict[str, Any]]) -> dict[
             at_target["sustained"] and at_target["latency"]["p99_ms"] < TARGET_P99_MS
         )
     return {
-        "benchmark": "events",
-        "started_at": environment.pop("started_at"),
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "valid": not invalid,
-        "invalid_reasons": invalid,
-        "environment": environment,
+        **result_header("events", environment, invalid),
         "target": target,
         "max_sustained_rate": max_sustained(steps),
         "steps": steps,
     }
-
-
-def _fmt(value: float | None, spec: str = ".1f") -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def _cores(cpu: Mapping[str, float], prefix: str) -> float:
@@ -1019,10 +585,10 @@ def render(result: dict[str, Any]) -> None:
             f"{s['offered_rate']:,}",
             f"{s['achieved_rate']:,.0f}",
             f"{s['events']:,}",
-            _fmt(lat["p50_ms"]),
-            _fmt(lat["p90_ms"]),
-            _fmt(lat["p99_ms"]),
-            _fmt(lat["max_ms"], ".0f"),
+            fmt(lat["p50_ms"], ".1f"),
+            fmt(lat["p90_ms"], ".1f"),
+            fmt(lat["p99_ms"], ".1f"),
+            fmt(lat["max_ms"], ".0f"),
             "[green]yes[/green]" if s["sustained"] else "[yellow]no[/yellow]",
         )
     out.print(table)
@@ -1036,7 +602,7 @@ def render(result: dict[str, Any]) -> None:
         stages.add_row(
             f"{s['offered_rate']:,}",
             *(
-                f"{_fmt(s['stages'][n]['p50_ms'], '.0f')} / {_fmt(s['stages'][n]['p99_ms'], '.0f')}"
+                f"{fmt(s['stages'][n]['p50_ms'], '.0f')} / {fmt(s['stages'][n]['p99_ms'], '.0f')}"
                 for n in stage_names
             ),
         )
@@ -1073,7 +639,7 @@ def render(result: dict[str, Any]) -> None:
         mark = "[green]PASS[/green]" if t["met"] else "[yellow]MISS[/yellow]"
     out.print(
         f"design target: p99 < {t['p99_ms_below']:g} ms at {t['rate']}/s, sustained — "
-        f"measured p99 {_fmt(t['measured_p99_ms'])} ms: {mark} (informational)"
+        f"measured p99 {fmt(t['measured_p99_ms'], '.1f')} ms: {mark} (informational)"
     )
     best = result["max_sustained_rate"]
     out.print(
@@ -1087,14 +653,7 @@ def render(result: dict[str, Any]) -> None:
         + ", ".join(f"`capstan {v['command']}`" for v in env["roles"]["processes"].values())
         + ", PostgreSQL, RabbitMQ and Redis (and whatever else runs: `other`)."
     )
-    if not result["valid"]:
-        out.print("[red]INVALID measurement:[/red]")
-        for reason in result["invalid_reasons"]:
-            out.print(f"  [red]{reason}[/red]")
-
-
-def default_output(now: datetime) -> Path:
-    return Path("bench/results") / f"events-{now.strftime('%Y%m%dT%H%M%SZ')}.json"
+    print_invalid(result)
 
 
 def events(
@@ -1127,28 +686,11 @@ def events(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--rates") from exc
     opts = Options(parsed, duration, writers, drain_timeout, now, split_subscribers)
-    try:
-        result = measure(opts)
-    except BenchError as exc:
-        err.print(f"[red]bench events: {exc}[/red]")
-        raise typer.Exit(2) from exc
-    except KeyboardInterrupt:
-        err.print(
-            "[yellow]interrupted; the roles, broker namespace and scratch database were "
-            "cleaned up[/yellow]"
-        )
-        raise typer.Exit(130) from None
-    path = output or default_output(now)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    render(result)
-    out.print(f"results: {path}")
-    from capstan.bench.plot import MissingMatplotlib, plot_events
+    result = measured(
+        "events",
+        lambda: measure(opts),
+        cleaned_up="the roles, broker namespace and scratch database were cleaned up",
+    )
+    from capstan.bench.plot import plot_events
 
-    try:
-        plot_events(result, path.with_suffix(".png"))
-        out.print(f"chart: {path.with_suffix('.png')}")
-    except MissingMatplotlib as exc:
-        out.print(f"no chart: {exc}")
-    if not result["valid"]:
-        raise typer.Exit(1)
+    publish(result, output or default_output("events", now), render, plot_events)

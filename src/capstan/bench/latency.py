@@ -1,6 +1,7 @@
 """The pure arithmetic of `capstan bench events`: the open-loop schedule, the write mix,
-percentiles, which subscribers an event must reach, and when a rate step counts as sustained.
-Nothing here does I/O, so tests/bench/test_events_*.py cover it directly."""
+percentiles, which subscribers an event must reach, and when a rate step counts as sustained;
+the percentiles serve the other benchmarks too. Nothing here does I/O, so
+tests/bench/test_events_*.py cover it directly."""
 
 from __future__ import annotations
 
@@ -49,6 +50,13 @@ def percentile(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     rank = max(math.ceil(p / 100 * len(ordered)), 1)
     return ordered[rank - 1]
+
+
+def nearest_percentile(values: Sequence[float], p: float) -> float:
+    """The value at index round(p% of (n - 1)) of the sorted values (numpy's `nearest`); what
+    `capstan bench search` has always reported, so its results stay comparable."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def summary_ms(values: Sequence[float]) -> dict[str, float | int | None]:

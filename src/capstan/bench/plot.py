@@ -1,31 +1,60 @@
-"""A small PNG of a `bench read` result; matplotlib is optional (not a Capstan dependency)."""
+"""Small PNGs of `capstan bench` results; matplotlib is optional (not a Capstan dependency)."""
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 ORDER = ("trivial", "hit", "db")
 COLORS = ("#8c8c8c", "#2f7ed8", "#d9822b")
 LABELS = {"trivial": "trivial\n/healthz", "hit": "hit\n(Redis)", "db": "db\n(PostgreSQL)"}
+TARGET_COLOR = "#d9822b"
 
 
 class MissingMatplotlib(RuntimeError):
     pass
 
 
-def plot_read(result: dict[str, Any], path: Path) -> None:
-    """Two panels: median req/s per target, and median p50/p99 latency per target."""
+def _pyplot(needed_by: str = "`capstan bench plot`") -> Any:
+    """matplotlib.pyplot on the Agg backend, or MissingMatplotlib saying how to install it."""
     try:
         matplotlib: Any = importlib.import_module("matplotlib")
     except ImportError as exc:
         raise MissingMatplotlib(
-            "`capstan bench plot` needs matplotlib: `.venv/bin/pip install matplotlib`"
+            f"{needed_by} needs matplotlib: `.venv/bin/pip install matplotlib`"
         ) from exc
     matplotlib.use("Agg")
-    plt: Any = importlib.import_module("matplotlib.pyplot")
+    return importlib.import_module("matplotlib.pyplot")
 
+
+def _latency_bars(ax: Any, labels: list[str], p50: Sequence[float], p99: Sequence[float]) -> None:
+    """p50 and p99 side by side per label, their values on top."""
+    x = list(range(len(labels)))
+    width = 0.38
+    b50 = ax.bar([i - width / 2 for i in x], p50, width, label="p50", color="#4a4a4a")
+    b99 = ax.bar([i + width / 2 for i in x], p99, width, label="p99", color="#c0c0c0")
+    ax.bar_label(b50, labels=[f"{v:.1f}" for v in p50], fontsize=8)
+    ax.bar_label(b99, labels=[f"{v:.1f}" for v in p99], fontsize=8)
+    ax.set_xticks(x, labels)
+
+
+def _commit(env: dict[str, Any]) -> str:
+    return str(env["git"]["commit"] or "unknown")[:8]
+
+
+def _save(plt: Any, fig: Any, title: str, path: Path) -> None:
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_read(result: dict[str, Any], path: Path) -> None:
+    """Two panels: median req/s per target, and median p50/p99 latency per target."""
+    plt = _pyplot()
     median = result["median"]
     names = [n for n in ORDER if n in median]
     labels = [LABELS[n] for n in names]
@@ -37,45 +66,26 @@ def plot_read(result: dict[str, Any], path: Path) -> None:
     left.set_title("requests/s (median of rounds)", fontsize=10)
     left.set_ylim(0, max(rps) * 1.15)
 
-    x = list(range(len(names)))
-    width = 0.38
-    p50 = [median[n]["p50_ms"] for n in names]
     p99 = [median[n]["p99_ms"] for n in names]
-    b50 = right.bar([i - width / 2 for i in x], p50, width, label="p50", color="#4a4a4a")
-    b99 = right.bar([i + width / 2 for i in x], p99, width, label="p99", color="#c0c0c0")
-    right.bar_label(b50, labels=[f"{v:.1f}" for v in p50], fontsize=8)
-    right.bar_label(b99, labels=[f"{v:.1f}" for v in p99], fontsize=8)
-    right.set_xticks(x, labels)
+    _latency_bars(right, labels, [median[n]["p50_ms"] for n in names], p99)
     right.set_title("latency, ms (median of rounds)", fontsize=10)
     right.set_ylim(0, max(p99) * 1.15)
     right.legend(fontsize=8)
 
     env = result["environment"]
     params = env["wrk_params"]
-    fig.suptitle(
+    title = (
         f"capstan bench read — wrk -t{params['threads']} -c{params['connections']} "
         f"-d{params['duration_s']}s x{params['rounds']}, {env['cpu_count']} CPUs, "
-        f"{(env['git']['commit'] or 'unknown')[:8]}",
-        fontsize=10,
+        f"{_commit(env)}"
     )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, title, path)
 
 
 def plot_events(result: dict[str, Any], path: Path) -> None:
     """Two panels per offered rate: p50/p99 commit → done latency (log scale, with the
     100 ms target), and the write rate achieved (sustained steps in green)."""
-    try:
-        matplotlib: Any = importlib.import_module("matplotlib")
-    except ImportError as exc:
-        raise MissingMatplotlib(
-            "`capstan bench plot` needs matplotlib: `.venv/bin/pip install matplotlib`"
-        ) from exc
-    matplotlib.use("Agg")
-    plt: Any = importlib.import_module("matplotlib.pyplot")
-
+    plt = _pyplot()
     steps = [s for s in result["steps"] if s["latency"]["p50_ms"] is not None]
     labels = [f"{s['offered_rate']:,}/s" for s in steps]
     x = list(range(len(steps)))
@@ -90,10 +100,10 @@ def plot_events(result: dict[str, Any], path: Path) -> None:
         left.annotate(f"{a:,.0f}", (i, a), textcoords="offset points", xytext=(6, -10), fontsize=7)
         left.annotate(f"{b:,.0f}", (i, b), textcoords="offset points", xytext=(6, 4), fontsize=7)
     target = result["target"]
-    left.axhline(target["p99_ms_below"], color="#d9822b", linestyle="--", linewidth=1)
+    left.axhline(target["p99_ms_below"], color=TARGET_COLOR, linestyle="--", linewidth=1)
     left.text(
         0, target["p99_ms_below"] * 1.15, f"target: p99 < {target['p99_ms_below']:g} ms at "
-        f"{target['rate']}/s", fontsize=7, color="#d9822b",
+        f"{target['rate']}/s", fontsize=7, color=TARGET_COLOR,
     )  # fmt: skip
     left.set_yscale("log")
     left.set_ylim(min([*p50, target["p99_ms_below"]]) / 2, max([*p99, 100.0]) * 3)
@@ -116,14 +126,10 @@ def plot_events(result: dict[str, Any], path: Path) -> None:
 
     env = result["environment"]
     best = result["max_sustained_rate"]
-    fig.suptitle(
+    title = (
         f"capstan bench events — {env['params']['duration_s']}s per rate, "
         f"{env['cpu_count']} CPUs, max sustained "
         f"{'none' if best is None else f'{best:,.0f}/s'}, "
-        f"{(env['git']['commit'] or 'unknown')[:8]}",
-        fontsize=10,
+        f"{_commit(env)}"
     )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, title, path)

@@ -15,17 +15,10 @@ under bench/results/. See bench/README.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib.metadata
 import json
-import os
-import platform
 import resource
-import secrets
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,33 +29,41 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from capstan.bench.common import (
-    Backends,
     BenchError,
-    admin,
+    ScratchDatabase,
     check_backends,
-    cpu_seconds,
+    child_env,
+    err,
+    forget_keys,
     free_port,
     git_commit,
-    redact,
+    out,
+    remove_tree,
     resolve_backends,
-    seed_tenant,
     sigterm_as_interrupt,
-    with_database,
 )
+from capstan.bench.cpu import cpu_seconds
 from capstan.bench.events import events as events_command
+from capstan.bench.processes import ChildProcess, Samples, capstan_command, stop_all
+from capstan.bench.report import (
+    default_output,
+    event_loop,
+    machine_environment,
+    measured,
+    print_invalid,
+    progress_bar,
+    publish,
+    result_header,
+)
+from capstan.bench.tasks import tasks as tasks_command
 from capstan.bench.wrk import WrkOutputError, WrkResult, parse_wrk, wrk_command, wrk_path
 
 app = typer.Typer(help="Benchmarks against the production backends on this machine.")
 app.command("events")(events_command)  # `capstan bench events`: src/capstan/bench/events.py
-app.command("tasks")(__import__("capstan.bench.tasks").bench.tasks.tasks)  # bench/tasks.py
-
-out = Console()
-err = Console(stderr=True)
+app.command("tasks")(tasks_command)  # `capstan bench tasks`: src/capstan/bench/tasks.py
 
 # Design targets from the issue; informational: missing one does not fail the command.
 TARGET_HIT_VS_TRIVIAL = 0.70
@@ -73,6 +74,8 @@ RATE_LIMIT = 1_000_000_000  # one key is hammered: the limiter must never say no
 CACHE_TTL_SECONDS = 3600  # longer than any run, so the hit target never expires mid-run
 WRK_THREADS = 1
 WRK_TIMEOUT_S = 5
+# The counters /metrics has that `server_view` reads.
+METRIC_FAMILIES = ("capstan_http_requests", "capstan_cache_requests")
 # Unexpected cache results (e.g. a miss after someone flushed Redis) beyond this share of a
 # target's requests make the measurement invalid.
 MAX_UNEXPECTED_SHARE = 0.01
@@ -154,22 +157,6 @@ def _per_request_us(cpu_s: float, requests: int) -> float:
     return round(cpu_s / requests * 1e6, 1) if requests else 0.0
 
 
-# ---------------------------------------------------------------- backends
-
-
-async def _forget_keys(cache_url: str, patterns: list[str]) -> None:
-    import redis.asyncio as aioredis
-
-    client = aioredis.from_url(cache_url, socket_timeout=5, socket_connect_timeout=5)
-    try:
-        for pattern in patterns:
-            keys = [k async for k in client.scan_iter(match=pattern, count=1000)]
-            if keys:
-                await client.delete(*keys)
-    finally:
-        await client.aclose()
-
-
 # ---------------------------------------------------------------- the API process
 
 
@@ -178,29 +165,17 @@ def _children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-class Api:
-    """`capstan api` in its own process (own session: Ctrl-C reaches us, we stop it)."""
+class Api(ChildProcess):
+    """`capstan api` in its own process (own session: Ctrl-C reaches us, we stop it); its
+    /metrics are on its own port."""
+
+    stop_grace_s = 15.0
 
     def __init__(self, env: dict[str, str], port: int, log_path: Path) -> None:
         self.port = port
         self.base = f"http://127.0.0.1:{port}"
-        self.command = [sys.executable, "-m", "capstan.cli.main", "api", "--port", str(port)]
-        self._log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            self.command,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        command = capstan_command("api", "--port", str(port))
+        super().__init__("api", command, env, log_path, metrics_port=port)
 
     def wait_ready(self, timeout_s: float = 60) -> dict[str, Any]:
         import httpx
@@ -224,41 +199,16 @@ class Api:
             time.sleep(0.2)
         raise BenchError(f"the API was not ready within {timeout_s:g}s (last: {last})")
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-
 
 # ---------------------------------------------------------------- server-side checks
 
 
-def _scrape(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Counters from /metrics, keyed by (sample name, sorted labels)."""
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(base + "/metrics", timeout=10).text
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name not in ("capstan_http_requests", "capstan_cache_requests"):
-            continue
-        for s in family.samples:
-            if s.name.endswith("_total"):
-                samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return samples
+def _scrape(api: Api) -> Samples:
+    """The counters `server_view` reads."""
+    return asyncio.run(api.scrape(METRIC_FAMILIES, suffix="_total"))
 
 
-def server_view(
-    target: Target,
-    before: dict[tuple[str, tuple[tuple[str, str], ...]], float],
-    after: dict[tuple[str, tuple[tuple[str, str], ...]], float],
-) -> dict[str, Any]:
+def server_view(target: Target, before: Samples, after: Samples) -> dict[str, Any]:
     """What the API counted between two scrapes: statuses on the route, cache results."""
     statuses: dict[str, int] = {}
     cache: dict[str, int] = {}
@@ -303,19 +253,11 @@ def _environment(wrk: str, versions: dict[str, str], opts: Options) -> dict[str,
 
     from capstan.bench.wrk import wrk_version
 
-    try:
-        loop = f"uvloop {importlib.metadata.version('uvloop')}"
-    except importlib.metadata.PackageNotFoundError:
-        loop = "asyncio"
     return {
-        "started_at": opts.started_at.isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "platform": platform.platform(),
-        "python": platform.python_version(),
+        **machine_environment(opts.started_at),
         "uvicorn": uvicorn.__version__,
         "fastapi": fastapi.__version__,
-        "event_loop": loop,
+        "event_loop": event_loop(),
         "wrk": wrk_version(wrk),
         "backends": versions,
         "git": git_commit(),
@@ -385,33 +327,28 @@ def measure(opts: Options) -> dict[str, Any]:
     versions = asyncio.run(check_backends(backends))
     environment = _environment(wrk, versions, opts)
 
-    scratch = f"capstan_bench_{secrets.token_hex(4)}"
-    scratch_url = with_database(backends.database_url, scratch)
+    scratch = ScratchDatabase(backends.database_url)
     api: Api | None = None
-    created_db = False
     forget: list[str] = []
     workdir = Path(tempfile.mkdtemp(prefix="capstan-bench-"))
     try:
         with sigterm_as_interrupt():
-            err.print(f"scratch database [bold]{scratch}[/bold] on {redact(scratch_url)}")
-            asyncio.run(admin(backends.database_url, f'CREATE DATABASE "{scratch}"'))
-            created_db = True
-            tenant_id, key_id, key = asyncio.run(seed_tenant(scratch_url))
+            tenant_id, key_id, key = scratch.create()
             forget = [f"capstan:{tenant_id}:*", f"capstan:ratelimit:{key_id}"]
 
             port = free_port()
-            env = {
-                **os.environ,
-                "CAPSTAN_DATABASE_URL": scratch_url,
-                "CAPSTAN_CACHE_URL": backends.cache_url,
-                "CAPSTAN_BROKER_URL": "memory://",
-                "CAPSTAN_DATA_DIR": str(workdir / "data"),
-                "CAPSTAN_LOG_LEVEL": API_LOG_LEVEL,
-                "CAPSTAN_RATE_LIMIT_PER_MINUTE": str(RATE_LIMIT),
-                "CAPSTAN_RATE_LIMIT_BURST": str(RATE_LIMIT),
-                "CAPSTAN_CACHE_TTL_SECONDS": str(CACHE_TTL_SECONDS),
-            }
-            env.pop("CAPSTAN_SEARCH_URL", None)
+            env = child_env(
+                {
+                    "CAPSTAN_DATABASE_URL": scratch.url,
+                    "CAPSTAN_CACHE_URL": backends.cache_url,
+                    "CAPSTAN_BROKER_URL": "memory://",
+                    "CAPSTAN_DATA_DIR": str(workdir / "data"),
+                    "CAPSTAN_LOG_LEVEL": API_LOG_LEVEL,
+                    "CAPSTAN_RATE_LIMIT_PER_MINUTE": str(RATE_LIMIT),
+                    "CAPSTAN_RATE_LIMIT_BURST": str(RATE_LIMIT),
+                    "CAPSTAN_CACHE_TTL_SECONDS": str(CACHE_TTL_SECONDS),
+                }
+            )
             api = Api(env, port, workdir / "api.log")
             err.print(
                 f"API: `capstan api --port {port}` (pid {api.proc.pid}, one process, "
@@ -449,11 +386,11 @@ def measure(opts: Options) -> dict[str, Any]:
             )
             runs = _drive(wrk, api, opts, doc_id, auth)
     finally:
-        _cleanup(api, backends, scratch if created_db else None, forget)
-        with contextlib.suppress(OSError):
-            for child in sorted(workdir.rglob("*"), reverse=True):
-                child.unlink() if child.is_file() else child.rmdir()
-            workdir.rmdir()
+        stop_all([api] if api is not None else [])
+        if forget:
+            forget_keys(backends.cache_url, forget)
+        scratch.drop()
+        remove_tree(workdir)
     return summarize(environment, runs)
 
 
@@ -472,14 +409,7 @@ def _drive(wrk: str, api: Api, opts: Options, doc_id: str, auth: dict[str, str])
     steps = opts.rounds * len(TARGETS)
     total_s = steps * (opts.warmup + opts.duration)
     runs: list[Run] = []
-    with Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=False,
-    ) as progress:
+    with progress_bar(percent=True) as progress:
         task = progress.add_task("starting", total=total_s)
         done = 0.0
         for rnd in range(1, opts.rounds + 1):
@@ -508,11 +438,11 @@ def _drive(wrk: str, api: Api, opts: Options, doc_id: str, auth: dict[str, str])
                     _run_wrk(cmd(opts.warmup), opts.warmup, tick)
                     done += opts.warmup
                 progress.update(task, description=f"round {rnd}/{opts.rounds} {t.name}: measure")
-                before = _scrape(api.base)
+                before = _scrape(api)
                 cpu_before = cpu_seconds(api.proc.pid)
                 raw, wrk_cpu = _run_wrk(cmd(opts.duration), opts.duration, partial(tick, base=done))
                 api_cpu = cpu_seconds(api.proc.pid) - cpu_before
-                after = _scrape(api.base)
+                after = _scrape(api)
                 done += opts.duration
                 try:
                     result = parse_wrk(raw)
@@ -530,25 +460,6 @@ def _drive(wrk: str, api: Api, opts: Options, doc_id: str, auth: dict[str, str])
                     raise BenchError(f"the API exited during the run:\n{api.log_tail()}")
         progress.update(task, description="done", completed=total_s)
     return runs
-
-
-def _cleanup(api: Api | None, b: Backends, scratch: str | None, forget: list[str]) -> None:
-    if api is not None:
-        try:
-            api.stop()
-        except Exception as exc:
-            err.print(f"[red]could not stop the API (pid {api.proc.pid}): {exc}[/red]")
-    if forget:
-        try:
-            asyncio.run(_forget_keys(b.cache_url, forget))
-        except Exception as exc:
-            err.print(f"[yellow]could not remove the bench's Redis keys: {exc}[/yellow]")
-    if scratch is not None:
-        try:
-            asyncio.run(admin(b.database_url, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)'))
-            err.print(f"dropped scratch database {scratch}")
-        except Exception as exc:
-            err.print(f"[red]could not drop scratch database {scratch}: {exc}[/red]")
 
 
 # ---------------------------------------------------------------- results
@@ -606,12 +517,7 @@ def summarize(environment: dict[str, Any], runs: list[Run]) -> dict[str, Any]:
         if not r.valid
     ]
     return {
-        "benchmark": "read",
-        "started_at": environment.pop("started_at"),
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "valid": not invalid,
-        "invalid_reasons": invalid,
-        "environment": environment,
+        **result_header("read", environment, invalid),
         "median": median,
         "ratios": ratios,
         "runs": [r.to_dict() for r in runs],
@@ -665,14 +571,7 @@ def render(result: dict[str, Any]) -> None:
         f"rate limit raised to {api['rate_limit_per_minute']:,}/min; "
         f"{result['environment']['cpu_count']} CPUs shared by wrk, the API, PostgreSQL and Redis."
     )
-    if not result["valid"]:
-        out.print("[red]INVALID measurement:[/red]")
-        for reason in result["invalid_reasons"]:
-            out.print(f"  [red]{reason}[/red]")
-
-
-def default_output(now: datetime) -> Path:
-    return Path("bench/results") / f"read-{now.strftime('%Y%m%dT%H%M%SZ')}.json"
+    print_invalid(result)
 
 
 @app.command("read")
@@ -691,21 +590,12 @@ def read(
     """Requests/s, p50 and p99 of /healthz, a cached document read and the PostgreSQL read."""
     now = datetime.now(UTC)
     opts = Options(duration, connections, warmup, rounds, now)
-    try:
-        result = measure(opts)
-    except BenchError as exc:
-        err.print(f"[red]bench read: {exc}[/red]")
-        raise typer.Exit(2) from exc
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted; the API and the scratch database were cleaned up[/yellow]")
-        raise typer.Exit(130) from None
-    path = output or default_output(now)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    render(result)
-    out.print(f"results: {path}")
-    if not result["valid"]:
-        raise typer.Exit(1)
+    result = measured(
+        "read",
+        lambda: measure(opts),
+        cleaned_up="the API and the scratch database were cleaned up",
+    )
+    publish(result, output or default_output("read", now), render)
 
 
 @app.command("plot")

@@ -23,19 +23,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from capstan.bench.common import (
     BenchError,
     admin,
+    err,
     git_commit,
     redact,
     resolve_backends,
     seed_tenant,
     with_database,
 )
+from capstan.bench.latency import nearest_percentile
+from capstan.bench.report import default_output, write_json
 
-err = Console(stderr=True)
 MIX = ("text", "text+filters", "filters")
 
 
@@ -47,11 +48,6 @@ def _vocabulary(rng: random.Random, n: int = 3000) -> list[str]:
             "".join(rng.choice(consonants) + rng.choice(vowels) for _ in range(rng.randint(2, 4)))
         )
     return sorted(words)
-
-
-def _percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 async def _insert(
@@ -212,14 +208,14 @@ async def _run(docs: int, queries: int, seed: int) -> dict[str, Any]:
                     latencies.setdefault(kind, {})[way] = samples
                     engines_seen[f"{kind}/{way}"] = seen
                     err.print(
-                        f"{kind:13} {way:13} p50 {_percentile(samples, 50):7.2f} ms  "
-                        f"p99 {_percentile(samples, 99):7.2f} ms"
+                        f"{kind:13} {way:13} p50 {nearest_percentile(samples, 50):7.2f} ms  "
+                        f"p99 {nearest_percentile(samples, 99):7.2f} ms"
                     )
         summary = {
             kind: {
                 way: {
-                    "p50_ms": round(_percentile(s, 50), 2),
-                    "p99_ms": round(_percentile(s, 99), 2),
+                    "p50_ms": round(nearest_percentile(s, 50), 2),
+                    "p99_ms": round(nearest_percentile(s, 99), 2),
                     "mean_ms": round(statistics.fmean(s), 2),
                     "n": len(s),
                 }
@@ -291,10 +287,7 @@ def search_command(
     except BenchError as exc:
         err.print(f"[red]bench search: {exc}[/red]")
         raise typer.Exit(2) from exc
-    path = output or Path("bench/results") / (
-        f"search-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = output or default_output("search", datetime.now(UTC))
+    write_json(path, result)
     typer.echo(json.dumps({"indexing": result["indexing"], "queries": result["queries"]}, indent=2))
     err.print(f"results: {path}")

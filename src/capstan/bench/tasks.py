@@ -55,6 +55,7 @@ from rich.table import Table
 from capstan.bench.common import (
     Backends,
     BenchError,
+    _delete_keys,
     admin,
     check_backends,
     free_port,
@@ -65,19 +66,16 @@ from capstan.bench.common import (
     sigterm_as_interrupt,
     with_database,
 )
-from capstan.bench.events import (
-    _check_amqp,
-    _delete_namespace,
-    _forget_keys,
-    _leftovers,
-    _max_outbox_id,
-    _run,
-    _server_cpu,
-    _system_cpu,
-    _wait_consumers,
-    resolve_amqp,
-)
+from capstan.bench.common import run_async as _run
+from capstan.bench.cpu import server_cpu as _server_cpu
+from capstan.bench.cpu import system_cpu as _system_cpu
 from capstan.bench.latency import expected_subscribers, summary_ms
+from capstan.bench.outbox import max_outbox_id as _max_outbox_id
+from capstan.bench.rabbitmq import check_amqp as _check_amqp
+from capstan.bench.rabbitmq import delete_names as _delete_namespace
+from capstan.bench.rabbitmq import leftovers as _leftovers
+from capstan.bench.rabbitmq import resolve_amqp
+from capstan.bench.rabbitmq import wait_consumers as _wait_consumers
 
 if TYPE_CHECKING:
     from capstan.container import Container
@@ -1018,7 +1016,7 @@ def _cleanup(
     _retrying(lambda: _delete_broker_names(amqp_url, namespace), f"broker namespace {namespace}")
     if tenant_id is not None:
         with contextlib.suppress(Exception):
-            asyncio.run(_forget_keys(b.cache_url, f"capstan:{tenant_id}:*"))
+            asyncio.run(_delete_keys(b.cache_url, [f"capstan:{tenant_id}:*"]))
     if scratch is not None:
         drop = f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)'
         if _retrying(lambda: asyncio.run(admin(b.database_url, drop)), f"database {scratch}"):
