@@ -8,17 +8,15 @@ from typing import Any
 
 import pytest
 
-from capstan.bench.tasks import (
-    CELERY_INSTALL,
-    celery_backend_url,
+from capstan.bench.ceiling import task_message_body
+from capstan.bench.cpu import session_cpu
+from capstan.bench.tasks import CELERY_INSTALL, celery_backend_url, missing_celery
+from capstan.bench.tasks_report import (
     cpu_ms_per_task,
     median_of,
-    missing_celery,
     rate,
     ratio,
-    session_cpu,
     summarize,
-    task_message_body,
     verdict,
 )
 

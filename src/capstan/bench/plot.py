@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from capstan.bench.report import fmt
+
 ORDER = ("trivial", "hit", "db")
 COLORS = ("#8c8c8c", "#2f7ed8", "#d9822b")
 LABELS = {"trivial": "trivial\n/healthz", "hit": "hit\n(Redis)", "db": "db\n(PostgreSQL)"}
@@ -131,5 +133,37 @@ def plot_events(result: dict[str, Any], path: Path) -> None:
         f"{env['cpu_count']} CPUs, max sustained "
         f"{'none' if best is None else f'{best:,.0f}/s'}, "
         f"{_commit(env)}"
+    )
+    _save(plt, fig, title, path)
+
+
+def plot_tasks(result: dict[str, Any], path: Path) -> None:
+    """Two panels: median tasks/s of the three (log scale), and idle p50/p99 latency."""
+    plt = _pyplot("the chart")
+    med, lat, env = result["median"], result["latency"], result["environment"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
+    names = ["Capstan", "Celery", "ceiling\n(aio-pika)"]
+    values = [med[s]["tasks_per_s"] or 0 for s in ("capstan", "celery", "ceiling")]
+    bars = left.bar(names, values, color=["#2f7ed8", "#3a9a4a", "#8c8c8c"])
+    left.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=8)
+    left.set_yscale("log")
+    left.set_ylim(max(min(v for v in values if v) / 3, 1), max(values) * 3)
+    left.set_title("no-op tasks/s, submit → result committed (log)", fontsize=10)
+
+    sides = ("capstan", "celery")
+    p50 = [lat[s]["p50_ms"] or 0 for s in sides]
+    p99 = [lat[s]["p99_ms"] or 0 for s in sides]
+    _latency_bars(right, ["Capstan", "Celery"], p50, p99)
+    target = result["targets"]["idle_submit_to_running_p50_ms"]["below"]
+    right.axhline(target, color=TARGET_COLOR, linestyle="--", linewidth=1)
+    right.text(-0.4, target * 1.05, f"target p50 < {target:g} ms", fontsize=7, color=TARGET_COLOR)
+    right.set_title("idle submit → running, ms", fontsize=10)
+    right.legend(fontsize=8)
+    ratios = result["ratios"]
+    title = (
+        f"capstan bench tasks — concurrency {env['params']['concurrency']}, "
+        f"{env['params']['tasks']:,} tasks x {env['params']['rounds']} rounds, "
+        f"Capstan/Celery {fmt(ratios['capstan_vs_celery'], '.2f')}x, "
+        f"{env['cpu_count']} CPUs, {_commit(env)}"
     )
     _save(plt, fig, title, path)
