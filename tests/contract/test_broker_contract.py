@@ -150,6 +150,55 @@ async def test_a_retry_comes_back_later_to_that_queue_only(setup: Setup) -> None
     assert inbox_other.got == [("document.updated", sent.message_id, 1)]
 
 
+async def test_an_uncounted_retry_keeps_the_attempt_number(setup: Setup) -> None:
+    spec = setup.spec("document.*")
+    got: list[int] = []
+    done = asyncio.Event()
+
+    async def handler(delivery: Delivery) -> None:
+        got.append(delivery.attempt)
+        if len(got) == 1:
+            await delivery.retry(100)  # counted: the handler failed
+        elif len(got) <= 3:
+            await delivery.retry(100, count_attempt=False)  # e.g. a backend is down
+        else:
+            await delivery.ack()
+            done.set()
+
+    consumer = await setup.broker.consume(spec, handler, prefetch=1)
+    await setup.publish("document.updated")
+    await asyncio.wait_for(done.wait(), 10)
+    await asyncio.sleep(0.3)  # room for a stray copy to show up
+    await consumer.stop()
+    assert got == [1, 2, 2, 2]
+    assert await setup.broker.dead_letters(spec) == []
+
+
+async def test_an_uncounted_retry_comes_back_to_that_queue_only(setup: Setup) -> None:
+    retrying, other = setup.spec("document.*"), setup.spec("document.*")
+    got: list[tuple[str, int]] = []
+
+    async def handler(delivery: Delivery) -> None:
+        got.append((delivery.message.message_id, delivery.attempt))
+        if len(got) == 1:
+            await delivery.retry(300, count_attempt=False)
+        else:
+            await delivery.ack()
+
+    inbox_other = Inbox()
+    consumers = [
+        await setup.broker.consume(retrying, handler, prefetch=1),
+        await setup.broker.consume(other, inbox_other, prefetch=1),
+    ]
+    [sent] = await setup.publish("document.deleted")
+    await _until(lambda: len(got) >= 2)
+    await asyncio.sleep(0.3)
+    for consumer in consumers:
+        await consumer.stop()
+    assert got == [(sent.message_id, 1), (sent.message_id, 1)]
+    assert inbox_other.got == [("document.deleted", sent.message_id, 1)]
+
+
 async def test_dead_letters_are_kept_inspectable_and_requeueable(setup: Setup) -> None:
     spec = setup.spec("task.*")
     dead_inbox = Inbox("dead")

@@ -53,10 +53,10 @@ class _MemoryDelivery:
     async def ack(self) -> None:
         self.settled = True
 
-    async def retry(self, delay_ms: int) -> None:
+    async def retry(self, delay_ms: int, *, count_attempt: bool = True) -> None:
         self.settled = True
         tier = self._queue.spec.retry_tier(delay_ms)
-        item = (self._message, self._attempt + 1)
+        item = (self._message, self._attempt + 1 if count_attempt else self._attempt)
         self._broker._later(tier / 1000, lambda: self._queue.put(item))
 
     async def dead_letter(self, reason: str) -> None:

@@ -57,13 +57,19 @@ class Delivery(Protocol):
 
     @property
     def attempt(self) -> int:
-        """1 on first delivery; retries count up (redeliveries after a crash do not)."""
+        """1 on first delivery; counted retries count up (uncounted retries and redeliveries
+        after a crash do not)."""
         ...
 
     async def ack(self) -> None: ...
 
-    async def retry(self, delay_ms: int) -> None:
-        """Deliver again to this queue only, after about `delay_ms`."""
+    async def retry(self, delay_ms: int, *, count_attempt: bool = True) -> None:
+        """Deliver again to this queue only, after about `delay_ms`.
+
+        The redelivery carries `attempt + 1`, or the same `attempt` with
+        `count_attempt=False`: for a retry that says nothing about the message (a backend it
+        needs is down, a worker hands it back while draining), so it never brings the message
+        closer to its dead letter."""
         ...
 
     async def dead_letter(self, reason: str) -> None: ...

@@ -64,9 +64,10 @@ class _RabbitDelivery:
     async def ack(self) -> None:
         await self._incoming.ack()
 
-    async def retry(self, delay_ms: int) -> None:
+    async def retry(self, delay_ms: int, *, count_attempt: bool = True) -> None:
         tier = self._spec.retry_tier(delay_ms)
-        headers = {**self._message.headers, ATTEMPT_HEADER: self._attempt + 1}
+        attempt = self._attempt + 1 if count_attempt else self._attempt
+        headers = {**self._message.headers, ATTEMPT_HEADER: attempt}
         await self._broker._publish_to_queue(
             f"{self._spec.name}.retry.{tier}", self._message, headers
         )
