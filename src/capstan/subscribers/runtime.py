@@ -138,13 +138,19 @@ class SubscriberRunner:
     async def _failed(self, delivery: Delivery, event: Event, exc: Exception) -> None:
         name = self.name
         if _outage(exc):
-            # A backend being down says nothing about this event: wait for it (longest tier)
-            # without spending the event's attempts, so an outage never dead-letters events.
+            # A backend being down says nothing about this event: retry it uncounted, so
+            # however long the outage lasts it never dead-letters the event, and at the
+            # longest tier, so a down backend is not hammered.
             log.warning(
                 "backend unavailable, event retried later",
-                extra={"subscriber": name, "event_id": event.id, "error": repr(exc)},
+                extra={
+                    "subscriber": name,
+                    "event_id": event.id,
+                    "attempt": delivery.attempt,
+                    "error": repr(exc),
+                },
             )
-            await delivery.retry(self._max_delay_ms)
+            await delivery.retry(self._max_delay_ms, count_attempt=False)
             self._metrics.events_consumed.labels(name, "retried").inc()
             return
         if delivery.attempt >= self._max_attempts:

@@ -92,7 +92,9 @@ class Worker:
 
     async def on_delivery(self, delivery: Delivery) -> None:
         if self._draining:
-            await delivery.retry(0)  # someone else's, or ours after restart
+            # Someone else's, or ours after restart. Not an attempt: the task row counts
+            # attempts, and handing a message back says nothing about it.
+            await delivery.retry(0, count_attempt=False)
             return
         try:
             task_id = str(json.loads(delivery.message.body)["task_id"])
@@ -106,7 +108,7 @@ class Worker:
                 if not is_database_down(exc):
                     raise
                 log.warning("claim failed, message retried later", extra={"error": repr(exc)})
-                await delivery.retry(1000)
+                await delivery.retry(1000, count_attempt=False)  # the database is down
                 return
             if task is None:
                 await delivery.ack()  # finished, cancelled, or running elsewhere: nothing to do
