@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -197,6 +198,75 @@ async def test_an_uncounted_retry_comes_back_to_that_queue_only(setup: Setup) ->
         await consumer.stop()
     assert got == [(sent.message_id, 1), (sent.message_id, 1)]
     assert inbox_other.got == [("document.deleted", sent.message_id, 1)]
+
+
+@pytest.mark.parametrize("settle", ["ack", "retry", "retry-uncounted", "dead_letter"])
+async def test_settling_after_the_consumer_stopped_leaves_the_message_to_redelivery(
+    setup: Setup, settle: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A draining worker hands messages back while its consumer's channel closes: that raises
+    # nothing, copies nothing, and the message comes back once, as it was.
+    caplog.set_level(logging.DEBUG, logger="capstan.broker")
+    spec = setup.spec("document.*")
+    held: list[Delivery] = []
+
+    async def hold(delivery: Delivery) -> None:
+        held.append(delivery)
+        await asyncio.sleep(3600)
+
+    consumer = await setup.broker.consume(spec, hold, prefetch=1)
+    [sent] = await setup.publish("document.created")
+    await _until(lambda: bool(held))
+    await consumer.stop()
+
+    stale = held[0]
+    if settle == "ack":
+        await stale.ack()
+    elif settle == "retry":
+        await stale.retry(100)
+    elif settle == "retry-uncounted":
+        await stale.retry(100, count_attempt=False)
+    else:
+        await stale.dead_letter("too late")
+    assert any(
+        "left for redelivery" in r.getMessage() and r.levelno == logging.DEBUG
+        for r in caplog.records
+    )
+
+    again = Inbox()
+    consumer = await setup.broker.consume(spec, again, prefetch=1)
+    await again.wait_for(1)
+    await asyncio.sleep(0.5)  # past the retry tier: a copy would show up
+    await consumer.stop()
+    assert again.got == [("document.created", sent.message_id, 1)]
+    assert await setup.broker.dead_letters(spec) == []
+
+
+async def test_stopping_a_consumer_while_it_hands_messages_back_is_quiet_and_loses_nothing(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A worker draining on shutdown: every delivery is handed back (`retry(0)`) while its
+    # consumer stops. Settles racing the channel's close must neither fail the callback
+    # ("Consumer callback failed") nor make RabbitMQ drop the connection (504).
+    spec = setup.spec("task.*")
+
+    async def hand_back(delivery: Delivery) -> None:
+        await delivery.retry(0, count_attempt=False)
+
+    consumer = await setup.broker.consume(spec, hand_back, prefetch=8)
+    sent = await setup.publish(*["task.run"] * 300)
+    await asyncio.sleep(0.15)
+    await consumer.stop()
+    await asyncio.sleep(0.2)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+    await setup.broker.ping()
+
+    everything = Inbox()
+    consumer = await setup.broker.consume(spec, everything, prefetch=50)
+    await _until(lambda: {g[1] for g in everything.got} >= {m.message_id for m in sent})
+    await consumer.stop()
+    assert {attempt for _, _, attempt in everything.got} == {1}
 
 
 async def test_dead_letters_are_kept_inspectable_and_requeueable(setup: Setup) -> None:

@@ -35,11 +35,19 @@ class _Queue:
 
 
 class _MemoryDelivery:
-    def __init__(self, broker: MemoryBroker, queue: _Queue, message: Message, attempt: int):
+    def __init__(
+        self,
+        broker: MemoryBroker,
+        queue: _Queue,
+        message: Message,
+        attempt: int,
+        consumer: _MemoryConsumer,
+    ):
         self._broker = broker
         self._queue = queue
         self._message = message
         self._attempt = attempt
+        self._consumer = consumer
         self.settled = False
 
     @property
@@ -51,25 +59,44 @@ class _MemoryDelivery:
         return self._attempt
 
     async def ack(self) -> None:
+        if self._consumer_gone("ack"):
+            return
         self.settled = True
 
     async def retry(self, delay_ms: int, *, count_attempt: bool = True) -> None:
+        if self._consumer_gone("retry"):
+            return
         self.settled = True
         tier = self._queue.spec.retry_tier(delay_ms)
         item = (self._message, self._attempt + 1 if count_attempt else self._attempt)
         self._broker._later(tier / 1000, lambda: self._queue.put(item))
 
     async def dead_letter(self, reason: str) -> None:
+        if self._consumer_gone("dead letter"):
+            return
         self.settled = True
         headers = {**self._message.headers, "x-capstan-death-reason": reason}
         self._queue.dead.append(_with_headers(self._message, headers))
 
+    def _consumer_gone(self, what: str) -> bool:
+        # Like a closed AMQP channel: stopping the consumer already put the unsettled
+        # message back in the queue (see `consume`), so settling now would copy it.
+        if not self._consumer.stopped:
+            return False
+        log.debug(
+            "consumer stopped, message left for redelivery",
+            extra={"queue": self._queue.spec.name, "settle": what},
+        )
+        return True
+
 
 class _MemoryConsumer:
-    def __init__(self, tasks: list[asyncio.Task[None]]) -> None:
-        self._tasks = tasks
+    def __init__(self) -> None:
+        self._tasks: list[asyncio.Task[None]] = []
+        self.stopped = False
 
     async def stop(self) -> None:
+        self.stopped = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -123,11 +150,12 @@ class MemoryBroker:
     async def consume(self, spec: QueueSpec, handler: Handler, *, prefetch: int) -> _MemoryConsumer:
         await self.declare(spec)
         queue = self._queues[spec.name]
+        consumer = _MemoryConsumer()
 
         async def worker() -> None:
             while True:
                 message, attempt = await queue.get()
-                delivery = _MemoryDelivery(self, queue, message, attempt)
+                delivery = _MemoryDelivery(self, queue, message, attempt, consumer)
                 item = (message, attempt)
                 try:
                     await handler(delivery)
@@ -145,7 +173,8 @@ class MemoryBroker:
                         queue.put(item)
 
         workers = 1 if spec.single_active else prefetch
-        return _MemoryConsumer([asyncio.create_task(worker()) for _ in range(workers)])
+        consumer._tasks = [asyncio.create_task(worker()) for _ in range(workers)]
+        return consumer
 
     async def queue_depth(self, queue: str) -> int:
         if queue in self._queues:

@@ -50,7 +50,11 @@ class QueueSpec:
 
 
 class Delivery(Protocol):
-    """One received message; exactly one of ack, retry or dead_letter settles it."""
+    """One received message; exactly one of ack, retry or dead_letter settles it.
+
+    Settling once the consumer is stopping, or has lost its channel, raises nothing: a retry
+    or dead letter asked for then is not carried out, and a message not acked goes back to
+    the queue, to be delivered again as it was."""
 
     @property
     def message(self) -> Message: ...

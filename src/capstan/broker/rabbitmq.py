@@ -35,13 +35,27 @@ ATTEMPT_HEADER = "x-capstan-attempt"
 REASON_HEADER = "x-capstan-death-reason"
 # How long a call waits for a first connection before reporting the broker unavailable.
 CONNECT_WAIT_SECONDS = 10.0
+# What acking on a channel that is closing or closed raises. RabbitMQ hands every message
+# that channel did not ack back to its queue, so there is nothing left to do.
+_CHANNEL_GONE = (
+    aio_pika.exceptions.ChannelInvalidStateError,
+    aio_pika.exceptions.ChannelClosed,
+    aio_pika.exceptions.ConnectionClosed,
+)
 
 
 class _RabbitDelivery:
-    def __init__(self, broker: RabbitBroker, spec: QueueSpec, incoming: AbstractIncomingMessage):
+    def __init__(
+        self,
+        broker: RabbitBroker,
+        spec: QueueSpec,
+        incoming: AbstractIncomingMessage,
+        consumer: _RabbitConsumer | None = None,
+    ):
         self._broker = broker
         self._spec = spec
         self._incoming = incoming
+        self._consumer = consumer
         headers = dict(incoming.headers or {})
         self._attempt = int(str(headers.get(ATTEMPT_HEADER, 1)))
         self._message = Message(
@@ -62,32 +76,78 @@ class _RabbitDelivery:
         return self._attempt
 
     async def ack(self) -> None:
-        await self._incoming.ack()
+        await self._ack("ack")
 
     async def retry(self, delay_ms: int, *, count_attempt: bool = True) -> None:
+        if self._channel_closing("retry"):
+            return
         tier = self._spec.retry_tier(delay_ms)
         attempt = self._attempt + 1 if count_attempt else self._attempt
         headers = {**self._message.headers, ATTEMPT_HEADER: attempt}
         await self._broker._publish_to_queue(
             f"{self._spec.name}.retry.{tier}", self._message, headers
         )
-        await self._incoming.ack()
+        await self._ack("retry")
 
     async def dead_letter(self, reason: str) -> None:
+        if self._channel_closing("dead letter"):
+            return
         headers = {**self._message.headers, REASON_HEADER: reason[:1000]}
         await self._broker._publish_to_queue(self._spec.dead_letter_queue, self._message, headers)
-        await self._incoming.ack()
+        await self._ack("dead letter")
+
+    def _channel_closing(self, settle: str) -> bool:
+        """True once the consumer is stopping or its channel closed: the message goes back
+        to the queue then, so a copy published now would be delivered twice, and an ack
+        sent now could make RabbitMQ close the connection (see _RabbitConsumer.stop)."""
+        if self._consumer is None or not self._consumer.closing:
+            return False
+        self._left_for_redelivery(settle, None)
+        return True
+
+    async def _ack(self, settle: str) -> None:
+        # For a retry or dead letter whose copy is already published, leaving the message
+        # to redelivery delivers it once more: a duplicate, which consumers tolerate.
+        if self._channel_closing(settle):
+            return
+        try:
+            await self._incoming.ack()
+        except _CHANNEL_GONE as exc:
+            # Closed under us (a lost connection): not a failure of the handler, and raising
+            # would only have aiormq log "Consumer callback failed".
+            self._left_for_redelivery(settle, exc)
+
+    def _left_for_redelivery(self, settle: str, exc: BaseException | None) -> None:
+        log.debug(
+            "channel closing, message left for redelivery",
+            extra={
+                "queue": self._spec.name,
+                "message_id": self._message.message_id,
+                "settle": settle,
+                "error": repr(exc) if exc is not None else None,
+            },
+        )
 
 
 class _RabbitConsumer:
-    def __init__(self, channel: AbstractChannel, queue: AbstractQueue, tag: str) -> None:
+    def __init__(self, channel: AbstractChannel, queue: AbstractQueue) -> None:
         self._channel = channel
         self._queue = queue
-        self._tag = tag
+        self._tag: str | None = None
+        self._stopping = False
+
+    @property
+    def closing(self) -> bool:
+        return self._stopping or self._channel.is_closed
 
     async def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._queue.cancel(self._tag)
+        if self._tag is not None:
+            with contextlib.suppress(Exception):
+                await self._queue.cancel(self._tag)
+        # From here on nothing may be sent on this channel: aiormq still writes an ack
+        # between its Channel.Close and the broker's Close-Ok, and RabbitMQ answers a frame
+        # on a closed channel by closing the whole connection (504 CHANNEL_ERROR).
+        self._stopping = True
         with contextlib.suppress(Exception):
             await self._channel.close()
 
@@ -246,12 +306,13 @@ class RabbitBroker:
         channel = await conn.channel()
         await channel.set_qos(prefetch_count=prefetch)
         queue = await self._declare_on(channel, spec)
+        consumer = _RabbitConsumer(channel, queue)
 
         async def on_message(incoming: AbstractIncomingMessage) -> None:
-            await handler(_RabbitDelivery(self, spec, incoming))
+            await handler(_RabbitDelivery(self, spec, incoming, consumer))
 
-        tag = await queue.consume(on_message, no_ack=False)
-        return _RabbitConsumer(channel, queue, tag)
+        consumer._tag = await queue.consume(on_message, no_ack=False)
+        return consumer
 
     async def queue_depth(self, queue: str) -> int:
         conn = await self._ready()

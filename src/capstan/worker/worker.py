@@ -92,9 +92,7 @@ class Worker:
 
     async def on_delivery(self, delivery: Delivery) -> None:
         if self._draining:
-            # Someone else's, or ours after restart. Not an attempt: the task row counts
-            # attempts, and handing a message back says nothing about it.
-            await delivery.retry(0, count_attempt=False)
+            await self._hand_back(delivery)
             return
         try:
             task_id = str(json.loads(delivery.message.body)["task_id"])
@@ -102,6 +100,9 @@ class Worker:
             await delivery.dead_letter("malformed task message")
             return
         async with self._slots:
+            if self._draining:  # began while this message waited for a slot
+                await self._hand_back(delivery)
+                return
             try:
                 task = await self._claim(task_id)
             except Exception as exc:
@@ -133,6 +134,11 @@ class Worker:
                 )
             else:
                 await delivery.ack()
+
+    async def _hand_back(self, delivery: Delivery) -> None:
+        # Someone else's, or ours after restart. Not an attempt: the task row counts
+        # attempts, and handing a message back says nothing about it.
+        await delivery.retry(0, count_attempt=False)
 
     async def _claim(self, task_id: str) -> Task | None:
         now = datetime.now(UTC)
