@@ -80,6 +80,7 @@ def build_runner(c: Container, subscriber: Subscriber) -> SubscriberRunner:
         c.db,
         c.metrics,
         prefetch=s.subscriber_prefetch,
+        ordered_batch=s.subscriber_ordered_batch,
         max_attempts=getattr(subscriber, "max_attempts", None) or s.event_max_attempts,
         retry_delays_ms=s.event_retry_delays_ms,
         topology=c.topology,

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     # In-flight events per subscriber; each holds a database connection while it is handled,
     # so subscribers x prefetch should stay within database_pool_size.
     subscriber_prefetch: int = Field(8, ge=1)
+    # Most events an ordered subscriber (audit) applies in one transaction; one connection.
+    subscriber_ordered_batch: int = Field(64, ge=1)
     event_max_attempts: int = Field(5, ge=1)
     event_retry_delays_ms: list[int] = [1000, 5000, 30000, 120000]
     processed_events_retention_days: float = Field(7.0, gt=0)

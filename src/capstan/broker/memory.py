@@ -172,7 +172,8 @@ class MemoryBroker:
                     if not delivery.settled:
                         queue.put(item)
 
-        workers = 1 if spec.single_active else prefetch
+        # Deliveries in flight at once, as RabbitMQ's prefetch; handed out in queue order.
+        workers = prefetch
         consumer._tasks = [asyncio.create_task(worker()) for _ in range(workers)]
         return consumer
 

@@ -121,6 +121,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.subscriber_batch = Histogram(
+            "capstan_subscriber_batch_events",
+            "Events an ordered subscriber applied in one transaction (batches of 2 or more).",
+            ["subscriber"],
+            buckets=(2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        )
         self.event_latency = Histogram(
             "capstan_event_end_to_end_seconds",
             "Time from an event's creation to a subscriber having committed its effect.",

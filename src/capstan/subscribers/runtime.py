@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -11,7 +13,15 @@ from typing import ClassVar, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from capstan.broker.port import Broker, BrokerUnavailable, Consumer, Delivery, Message, QueueSpec
+from capstan.broker.port import (
+    Broker,
+    BrokerUnavailable,
+    Consumer,
+    Delivery,
+    Handler,
+    Message,
+    QueueSpec,
+)
 from capstan.db.schema import ProcessedEvent
 from capstan.db.upsert import insert_ignore
 from capstan.events.envelope import Event, MalformedEvent, parse_event
@@ -32,7 +42,8 @@ class Outcome:
 class Subscriber(Protocol):
     name: ClassVar[str]
     patterns: ClassVar[tuple[str, ...]]
-    # True when effects must follow queue order (one consumer, one message at a time).
+    # True when effects must follow queue order: one consumer, events applied one after the
+    # other (in batches that commit together, see SubscriberRunner).
     ordered: ClassVar[bool]
 
     async def handle(self, event: Event, session: AsyncSession) -> Outcome | None:
@@ -59,6 +70,7 @@ class SubscriberRunner:
         metrics: Metrics,
         *,
         prefetch: int,
+        ordered_batch: int = 64,
         max_attempts: int,
         retry_delays_ms: list[int],
         topology: Topology,
@@ -68,7 +80,18 @@ class SubscriberRunner:
         self._broker = broker
         self._db = db
         self._metrics = metrics
-        self._prefetch = 1 if subscriber.ordered else prefetch
+        # An ordered subscriber takes up to `ordered_batch` deliveries at once and applies them
+        # in queue order, in one transaction: the commit and the follow-up publish confirm are
+        # paid once per batch instead of once per event, and the broker's next delivery never
+        # waits for an ack. Batches form only when events queue up, so an idle subscriber
+        # still handles each event as soon as it arrives.
+        self._prefetch = ordered_batch if subscriber.ordered else prefetch
+        # Deliveries waiting for the ordered loop, each with the future its handler call
+        # waits on: a broker handler returns once its delivery is settled (port contract).
+        self._intake: asyncio.Queue[tuple[Delivery, asyncio.Future[None]]] = asyncio.Queue()
+        self._drainer: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._busy = False
         self._max_attempts = max_attempts
         self._base_delay_ms = min(retry_delays_ms)
         self._max_delay_ms = max(retry_delays_ms)
@@ -80,26 +103,52 @@ class SubscriberRunner:
         return self.subscriber.name
 
     async def start(self) -> None:
-        self._consumer = await self._broker.consume(
-            self.spec, self.on_delivery, prefetch=self._prefetch
-        )
+        if self.subscriber.ordered:
+            self._stopping = False
+            self._drainer = asyncio.create_task(self._drain(), name=f"ordered {self.name}")
+            handler: Handler = self._enqueue
+        else:
+            handler = self.on_delivery
+        self._consumer = await self._broker.consume(self.spec, handler, prefetch=self._prefetch)
 
     async def stop(self) -> None:
+        if self._drainer is not None:
+            # Let a batch in hand finish (bounded); what is left unacked is redelivered.
+            self._stopping = True
+            if self._busy:
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(self._drainer), 5.0)
+            self._drainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drainer
+            self._drainer = None
+            # Unsettled: the broker redelivers them (RabbitMQ) or puts them back (memory).
+            while not self._intake.empty():
+                _, settled = self._intake.get_nowait()
+                if not settled.done():
+                    settled.set_result(None)
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
 
     async def on_delivery(self, delivery: Delivery) -> None:
-        name = self.name
+        event = await self._parse(delivery)
+        if event is not None:
+            await self._handle_one(delivery, event)
+
+    async def _parse(self, delivery: Delivery) -> Event | None:
+        """The delivery's event, or None once a malformed one has been dead-lettered."""
         try:
-            event = parse_event(delivery.message.body)
+            return parse_event(delivery.message.body)
         except MalformedEvent as exc:
             log.error(
-                "malformed event dead-lettered", extra={"subscriber": name, "error": str(exc)}
+                "malformed event dead-lettered", extra={"subscriber": self.name, "error": str(exc)}
             )
             await delivery.dead_letter(f"malformed: {exc}")
-            self._metrics.events_consumed.labels(name, "dead_lettered").inc()
-            return
+            self._metrics.events_consumed.labels(self.name, "dead_lettered").inc()
+            return None
+
+    async def _handle_one(self, delivery: Delivery, event: Event) -> None:
         token = set_request_id(event.envelope.get("requestid"))
         started = time.perf_counter()
         try:
@@ -109,13 +158,75 @@ class SubscriberRunner:
             return
         finally:
             reset_request_id(token)
-        for exchange, message in outcome.publish if outcome else []:
+        await self._follow_up([outcome])
+        await delivery.ack()
+        self._done(event, fresh, started)
+
+    async def _enqueue(self, delivery: Delivery) -> None:
+        settled = asyncio.get_running_loop().create_future()
+        self._intake.put_nowait((delivery, settled))
+        await settled
+
+    async def _drain(self) -> None:
+        """The ordered subscriber's loop: whatever has arrived, in arrival order, a batch at a
+        time."""
+        while not self._stopping:
+            batch = [await self._intake.get()]
+            while len(batch) < self._prefetch and not self._intake.empty():
+                batch.append(self._intake.get_nowait())
+            self._busy = True
             try:
-                await self._broker.publish([message], exchange=exchange, mandatory=False)
+                await self._handle_batch([delivery for delivery, _ in batch])
+            except Exception:
+                # Unacked deliveries come back when the channel does; the loop must go on.
+                log.exception("ordered batch failed", extra={"subscriber": self.name})
+            finally:
+                self._busy = False
+                for _, settled in batch:
+                    if not settled.done():
+                        settled.set_result(None)
+
+    async def _handle_batch(self, deliveries: list[Delivery]) -> None:
+        parsed = [(d, await self._parse(d)) for d in deliveries]
+        events = [(d, e) for d, e in parsed if e is not None]
+        if len(events) <= 1:
+            for delivery, event in events:
+                await self._handle_one(delivery, event)
+            return
+        started = time.perf_counter()
+        try:
+            async with self._db.begin() as session:
+                applied = [(d, e, *await self._apply_in(session, e)) for d, e in events]
+        except Exception:
+            # Nothing was committed. One by one, so that only the failing event is retried or
+            # dead-lettered and the others go through.
+            for delivery, event in events:
+                await self._handle_one(delivery, event)
+            return
+        await self._follow_up([outcome for _, _, outcome, _ in applied])
+        for delivery, event, _, fresh in applied:
+            await delivery.ack()
+            self._done(event, fresh, started)
+        self._metrics.subscriber_batch.labels(self.name).observe(len(applied))
+
+    async def _follow_up(self, outcomes: list[Outcome | None]) -> None:
+        """Publish what the committed handlers asked for, in order, one confirm wait per
+        exchange."""
+        by_exchange: dict[str, list[Message]] = {}
+        for outcome in outcomes:
+            for exchange, message in outcome.publish if outcome else []:
+                by_exchange.setdefault(exchange, []).append(message)
+        for exchange, messages in by_exchange.items():
+            try:
+                await self._broker.publish(messages, exchange=exchange, mandatory=False)
             except BrokerUnavailable as exc:
                 # The effect is committed; followers (realtime) recover through the audit log.
-                log.warning("follow-up publish lost", extra={"subscriber": name, "error": str(exc)})
-        await delivery.ack()
+                log.warning(
+                    "follow-up publish lost", extra={"subscriber": self.name, "error": str(exc)}
+                )
+
+    def _done(self, event: Event, fresh: bool, started: float) -> None:
+        name = self.name
         self.last_handled = time.monotonic()
         lag = (datetime.now(UTC) - event.time).total_seconds()
         self._metrics.subscriber_lag.labels(name).set(max(lag, 0.0))
@@ -126,14 +237,19 @@ class SubscriberRunner:
 
     async def _apply(self, event: Event) -> tuple[Outcome | None, bool]:
         async with self._db.begin() as session:
-            fresh = await insert_ignore(
-                session,
-                ProcessedEvent.__table__,  # type: ignore[arg-type]
-                {"subscriber": self.name, "event_id": event.id, "processed_at": datetime.now(UTC)},
-            )
-            if not fresh:
-                return None, False
-            return await self.subscriber.handle(event, session), True
+            return await self._apply_in(session, event)
+
+    async def _apply_in(self, session: AsyncSession, event: Event) -> tuple[Outcome | None, bool]:
+        """Record the event as processed by this subscriber and apply it, in `session`'s
+        transaction; (outcome, False) for an event this subscriber has already processed."""
+        fresh = await insert_ignore(
+            session,
+            ProcessedEvent.__table__,  # type: ignore[arg-type]
+            {"subscriber": self.name, "event_id": event.id, "processed_at": datetime.now(UTC)},
+        )
+        if not fresh:
+            return None, False
+        return await self.subscriber.handle(event, session), True
 
     async def _failed(self, delivery: Delivery, event: Event, exc: Exception) -> None:
         name = self.name
