@@ -153,6 +153,32 @@ async function writer(job: WriterJob): Promise<void> {
 
 // --- coordinator (main thread) ----------------------------------------------------------------
 
+/** A quantile of a Prometheus histogram (cumulative buckets), interpolated within its bucket
+ * as histogram_quantile does: the gateway's own view (event time → handed to the clients). */
+async function gatewayLagQuantiles(gateway: string, qs: number[]): Promise<Record<string, number>> {
+  const text = await (await fetch(`${gateway}/metrics`)).text();
+  const buckets = [...text.matchAll(/^capstan_gateway_delivery_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$/gm)].map((m) => ({
+    le: m[1] === '+Inf' ? Infinity : Number(m[1]),
+    n: Number(m[2]),
+  }));
+  const total = buckets.at(-1)?.n ?? 0;
+  const out: Record<string, number> = {};
+  for (const q of qs) {
+    const rank = q * total;
+    let prev = { le: 0, n: 0 };
+    for (const b of buckets) {
+      if (b.n >= rank) {
+        const le = Number.isFinite(b.le) ? b.le : prev.le;
+        const within = b.n === prev.n ? 0 : (rank - prev.n) / (b.n - prev.n);
+        out[`p${Math.round(q * 100)}`] = Math.round((prev.le + (le - prev.le) * within) * 1000);
+        break;
+      }
+      prev = b;
+    }
+  }
+  return out;
+}
+
 async function rss(gateway: string): Promise<number> {
   const text = await (await fetch(`${gateway}/metrics`)).text();
   const m = /^process_resident_memory_bytes (\S+)$/m.exec(text);
@@ -240,6 +266,7 @@ async function main(): Promise<void> {
   const own = process.cpuUsage(clientCpuStart);
   cpu.bench_client_and_writer = Math.round((own.user + own.system) / 1e4) / 100;
   const rssEnd = await rss(gateway);
+  const gatewayLag = await gatewayLagQuantiles(gateway, [0.5, 0.9, 0.99]);
 
   const finals = await Promise.all(
     receivers.map(
@@ -266,6 +293,8 @@ async function main(): Promise<void> {
     disconnected_during_run: finals.reduce((n, f) => n + f.closed, 0),
     latency_samples: latencies.length,
     latency_ms: { p50: percentile(latencies, 50), p90: percentile(latencies, 90), p99: percentile(latencies, 99), max: latencies[latencies.length - 1] ?? NaN },
+    // Commit → the gateway hands the event to its clients (from its histogram, bucket-interpolated).
+    gateway_lag_ms: gatewayLag,
     gateway_rss_mib: { before: rssBefore / 2 ** 20, connected: rssConnected / 2 ** 20, end: rssEnd / 2 ** 20 },
     gateway_bytes_per_connection: Math.round(perConnection),
     cpu_seconds: cpu,
