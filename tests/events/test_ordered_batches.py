@@ -492,18 +492,6 @@ async def test_stop_during_a_batch_lets_it_commit_and_loses_nothing(
     assert Counter(effects) == Counter(ids)  # every event exactly once
     assert _consumed(metrics, "duplicate") == 0  # the batch in hand was acked before stopping
     assert await env.broker.dead_letters(restarted.spec) == []
-    if env.mode == "embedded":
-        # Known: the deliveries the memory broker handed to the runner after the batch in hand
-        # (up to ordered_batch of them) go back to the queue behind every later event: a
-        # message handed back gets a new place at the tail, where RabbitMQ requeues it to its
-        # original one. Strict: XPASS fails once the memory broker keeps the message's place.
-        request.applymarker(
-            pytest.mark.xfail(
-                raises=AssertionError,
-                strict=True,
-                reason="memory broker puts a message handed back on stop at the queue's tail",
-            )
-        )
     assert effects == ids  # still in publish order across the restart
 
 

@@ -24,14 +24,18 @@ class _Queue:
     dead: list[Message] = field(default_factory=list)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
 
-    def put(self, item: tuple[Message, int]) -> None:
+    def put(self, item: tuple[Message, int], position: int | None = None) -> None:
+        """Enqueue at the tail, or back at `position` (a handed-back delivery keeps its place
+        in the queue, as RabbitMQ requeues it)."""
         message, attempt = item
         priority = min(message.priority, self.spec.max_priority) if self.spec.max_priority else 0
-        self.items.put_nowait((-priority, next(self._seq), message, attempt))
+        place = next(self._seq) if position is None else position
+        self.items.put_nowait((-priority, place, message, attempt))
 
-    async def get(self) -> tuple[Message, int]:
-        _priority, _seq, message, attempt = await self.items.get()
-        return message, attempt
+    async def get(self) -> tuple[Message, int, int]:
+        """The next message, its attempt, and its position (for `put` when handed back)."""
+        _priority, position, message, attempt = await self.items.get()
+        return message, attempt, position
 
 
 class _MemoryDelivery:
@@ -154,7 +158,7 @@ class MemoryBroker:
 
         async def worker() -> None:
             while True:
-                message, attempt = await queue.get()
+                message, attempt, position = await queue.get()
                 delivery = _MemoryDelivery(self, queue, message, attempt, consumer)
                 item = (message, attempt)
                 try:
@@ -162,15 +166,15 @@ class MemoryBroker:
                 except asyncio.CancelledError:
                     # Like an unacked AMQP delivery on a closed channel: back to the queue.
                     if not delivery.settled:
-                        queue.put(item)
+                        queue.put(item, position)
                     raise
                 except Exception:
                     log.exception("handler failed without settling", extra={"queue": spec.name})
                     if not delivery.settled:
-                        self._later(1.0, lambda item=item: queue.put(item))
+                        self._later(1.0, lambda item=item, at=position: queue.put(item, at))
                 else:
                     if not delivery.settled:
-                        queue.put(item)
+                        queue.put(item, position)
 
         # Deliveries in flight at once, as RabbitMQ's prefetch; handed out in queue order.
         workers = prefetch

@@ -113,23 +113,25 @@ class SubscriberRunner:
 
     async def stop(self) -> None:
         if self._drainer is not None:
-            # Let a batch in hand finish (bounded); what is left unacked is redelivered.
+            # Let a batch in hand finish, acks included (bounded), then stop the consumer so
+            # that nothing more arrives, then drop what waits: unsettled, it is redelivered
+            # (RabbitMQ) or put back in its place (memory).
             self._stopping = True
             if self._busy:
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(asyncio.shield(self._drainer), 5.0)
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+        if self._drainer is not None:
             self._drainer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._drainer
             self._drainer = None
-            # Unsettled: the broker redelivers them (RabbitMQ) or puts them back (memory).
             while not self._intake.empty():
                 _, settled = self._intake.get_nowait()
                 if not settled.done():
                     settled.set_result(None)
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
 
     async def on_delivery(self, delivery: Delivery) -> None:
         event = await self._parse(delivery)
