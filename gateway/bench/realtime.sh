@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# gateway/bench/realtime.sh [clients] [rate] [seconds] — the realtime benchmark, end to end:
-# a fresh database, the Python API + relay + subscribers and the gateway on the loopback servers
-# (scripts/services), N WebSocket clients, R document writes/s through the API.
-# Writes gateway/bench/results/realtime-<date>.json. Needs `npm run build` first.
+# gateway/bench/realtime.sh [clients] [rate] [seconds] [source] — the realtime benchmark:
+# a fresh database, the Python API + relay + audit subscriber and the gateway on the loopback
+# servers (scripts/services), N WebSocket clients, and R events/s from `source`:
+#   api     document writes through the Python API (end to end: commit → delivered), default
+#   broker  events published straight to the realtime exchange (the gateway's fan-out alone)
+# Writes gateway/bench/results/realtime-<source>-<date>.json. Needs `npm run build` first.
 set -Eeuo pipefail
 ulimit -n 65536 2>/dev/null || ulimit -n 4096 || true
 cd "$(dirname "$0")/../.."
-CLIENTS=${1:-1000} RATE=${2:-200} SECONDS_=${3:-20}
+CLIENTS=${1:-1000} RATE=${2:-200} SECONDS_=${3:-20} SOURCE=${4:-api}
+case $SOURCE in api | broker) ;; *) echo "source must be api or broker, not $SOURCE" >&2; exit 2 ;; esac
 eval "$(scripts/services env)"
 ns="benchrt$RANDOM"; db="bench_rt_$RANDOM"; work=$(mktemp -d)
 psql "$CAPSTAN_TEST_DATABASE_URL" -qc "CREATE DATABASE $db"
@@ -21,7 +24,7 @@ cleanup() {
 }
 trap cleanup EXIT
 .venv/bin/capstan migrate >/dev/null
-key=$(.venv/bin/capstan tenants create bench --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
+read -r tenant key < <(.venv/bin/capstan tenants create bench --json | python3 -c 'import json,sys; t=json.load(sys.stdin); print(t["tenant_id"], t["api_key"])')
 api_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 gw_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 .venv/bin/capstan api --port "$api_port" >"$work/api.log" 2>&1 & pids+=($!); api_pid=$!
@@ -35,8 +38,10 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 mkdir -p gateway/bench/results
-out="gateway/bench/results/realtime-$(date -u +%Y%m%dT%H%M%SZ).json"
-node gateway/dist/bench/realtime.js --gateway "http://127.0.0.1:$gw_port" --api "http://127.0.0.1:$api_port" \
+out="gateway/bench/results/realtime-$SOURCE-$(date -u +%Y%m%dT%H%M%SZ).json"
+if [ "$SOURCE" = api ]; then source_args=(--api "http://127.0.0.1:$api_port")
+else source_args=(--amqp "$CAPSTAN_BROKER_URL" --namespace "$ns" --tenant "$tenant"); fi
+node gateway/dist/bench/realtime.js --gateway "http://127.0.0.1:$gw_port" "${source_args[@]}" \
   --key "$key" --clients "$CLIENTS" --rate "$RATE" --seconds "$SECONDS_" --out "$out" \
   --pids "api=$api_pid,relay=$relay_pid,audit=$audit_pid,gateway=$gw_pid,rabbitmq=$(pgrep -o beam.smp || true)"
 echo "results: $out (logs in $work)"

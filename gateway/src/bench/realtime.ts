@@ -2,13 +2,18 @@
  * latency, the gateway's memory per connection and the CPU each component spends per event.
  *
  *   node dist/bench/realtime.js --gateway http://127.0.0.1:3001 --key KEY \
- *        [--api http://127.0.0.1:8000] [--clients 1000] [--rate 200] [--seconds 20]
+ *        [--api http://127.0.0.1:8000 | --amqp URL --namespace NS --tenant ID]
+ *        [--clients 1000] [--rate 200] [--seconds 20]
  *        [--threads 2] [--probe-every 10] [--pids api=1,relay=2,...] [--out FILE]
  *
- * With --api, events are document writes through the Python API, and latency is commit →
- * delivered: the event's `time` (stamped in the committing transaction) to its arrival at a
- * client, through outbox → relay → RabbitMQ → audit subscriber → realtime exchange → gateway.
- * Without --api, nothing is written and the script only measures connections and memory.
+ * Sources of events:
+ * - --api: document writes through the Python API; latency is commit → delivered: the event's
+ *   `time` (stamped in the committing transaction) to its arrival at a client, through
+ *   outbox → relay → RabbitMQ → audit subscriber → realtime exchange → gateway.
+ * - --amqp: audited-looking events published straight to `<namespace>.realtime`, as the audit
+ *   subscriber does, with `time` stamped at publish: the gateway's fan-out alone (RabbitMQ →
+ *   gateway → clients), without the Python write path competing for the same cores.
+ * - neither: nothing is written; only connections and memory are measured.
  *
  * The clients live in --threads worker threads and the writer in one more, so a receiving loop
  * that falls behind cannot slow the writes down (the writer's own rate is reported). Every
@@ -17,7 +22,9 @@
  * Gateway memory: process_resident_memory_bytes from its /metrics, before and after connecting.
  * CPU: utime + stime from /proc/<pid>/stat of each --pids process over the write phase. */
 import { readFileSync, writeFileSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
+import amqp from 'amqplib';
 import WebSocket from 'ws';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -114,6 +121,15 @@ interface WriterJob {
   seconds: number;
 }
 
+interface PublisherJob {
+  role: 'publisher';
+  amqp: string;
+  namespace: string;
+  tenant: string;
+  rate: number;
+  seconds: number;
+}
+
 interface WriterReport {
   written: number;
   errors: Record<string, number>;
@@ -149,6 +165,50 @@ async function writer(job: WriterJob): Promise<void> {
   }
   await Promise.all(inflight);
   parentPort!.postMessage({ written, errors, seconds: (Date.now() - t0) / 1000 } satisfies WriterReport);
+}
+
+/** Publish `rate` events/s to the realtime exchange as the audit subscriber would (CloudEvents
+ * envelope with tenantid and an increasing seq), with publisher confirms. */
+async function publisher(job: PublisherJob): Promise<void> {
+  const connection = await amqp.connect(job.amqp);
+  const channel = await connection.createConfirmChannel();
+  const exchange = `${job.namespace}.realtime`;
+  await channel.assertExchange(exchange, 'topic', { durable: true });
+  const total = job.rate * job.seconds;
+  const errors: Record<string, number> = {};
+  let written = 0;
+  const t0 = Date.now();
+  const confirms: Promise<void>[] = [];
+  for (let i = 0; i < total; i++) {
+    const wait = t0 + (i * 1000) / job.rate - Date.now();
+    if (wait > 0) await sleep(wait);
+    const id = randomUUID();
+    const body = JSON.stringify({
+      specversion: '1.0',
+      id,
+      source: '/capstan/bench',
+      type: 'capstan.document.created',
+      subject: `documents/${id}`,
+      time: new Date().toISOString(),
+      datacontenttype: 'application/json',
+      data: { id, body: `bench ${i}`, version: 1 },
+      tenantid: job.tenant,
+      seq: i + 1,
+    });
+    confirms.push(
+      new Promise<void>((resolve) =>
+        channel.publish(exchange, 'document.created', Buffer.from(body), { messageId: id, headers: { tenantid: job.tenant, seq: i + 1 } }, (err) => {
+          if (err) errors['not confirmed'] = (errors['not confirmed'] ?? 0) + 1;
+          else written++;
+          resolve();
+        }),
+      ),
+    );
+  }
+  await Promise.all(confirms);
+  const seconds = (Date.now() - t0) / 1000;
+  await connection.close();
+  parentPort!.postMessage({ written, errors, seconds } satisfies WriterReport);
 }
 
 // --- coordinator (main thread) ----------------------------------------------------------------
@@ -196,7 +256,7 @@ function cpuSeconds(pid: number): number {
   }
 }
 
-function spawn<T>(job: ReceiverJob | WriterJob, onProgress?: (msg: T) => void): { worker: Worker; first: Promise<T> } {
+function spawn<T>(job: ReceiverJob | WriterJob | PublisherJob, onProgress?: (msg: T) => void): { worker: Worker; first: Promise<T> } {
   const worker = new Worker(__filename, { workerData: job });
   const first = new Promise<T>((resolve, reject) => {
     worker.once('message', resolve);
@@ -210,6 +270,9 @@ async function main(): Promise<void> {
   const gateway = arg('gateway', 'http://127.0.0.1:3001');
   const key = arg('key');
   const api = arg('api', '');
+  const broker = arg('amqp', '');
+  const namespace = arg('namespace', '');
+  const tenant = arg('tenant', '');
   const clients = Number(arg('clients', '1000'));
   const rate = Number(arg('rate', '200'));
   const seconds = Number(arg('seconds', '20'));
@@ -247,12 +310,12 @@ async function main(): Promise<void> {
   const cpuStart: Record<string, number> = Object.fromEntries(Object.entries(pids).map(([n, p]) => [n, cpuSeconds(p)]));
   const clientCpuStart = process.cpuUsage();
   const t0 = Date.now();
-  if (api) {
+  if (api || broker) {
     const ticker = setInterval(() => {
       const s = (Date.now() - t0) / 1000;
       console.log(`  ${s.toFixed(0).padStart(3)} s: ${delivered()} deliveries`);
     }, 2000);
-    const w = spawn<WriterReport>({ role: 'writer', api, key, rate, seconds });
+    const w = spawn<WriterReport>(api ? { role: 'writer', api, key, rate, seconds } : { role: 'publisher', amqp: broker, namespace, tenant, rate, seconds });
     writes = await w.first;
     await w.worker.terminate();
     // The tail of the deliveries, bounded.
@@ -281,6 +344,7 @@ async function main(): Promise<void> {
   const latencies = finals.flatMap((f) => f.latencies ?? []).sort((a, b) => a - b);
   const total = finals.reduce((n, f) => n + f.delivered, 0);
   const result = {
+    source: api ? 'api' : broker ? 'broker' : 'none',
     clients,
     target_rate: rate,
     seconds,
@@ -312,8 +376,8 @@ if (isMainThread) {
     process.exit(1);
   });
 } else {
-  const job = workerData as ReceiverJob | WriterJob;
-  void (job.role === 'writer' ? writer(job) : receiver(job)).catch((err) => {
+  const job = workerData as ReceiverJob | WriterJob | PublisherJob;
+  void (job.role === 'writer' ? writer(job) : job.role === 'publisher' ? publisher(job) : receiver(job)).catch((err) => {
     console.error(err);
     process.exit(1);
   });
