@@ -4,7 +4,8 @@
 # servers (scripts/services), N WebSocket clients, and R events/s from `source`:
 #   api     document writes through the Python API (end to end: commit → delivered), default
 #   broker  events published straight to the realtime exchange (the gateway's fan-out alone)
-# Writes gateway/bench/results/realtime-<source>-<date>.json. Needs `npm run build` first.
+# Writes $REALTIME_RESULTS_DIR (default gateway/bench/results)/realtime-<source>-<date>.json.
+# Needs `npm run build` first.
 set -Eeuo pipefail
 ulimit -n 65536 2>/dev/null || ulimit -n 4096 || true
 cd "$(dirname "$0")/../.."
@@ -37,8 +38,9 @@ for _ in $(seq 100); do
   curl -sf "localhost:$gw_port/readyz" >/dev/null && curl -sf "localhost:$api_port/healthz" >/dev/null && break
   sleep 0.2
 done
-mkdir -p gateway/bench/results
-out="gateway/bench/results/realtime-$SOURCE-$(date -u +%Y%m%dT%H%M%SZ).json"
+results=${REALTIME_RESULTS_DIR:-gateway/bench/results}
+mkdir -p "$results"
+out="$results/realtime-$SOURCE-$(date -u +%Y%m%dT%H%M%SZ).json"
 if [ "$SOURCE" = api ]; then source_args=(--api "http://127.0.0.1:$api_port")
 else source_args=(--amqp "$CAPSTAN_BROKER_URL" --namespace "$ns" --tenant "$tenant"); fi
 node gateway/dist/bench/realtime.js --gateway "http://127.0.0.1:$gw_port" "${source_args[@]}" \
