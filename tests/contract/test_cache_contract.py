@@ -132,3 +132,22 @@ async def test_limits_are_per_key(adapters: dict[str, Any]) -> None:
     assert (await limiter.hit(a, 60, 1)).allowed
     assert not (await limiter.hit(a, 60, 1)).allowed
     assert (await limiter.hit(b, 60, 1)).allowed
+
+
+@pytest.mark.redis
+async def test_scripts_survive_a_redis_that_forgot_them(redis_url: str, key: str) -> None:
+    """A restarted (or SCRIPT FLUSHed) Redis has no scripts: the adapters load them again."""
+    from capstan.cache.redis import RedisCache, RedisLink, RedisRateLimiter
+
+    link = RedisLink(redis_url)
+    try:
+        cache, limiter = RedisCache(link), RedisRateLimiter(link)
+        await link.client.script_flush()
+        assert await cache.fill(key, 1, b"v1", 60)
+        assert (await cache.get(key)) is not None
+        await link.client.script_flush()
+        await cache.invalidate(key, 2, 60)
+        await link.client.script_flush()
+        assert (await limiter.hit(uuid.uuid4().hex, 60, 1)).allowed
+    finally:
+        await link.close()
