@@ -55,6 +55,17 @@ async def _counts(stack: Stack, tenant_id: str) -> tuple[int, int]:
     return int(succeeded or 0), int(effects or 0)
 
 
+async def _states(stack: Stack, tenant_id: str) -> dict[str, int]:
+    """Tasks by status, with attempts, for a failure message."""
+    async with stack.container.db() as session:
+        rows = await session.execute(
+            select(Task.status, Task.attempts, func.count())
+            .where(Task.tenant_id == tenant_id)
+            .group_by(Task.status, Task.attempts)
+        )
+    return {f"{status}/attempt {attempts}": n for status, attempts, n in rows}
+
+
 async def _submit(stack: Stack, key: str, count: int, clients: int, sleep: float) -> list[str]:
     """Submit from concurrent clients; retried through outages with the same idempotency key."""
     ids: list[str] = []
@@ -88,7 +99,10 @@ async def _all_done_once(stack: Stack, tenant_id: str, ids: list[str], timeout: 
         succeeded, _ = await _counts(stack, tenant_id)
         return succeeded == len(ids)
 
-    await stack.until(done, timeout=timeout, what=f"{len(ids)} tasks to succeed")
+    try:
+        await stack.until(done, timeout=timeout, what=f"{len(ids)} tasks to succeed")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; tasks by state: {await _states(stack, tenant_id)}") from exc
     succeeded, effects = await _counts(stack, tenant_id)
     assert len(set(ids)) == len(ids)
     assert (succeeded, effects) == (len(ids), len(ids))  # each task's effect exactly once

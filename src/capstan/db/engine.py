@@ -18,7 +18,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         async_url,
         pool_size=pool_size,
         max_overflow=pool_size,
@@ -27,6 +27,17 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         # subscribers) and SQLAlchemy then drops every pooled connection of that generation.
         pool_recycle=1800,
     )
+    event.listen(engine.sync_engine, "handle_error", _broken_protocol_is_a_disconnect)
+    return engine
+
+
+def _broken_protocol_is_a_disconnect(context: Any) -> None:
+    # After a server restart asyncpg can leave a connection mid-operation ("cannot switch to
+    # state ...; another operation is in progress"). SQLAlchemy does not count that as a
+    # disconnect, so the broken connection went back to the pool and failed every later
+    # checkout; marked as one, it is discarded with its generation.
+    if "another operation is in progress" in str(context.original_exception):
+        context.is_disconnect = True
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

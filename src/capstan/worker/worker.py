@@ -106,10 +106,14 @@ class Worker:
             try:
                 task = await self._claim(task_id)
             except Exception as exc:
-                if not is_database_down(exc):
-                    raise
-                log.warning("claim failed, message retried later", extra={"error": repr(exc)})
-                await delivery.retry(1000, count_attempt=False)  # the database is down
+                # Never leave the message unsettled: an unacked message sits on the channel
+                # until it closes, and its task stays queued (already dispatched) meanwhile.
+                if is_database_down(exc):
+                    log.warning("claim failed, message retried later", extra={"error": repr(exc)})
+                    await delivery.retry(1000, count_attempt=False)
+                else:
+                    log.exception("claim failed unexpectedly, message retried later")
+                    await delivery.retry(1000)
                 return
             if task is None:
                 await delivery.ack()  # finished, cancelled, or running elsewhere: nothing to do
