@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     task_retry_base_seconds: float = Field(1.0, gt=0)
     task_retry_max_seconds: float = Field(300.0, gt=0)
     task_poll_seconds: float = Field(0.5, gt=0)  # promoter/reaper cadence
+    # A queued task dispatched this long ago, never claimed, with its queue empty, lost its
+    # message: dispatch it again (a duplicate message is harmless, claims are conditional).
+    task_redispatch_seconds: float = Field(600.0, gt=0)
     worker_concurrency: int = Field(8, ge=1, le=1000)
     worker_queues: list[str] = ["default"]
     worker_heartbeat_seconds: float = Field(2.0, gt=0)

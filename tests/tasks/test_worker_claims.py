@@ -1,17 +1,21 @@
-"""A task message is always settled, whatever the claim runs into: an unsettled message would
-sit on its channel while the task stays queued (already dispatched) and nobody runs it."""
+"""A task always finds a worker: its message is settled whatever the claim runs into (an
+unsettled one sits on its channel), and a queued task whose message was lost is dispatched
+again."""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy.exc import OperationalError
 
 from capstan.broker.port import Message
+from capstan.db.schema import Task
+from capstan.ids import uuid7
 from capstan.worker.worker import Worker
-from tests.conftest import embedded_settings, start_api
+from tests.conftest import Stack, embedded_settings, start_api
 
 
 class FakeDelivery:
@@ -53,3 +57,38 @@ async def test_a_failed_claim_retries_the_message_instead_of_leaving_it_unsettle
         assert delivery.settled == [("retry", (1000, counted))]
     finally:
         await api.container.close()
+
+
+async def test_a_queued_task_whose_message_was_lost_is_dispatched_again(stack: Stack) -> None:
+    """A task row says queued and dispatched long ago, but no message exists (lost to a bug, or
+    a purged queue): maintenance sees its queue empty, dispatches it again, and it runs."""
+    tenant = await stack.api.tenant()
+    async with stack.api.client(tenant.key) as http:
+        answer = await http.post("/v1/tasks", json={"type": "test.record", "input": {"value": 1}})
+        assert answer.status_code == 202
+    async with stack.container.db.begin() as session:
+        template = await session.get(Task, answer.json()["id"])
+        assert template is not None
+        now = datetime.now(UTC)
+        lost = Task(
+            **{
+                c.key: getattr(template, c.key)
+                for c in Task.__table__.columns
+                if c.key not in ("id", "idempotency_key")
+            }
+        )
+        lost.id, lost.status, lost.attempts, lost.worker_id = uuid7(), "queued", 0, None
+        lost.input = {"value": 2}
+        lost.result = lost.started_at = lost.finished_at = None
+        lost.run_at = lost.created_at = lost.updated_at = now - timedelta(hours=1)
+        lost.dispatched_at = now - timedelta(hours=1)  # its message: never published
+        session.add(lost)
+    lost_id = lost.id
+
+    async def ran() -> bool:
+        async with stack.container.db() as session:
+            row = await session.get(Task, lost_id)
+            return row is not None and row.status == "succeeded"
+
+    await stack.until(ran, timeout=60, what="the lost task to be dispatched again and run")
+    assert stack.container.metrics.tasks_redispatched._value.get() >= 1

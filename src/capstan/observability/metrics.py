@@ -185,6 +185,12 @@ class Metrics:
             "Running tasks returned to the queue because their worker stopped beating.",
             registry=r,
         )
+        self.tasks_redispatched = Counter(
+            "capstan_tasks_redispatched_total",
+            "Queued tasks dispatched again: dispatched long ago, never claimed, and their queue "
+            "empty (their message was lost).",
+            registry=r,
+        )
         self.worker_heartbeat = Gauge(
             "capstan_worker_last_heartbeat_timestamp_seconds",
             "Unix time of each worker's last heartbeat.",

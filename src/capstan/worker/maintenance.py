@@ -59,10 +59,49 @@ class TaskMaintenance:
             for task in due:
                 dispatch(session, task, now)
             reaped = await self._reap(session, now)
-        if due or reaped:
+            redispatched = await self._redispatch_lost(session, now)
+        if due or reaped or redispatched:
             self._c.outbox_wakeup.set()
         await self._gauges(now)
-        return len(due), reaped
+        return len(due) + redispatched, reaped
+
+    async def _redispatch_lost(self, session: AsyncSession, now: datetime) -> int:
+        """Queued tasks whose message is gone: dispatched long ago, never claimed, and their
+        queue holds nothing that could be theirs. (A message can be lost to a bug or an
+        operator purging a queue; without this their tasks would wait forever.)"""
+        cutoff = now - timedelta(seconds=self._c.settings.task_redispatch_seconds)
+        stale = list(
+            await session.scalars(
+                select(Task)
+                .where(
+                    Task.status == "queued",
+                    Task.dispatched_at.is_not(None),
+                    Task.dispatched_at < cutoff,
+                )
+                .order_by(Task.dispatched_at)
+                .limit(BATCH)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        if not stale:
+            return 0
+        empty: set[str] = set()
+        for queue in {task.queue for task in stale}:
+            try:
+                depth = await self._c.broker.queue_depth(self._c.topology.task_queue(queue))
+            except Exception as exc:  # the broker is down: nothing to decide now
+                log.warning(
+                    "queue depth unknown; lost tasks checked later", extra={"error": repr(exc)}
+                )
+                return 0
+            if depth == 0:  # a backlog may still hold these tasks' messages: leave them
+                empty.add(queue)
+        lost = [task for task in stale if task.queue in empty]
+        for task in lost:
+            log.warning("queued task lost its message; dispatched again", extra={"task": task.id})
+            dispatch(session, task, now)
+        self._c.metrics.tasks_redispatched.inc(len(lost))
+        return len(lost)
 
     async def _reap(self, session: AsyncSession, now: datetime) -> int:
         ttl = timedelta(seconds=self._c.settings.worker_heartbeat_ttl_seconds)
