@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,6 +34,7 @@ from capstan.observability.metrics import Metrics
 from capstan.subscribers.audit import AuditSubscriber
 from capstan.subscribers.runtime import Outcome, Subscriber, SubscriberRunner
 from tests.conftest import embedded_settings, service_url
+from tests.events.messages import document_updated
 
 MAX_ATTEMPTS = 3
 RETRY_DELAYS_MS = [20, 50]
@@ -181,21 +180,7 @@ class Recorder:
 
 
 def _events(n: int, tenant: str) -> list[Message]:
-    messages = []
-    for i in range(n):
-        event_id = str(uuid.uuid4())
-        envelope = {
-            "specversion": "1.0",
-            "id": event_id,
-            "source": "test",
-            "type": "capstan.document.updated",
-            "time": datetime.now(UTC).isoformat(),
-            "subject": f"documents/d{i}",
-            "tenantid": tenant,
-            "data": {"id": f"d{i}", "version": i + 1},
-        }
-        messages.append(Message("document.updated", json.dumps(envelope).encode(), event_id))
-    return messages
+    return [document_updated(tenant, f"d{i}", i + 1) for i in range(n)]
 
 
 class Handovers:

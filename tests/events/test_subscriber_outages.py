@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,6 +25,7 @@ from capstan.events.topology import Topology
 from capstan.observability.metrics import Metrics
 from capstan.subscribers.runtime import Outcome, SubscriberRunner
 from tests.conftest import embedded_settings, service_url
+from tests.events.messages import document_updated
 
 MAX_ATTEMPTS = 3
 FAILURES = MAX_ATTEMPTS + 2  # longer than the attempts a failing handler gets
@@ -117,18 +116,7 @@ async def _delete_topology(url: str, topology: Topology) -> None:
 
 
 def _event() -> Message:
-    event_id = str(uuid.uuid4())
-    envelope = {
-        "specversion": "1.0",
-        "id": event_id,
-        "source": "test",
-        "type": "capstan.document.updated",
-        "time": datetime.now(UTC).isoformat(),
-        "subject": "documents/x",
-        "tenantid": "t-outage",
-        "data": {"id": "x", "version": 2},
-    }
-    return Message("document.updated", json.dumps(envelope).encode(), event_id)
+    return document_updated("t-outage", "x", 2)
 
 
 @pytest.mark.parametrize(
