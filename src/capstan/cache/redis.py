@@ -3,7 +3,6 @@ see docs/contracts/cache.md before changing anything here."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -12,7 +11,6 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from capstan.cache.port import CachedEntry, CacheUnavailable, RateDecision, Session
@@ -31,25 +29,6 @@ def load_script(name: str) -> str:
 _FILL = load_script("cache_fill.lua")
 _INVALIDATE = load_script("cache_invalidate.lua")
 _GCRA = load_script("rate_limit.lua")
-
-
-class LuaScript:
-    """EVALSHA with a SCRIPT LOAD fallback. redis-py's own Script does the same, but checks
-    `isinstance(client, Pipeline)` on every call, and Pipeline's metaclass is a typing
-    Protocol's: that check alone was 9% of the API's CPU on a cache hit (py-spy)."""
-
-    def __init__(self, client: aioredis.Redis, script: str) -> None:
-        self.client = client
-        self.script = script
-        self.sha = hashlib.sha1(script.encode()).hexdigest()  # Redis names scripts by SHA-1
-
-    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await self.client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            # A restarted or flushed Redis forgot it: load it again, under the same sha.
-            self.sha = await self.client.script_load(self.script)
-            return await self.client.evalsha(self.sha, len(keys), *keys, *args)
 
 
 class RedisLink:
@@ -99,8 +78,8 @@ class RedisLink:
 class RedisCache:
     def __init__(self, link: RedisLink) -> None:
         self._link = link
-        self._fill = LuaScript(link.client, _FILL)
-        self._invalidate = LuaScript(link.client, _INVALIDATE)
+        self._fill = link.client.register_script(_FILL)
+        self._invalidate = link.client.register_script(_INVALIDATE)
 
     async def get(self, key: str) -> CachedEntry | None:
         version, payload = await self._link.call(lambda c: c.hmget(key, "v", "d"))
@@ -156,7 +135,7 @@ class RedisSessionStore:
 class RedisRateLimiter:
     def __init__(self, link: RedisLink) -> None:
         self._link = link
-        self._gcra = LuaScript(link.client, _GCRA)
+        self._gcra = link.client.register_script(_GCRA)
 
     async def hit(self, key: str, rate_per_minute: int, burst: int) -> RateDecision:
         interval = 60.0 / rate_per_minute
