@@ -269,6 +269,26 @@ def child_env(overrides: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+# The roles a benchmark starts log warnings only: request logging would dominate the CPU.
+ROLE_LOG_LEVEL = "WARNING"
+
+
+def role_overrides(
+    database_url: str, cache_url: str, broker_url: str, namespace: str, workdir: Path, **extra: str
+) -> dict[str, str]:
+    """The settings every role of a run gets: its scratch database, the servers, its own
+    broker namespace and data directory, quiet logs; `extra` adds the benchmark's own."""
+    return {
+        "CAPSTAN_DATABASE_URL": database_url,
+        "CAPSTAN_CACHE_URL": cache_url,
+        "CAPSTAN_BROKER_URL": broker_url,
+        "CAPSTAN_BROKER_NAMESPACE": namespace,
+        "CAPSTAN_DATA_DIR": str(workdir / "data"),
+        "CAPSTAN_LOG_LEVEL": ROLE_LOG_LEVEL,
+        **extra,
+    }
+
+
 def settings_for(overrides: Mapping[str, str]) -> Settings:
     """The Settings a process started with `child_env(overrides)` reads (e.g. which
     subscribers are enabled)."""

@@ -41,6 +41,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from capstan.bench.common import (
+    ROLE_LOG_LEVEL,
     BenchError,
     ScratchDatabase,
     child_env,
@@ -50,6 +51,7 @@ from capstan.bench.common import (
     out,
     redact,
     remove_tree,
+    role_overrides,
     run_async,
     settings_for,
     sigterm_as_interrupt,
@@ -89,7 +91,6 @@ if TYPE_CHECKING:
 TARGET_RATE = 500
 TARGET_P99_MS = 100.0
 
-ROLE_LOG_LEVEL = "WARNING"
 UPDATE_SHARE = 0.5  # half the writes update an existing document, half create one
 WARMUP_DOCUMENTS = 1000  # created before the first step: warmup, and the documents updated
 WARMUP_RATE = 200
@@ -326,14 +327,7 @@ def measure(opts: Options) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="capstan-bench-events-"))
     roles: list[ChildProcess] = []
     tenant_id: str | None = None
-    overrides = {
-        "CAPSTAN_DATABASE_URL": scratch.url,
-        "CAPSTAN_CACHE_URL": backends.cache_url,
-        "CAPSTAN_BROKER_URL": amqp_url,
-        "CAPSTAN_BROKER_NAMESPACE": namespace,
-        "CAPSTAN_DATA_DIR": str(workdir / "data"),
-        "CAPSTAN_LOG_LEVEL": ROLE_LOG_LEVEL,
-    }
+    overrides = role_overrides(scratch.url, backends.cache_url, amqp_url, namespace, workdir)
     env = child_env(overrides)
     settings = settings_for(overrides)
     names = broker_names(

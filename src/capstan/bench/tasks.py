@@ -43,6 +43,7 @@ import typer
 from capstan.bench.capstan_side import capstan_latency, capstan_throughput
 from capstan.bench.ceiling import ceiling, task_message_body
 from capstan.bench.common import (
+    ROLE_LOG_LEVEL,
     BenchError,
     ScratchDatabase,
     child_env,
@@ -51,6 +52,7 @@ from capstan.bench.common import (
     git_commit,
     redact,
     remove_tree,
+    role_overrides,
     run_async,
     settings_for,
     sigterm_as_interrupt,
@@ -68,7 +70,6 @@ from capstan.bench.report import (
 from capstan.bench.tasks_report import cpu_ms_per_task, print_round, render, summarize
 from capstan.bench.tasks_run import CELERY_SUBMIT_THREADS, IDLE_GAP_S, POLL_S, Options, Run
 
-ROLE_LOG_LEVEL = "WARNING"
 WARMUP_TASKS = 50
 # A server restarted under the run (by another session, say) may still be coming back: each
 # clean-up step is tried again for up to this long.
@@ -151,15 +152,14 @@ def measure(opts: Options) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="capstan-bench-tasks-"))
     children: list[ChildProcess] = []
     tenant_id: str | None = None
-    overrides = {
-        "CAPSTAN_DATABASE_URL": scratch.url,
-        "CAPSTAN_CACHE_URL": backends.cache_url,
-        "CAPSTAN_BROKER_URL": amqp_url,
-        "CAPSTAN_BROKER_NAMESPACE": namespace,
-        "CAPSTAN_DATA_DIR": str(workdir / "data"),
-        "CAPSTAN_LOG_LEVEL": ROLE_LOG_LEVEL,
-        "CAPSTAN_TASKS_ENABLE_TEST_HANDLERS": "true",
-    }
+    overrides = role_overrides(
+        scratch.url,
+        backends.cache_url,
+        amqp_url,
+        namespace,
+        workdir,
+        CAPSTAN_TASKS_ENABLE_TEST_HANDLERS="true",
+    )
     env = child_env(overrides)
     settings = settings_for(overrides)
     celery_queue = f"{namespace}.celery"
