@@ -263,10 +263,7 @@ class PostgresSearch(DatabaseSearch):
             func.ts_headline(cfg, D.c.title, tsq, "StartSel=<em>, StopSel=</em>, HighlightAll=1"),
             func.ts_headline(cfg, func.left(D.c.body, 100_000), tsq, opts),
         ).where(D.c.id.in_(ids))
-        out: dict[str, list[str]] = {}
-        for doc_id, title, body in (await conn.execute(stmt)).all():
-            out[doc_id] = [frag for frag in (title, body) if frag and "<em>" in frag]
-        return out
+        return _fragments((await conn.execute(stmt)).all())
 
     async def _tag_facets(
         self, conn: AsyncConnection, base: Any, conds: list[ColumnElement[bool]]
@@ -353,10 +350,7 @@ class SqliteSearch(DatabaseSearch):
             )
             .where(FTS.op("MATCH")(expr), literal_column("documents_fts_map.doc_id").in_(ids))
         )
-        out: dict[str, list[str]] = {}
-        for doc_id, title, body in (await conn.execute(stmt)).all():
-            out[doc_id] = [frag for frag in (title, body) if frag and "<em>" in frag]
-        return out
+        return _fragments((await conn.execute(stmt)).all())
 
     async def _tag_facets(
         self, conn: AsyncConnection, base: Any, conds: list[ColumnElement[bool]]
@@ -372,3 +366,11 @@ class SqliteSearch(DatabaseSearch):
             .limit(FACET_SIZE)
         )
         return {r[0]: int(r[1]) for r in (await conn.execute(stmt)).all()}
+
+
+def _fragments(rows: Any) -> dict[str, list[str]]:
+    """Highlight rows (id, title, body) → the fragments that contain a match, per document."""
+    return {
+        doc_id: [frag for frag in (title, body) if frag and "<em>" in frag]
+        for doc_id, title, body in rows
+    }
