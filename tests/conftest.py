@@ -324,28 +324,12 @@ async def stop_stack(stack: Stack) -> None:
 
 
 async def delete_namespace(url: str, namespace: str) -> None:
-    """Remove a test namespace's queues and exchanges from the shared RabbitMQ."""
-    import contextlib
+    """Remove a test namespace's queues and exchanges from the shared RabbitMQ (left behind,
+    durable queues pile up: thousands slow the node's boot and exhaust its file handles)."""
+    from capstan.broker.namespaces import remove_namespace
 
-    import aio_pika
-
-    from capstan.roles import SUBSCRIBERS
-
-    connection = await aio_pika.connect(url)
-    async with connection:
-        channel = await connection.channel()
-        for name in SUBSCRIBERS:
-            queue = f"{namespace}.sub.{name}"
-            for suffix in ("", ".dead", *(f".retry.{d}" for d in (50, 200))):
-                with contextlib.suppress(Exception):
-                    await channel.queue_delete(queue + suffix)
-        for queue in ("default", "other"):
-            for suffix in ("", ".dead", ".retry.200"):
-                with contextlib.suppress(Exception):
-                    await channel.queue_delete(f"{namespace}.tasks.{queue}{suffix}")
-        for exchange in (f"{namespace}.events", f"{namespace}.realtime", f"{namespace}.tasks"):
-            with contextlib.suppress(Exception):
-                await channel.exchange_delete(exchange)
+    left = await remove_namespace(url, namespace)
+    assert not left, f"broker names left in test namespace {namespace}: {left}"
 
 
 @pytest.fixture(

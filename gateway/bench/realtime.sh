@@ -22,6 +22,9 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   psql "$CAPSTAN_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
+  # Durable queues outlive the run: leaving them piles up thousands on the shared node.
+  .venv/bin/capstan broker remove-namespace "$ns" --yes >/dev/null 2>&1 ||
+    echo "could not delete broker namespace $ns (capstan broker remove-namespace $ns)" >&2
 }
 trap cleanup EXIT
 .venv/bin/capstan migrate >/dev/null

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -17,12 +16,16 @@ from capstan.broker.port import Broker, Delivery, Message, QueueSpec, topic_matc
 @dataclass
 class Setup:
     broker: Broker
-    exchange: str
+    namespace: str
     specs: list[QueueSpec] = field(default_factory=list)
+
+    @property
+    def exchange(self) -> str:
+        return f"{self.namespace}.events"
 
     def spec(self, *patterns: str, single_active: bool = False) -> QueueSpec:
         spec = QueueSpec(
-            name=f"capstan.test.{uuid.uuid4().hex[:8]}",
+            name=f"{self.namespace}.{uuid.uuid4().hex[:8]}",
             patterns=patterns,
             retry_delays_ms=(100, 300),
             single_active=single_active,
@@ -39,40 +42,23 @@ class Setup:
 
 @pytest.fixture(params=["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
 async def setup(request: pytest.FixtureRequest) -> AsyncIterator[Setup]:
-    exchange = f"capstan.test.{uuid.uuid4().hex[:8]}"
+    namespace = f"ct{uuid.uuid4().hex[:10]}"
     if request.param == "memory":
         from capstan.broker.memory import MemoryBroker
 
         memory = MemoryBroker()
-        yield Setup(memory, exchange)
+        yield Setup(memory, namespace)
         await memory.close()
         return
     from capstan.broker.rabbitmq import RabbitBroker
-    from tests.conftest import service_url
+    from tests.conftest import delete_namespace, service_url
 
     url = service_url("rabbitmq")
     rabbit = RabbitBroker(url)
     await rabbit.connect()
-    state = Setup(rabbit, exchange)
-    yield state
+    yield Setup(rabbit, namespace)
     await rabbit.close()
-    await _delete_topology(url, state)
-
-
-async def _delete_topology(url: str, state: Setup) -> None:
-    import aio_pika
-
-    connection = await aio_pika.connect(url)
-    async with connection:
-        channel = await connection.channel()
-        for spec in state.specs:
-            names = [spec.name, spec.dead_letter_queue]
-            names += [f"{spec.name}.retry.{t}" for t in spec.retry_delays_ms]
-            for name in names:
-                with contextlib.suppress(Exception):
-                    await channel.queue_delete(name)
-        with contextlib.suppress(Exception):
-            await channel.exchange_delete(state.exchange)
+    await delete_namespace(url, namespace)
 
 
 class Inbox:

@@ -9,7 +9,6 @@ import os
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
 
 from capstan.bench.common import (
     SERVICES_HINT,
@@ -93,71 +92,19 @@ async def wait_consumers(url: str, queues: list[str], timeout_s: float = 60) -> 
         await conn.close()
 
 
-async def delete_names(url: str, names: dict[str, list[str]]) -> list[str]:
-    """Delete these queues and exchanges; the names that could not be deleted."""
-    import aio_pika
-
-    failed: list[str] = []
-    conn = await aio_pika.connect(url, timeout=5)
-    try:
-        channel = await conn.channel()
-        for queue in names["queues"]:
-            try:
-                await channel.queue_delete(queue)
-            except Exception:
-                failed.append(queue)
-                channel = await conn.channel()  # an error closes the channel
-        for exchange in names["exchanges"]:
-            try:
-                await channel.exchange_delete(exchange)
-            except Exception:
-                failed.append(exchange)
-                channel = await conn.channel()
-        await channel.close()
-    finally:
-        await conn.close()
-    return failed
-
-
-def leftovers(url: str, namespace: str) -> dict[str, list[str]] | None:
-    """Queues and exchanges still under the namespace, per the management API (None if it
-    does not answer). The namespace is the bench's own, so all of them are ours."""
-    import httpx
-
-    parts = urlsplit(url)
-    vhost = quote(unquote(parts.path.lstrip("/")) or "/", safe="")
-    auth = (unquote(parts.username or "guest"), unquote(parts.password or "guest"))
-    base = f"http://{parts.hostname or '127.0.0.1'}:15672/api"
-    found: dict[str, list[str]] = {}
-    try:
-        for kind in ("queues", "exchanges"):
-            r = httpx.get(f"{base}/{kind}/{vhost}", auth=auth, timeout=5)
-            r.raise_for_status()
-            found[kind] = [x["name"] for x in r.json() if x["name"].startswith(namespace + ".")]
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
-        return None
-    return found
-
-
-def clear_namespace(url: str, namespace: str, known: dict[str, list[str]]) -> list[str]:
-    """Delete the known names of the namespace and whatever else the management API still lists
-    under it (e.g. a new channel's exchange); the names left."""
-    failed = asyncio.run(delete_names(url, known))
-    extra = leftovers(url, namespace)
-    if extra and (extra["queues"] or extra["exchanges"]):
-        failed += asyncio.run(delete_names(url, extra))
-    left = leftovers(url, namespace)
-    return failed if left is None else left["queues"] + left["exchanges"]
-
-
 def remove_namespace(
     url: str, namespace: str, known: dict[str, list[str]], *, retry_s: float = 0.0
 ) -> None:
-    """`clear_namespace`, tried again for up to `retry_s` while any name is left (a server
-    restarted under the run may still be coming back); says on stderr how it went."""
+    """Delete the run's namespace (its known names and whatever else the management API lists
+    under it), tried again for up to `retry_s` while any name is left (a server restarted under
+    the run may still be coming back); says on stderr how it went."""
+    from capstan.broker.namespaces import Names
+    from capstan.broker.namespaces import remove_namespace as remove
+
+    names = Names(known.get("queues", []), known.get("exchanges", []))
 
     def step() -> None:
-        remaining = clear_namespace(url, namespace, known)
+        remaining = asyncio.run(remove(url, namespace, known=names))
         if remaining:
             raise BenchError(f"names left: {remaining}")
         err.print(f"deleted broker namespace {namespace}")

@@ -30,6 +30,8 @@ app.add_typer(tasks_app, name="tasks")
 app.add_typer(bench_app, name="bench")
 app.add_typer(search_app, name="search")
 app.add_typer(backup_app, name="backup")
+broker_app = typer.Typer(help="The RabbitMQ namespace Capstan uses.", no_args_is_help=True)
+app.add_typer(broker_app, name="broker")
 
 err = Console(stderr=True)
 
@@ -317,3 +319,33 @@ def _ensure_data_dir(settings: Settings) -> None:
 
 if __name__ == "__main__":
     app()
+
+
+@broker_app.command("remove-namespace")
+def broker_remove_namespace(
+    namespace: Annotated[str, typer.Argument(help="The namespace (CAPSTAN_BROKER_NAMESPACE).")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete every queue (with its messages) and exchange named NAMESPACE.* on the broker
+    (CAPSTAN_BROKER_URL; names listed by the management API): for a retired deployment, or a
+    test or benchmark run's leftovers."""
+    from capstan.broker.namespaces import list_namespace, remove_namespace
+
+    settings = _settings()
+    url, mgmt = settings.broker_url, settings.broker_management_url
+    if not url.startswith(("amqp://", "amqps://")):
+        raise typer.BadParameter("CAPSTAN_BROKER_URL is not a RabbitMQ (amqp://) URL")
+    if namespace == settings.broker_namespace and not yes:
+        err.print(f"[yellow]{namespace} is this deployment's own namespace[/yellow]")
+    found = asyncio.run(list_namespace(url, namespace, mgmt))
+    if not found.all():
+        err.print(f"nothing named {namespace}.* on the broker")
+        return
+    err.print(f"{len(found.queues)} queue(s), {len(found.exchanges)} exchange(s) in {namespace}")
+    if not yes and not typer.confirm("Delete them, with their messages?"):
+        raise typer.Exit(1)
+    left = asyncio.run(remove_namespace(url, namespace, mgmt_url=mgmt))
+    if left:
+        err.print(f"[red]could not delete: {', '.join(left)}[/red]")
+        raise typer.Exit(1)
+    err.print(f"[green]deleted broker namespace {namespace}[/green]")

@@ -1,0 +1,100 @@
+"""Removing a broker namespace from RabbitMQ: every queue and exchange named `<namespace>.…`.
+
+A namespace is one Capstan deployment's slice of a shared RabbitMQ (CAPSTAN_BROKER_NAMESPACE).
+Its durable queues outlive the processes that declared them, so a retired deployment, a
+benchmark or a test run must remove them: a node left holding thousands of queues boots slowly
+and needs a file handle per queue. The names come from the management API (all of them,
+including retry tiers and the gateway's queues) plus any the caller knows; deletion is over AMQP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from urllib.parse import quote, unquote, urlsplit
+
+import httpx
+
+DEFAULT_MANAGEMENT_PORT = 15672
+
+
+@dataclass
+class Names:
+    queues: list[str] = field(default_factory=list)
+    exchanges: list[str] = field(default_factory=list)
+
+    def all(self) -> list[str]:
+        return self.queues + self.exchanges
+
+
+def management_url(amqp_url: str, explicit: str = "") -> str:
+    """The management API's base URL: `explicit` (CAPSTAN_BROKER_MANAGEMENT_URL) when set,
+    else the AMQP URL's host and credentials on port 15672."""
+    if explicit:
+        return explicit.rstrip("/")
+    parts = urlsplit(amqp_url)
+    user = parts.username or "guest"
+    password = parts.password or "guest"
+    return f"http://{user}:{password}@{parts.hostname or '127.0.0.1'}:{DEFAULT_MANAGEMENT_PORT}"
+
+
+async def list_namespace(amqp_url: str, namespace: str, mgmt_url: str = "") -> Names:
+    """Queues and exchanges named `<namespace>.…` in the AMQP URL's vhost (management API)."""
+    base = urlsplit(management_url(amqp_url, mgmt_url))
+    auth = (unquote(base.username or "guest"), unquote(base.password or "guest"))
+    root = f"{base.scheme}://{base.hostname}:{base.port or DEFAULT_MANAGEMENT_PORT}"
+    vhost = quote(unquote(urlsplit(amqp_url).path.lstrip("/")) or "/", safe="")
+    found = Names()
+    async with httpx.AsyncClient(base_url=f"{root}{base.path}/api", auth=auth, timeout=10) as api:
+        for kind, names in (("queues", found.queues), ("exchanges", found.exchanges)):
+            response = await api.get(f"/{kind}/{vhost}", params={"columns": "name"})
+            response.raise_for_status()
+            names += [x["name"] for x in response.json() if x["name"].startswith(namespace + ".")]
+    return found
+
+
+async def delete_names(amqp_url: str, names: Names) -> list[str]:
+    """Delete these queues (with their messages) and exchanges; the names that failed."""
+    import aio_pika
+
+    failed: list[str] = []
+    connection = await aio_pika.connect(amqp_url, timeout=10)
+    async with connection:
+        channel = await connection.channel()
+        for kind, delete in (("queues", "queue_delete"), ("exchanges", "exchange_delete")):
+            for name in getattr(names, kind):
+                try:
+                    await getattr(channel, delete)(name)
+                except Exception:
+                    failed.append(name)
+                    channel = await connection.channel()  # an error closes the channel
+        with contextlib.suppress(Exception):
+            await channel.close()
+    return failed
+
+
+async def remove_namespace(
+    amqp_url: str, namespace: str, *, known: Names | None = None, mgmt_url: str = ""
+) -> list[str]:
+    """Delete every queue and exchange of the namespace; the names still there afterwards.
+
+    `known` names are deleted even when the management API does not answer (then the result
+    only lists those that failed)."""
+    if not namespace or not namespace.strip("."):
+        raise ValueError("an empty namespace would match every name")
+    names = Names(list((known or Names()).queues), list((known or Names()).exchanges))
+    listed: Names | None
+    try:
+        listed = await list_namespace(amqp_url, namespace, mgmt_url)
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        listed = None
+    if listed is not None:
+        names.queues += [q for q in listed.queues if q not in names.queues]
+        names.exchanges += [e for e in listed.exchanges if e not in names.exchanges]
+    failed = await delete_names(amqp_url, names)
+    if listed is None:
+        return failed
+    try:
+        return (await list_namespace(amqp_url, namespace, mgmt_url)).all()
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return failed
