@@ -108,6 +108,27 @@ async def _all_done_once(stack: Stack, tenant_id: str, ids: list[str], timeout: 
     assert (succeeded, effects) == (len(ids), len(ids))  # each task's effect exactly once
 
 
+async def _kill_mid_task(stack: Stack, proc: subprocess.Popen[bytes]) -> int:
+    """SIGKILL the worker while it holds a running task, without a race against the task's
+    end: the worker is stopped (SIGSTOP) first, so a task the database still shows as running
+    under its id cannot finish before the kill. Returns how many were in flight."""
+    owner = Task.worker_id.like(f"%-{proc.pid}-%")
+    for _ in range(600):
+        proc.send_signal(signal.SIGSTOP)
+        await asyncio.sleep(0.2)  # a commit already sent lands before we look
+        async with stack.container.db() as session:
+            running = await session.scalar(
+                select(func.count()).select_from(Task).where(Task.status == "running", owner)
+            )
+        if running:
+            proc.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(proc.wait)
+            return int(running)
+        proc.send_signal(signal.SIGCONT)
+        await asyncio.sleep(0.05)
+    raise AssertionError("the worker never held a running task")
+
+
 async def test_kill_9_of_a_worker_while_1000_tasks_run_on_two(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
@@ -131,8 +152,7 @@ async def test_kill_9_of_a_worker_while_1000_tasks_run_on_two(
         await stack.until(some_done, timeout=120, what="300 tasks to succeed")
         succeeded, _ = await _counts(stack, tenant.id)
         assert succeeded < 1000, "the kill must land mid-run"
-        workers[0].send_signal(signal.SIGKILL)
-        await asyncio.to_thread(workers[0].wait)
+        in_flight = await _kill_mid_task(stack, workers[0])
         ids = await submitting
         await _all_done_once(stack, tenant.id, ids, timeout=240)
         async with stack.container.db() as session:
@@ -146,7 +166,7 @@ async def test_kill_9_of_a_worker_while_1000_tasks_run_on_two(
             )
         # The killed worker's in-flight tasks ran again (at-least-once), their effect once.
         assert reruns and attempts is not None and attempts >= 2, (
-            "nothing was in flight at the kill"
+            f"the tasks in flight at the kill ({in_flight}) did not run again"
         )
     finally:
         for proc in workers:
