@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     # A queued task dispatched this long ago, never claimed, with its queue empty, lost its
     # message: dispatch it again (a duplicate message is harmless, claims are conditional).
     task_redispatch_seconds: float = Field(600.0, gt=0)
+    # A claim failing with anything but "database down" this many times in a row (a bug, a
+    # schema out of step) dead-letters its message instead of retrying it every second forever.
+    task_claim_max_errors: int = Field(10, ge=1, le=1000)
     worker_concurrency: int = Field(8, ge=1, le=1000)
     worker_queues: list[str] = ["default"]
     worker_heartbeat_seconds: float = Field(2.0, gt=0)

@@ -34,6 +34,30 @@ class FakeDelivery:
         self.settled.append(("dead_letter", reason))
 
 
+async def test_a_claim_that_keeps_failing_dead_letters_its_message(tmp_path: Path) -> None:
+    settings = embedded_settings(tmp_path).model_copy(update={"task_claim_max_errors": 3})
+    api = await start_api(settings)
+    try:
+        worker = Worker(api.container, api.container.task_registry, concurrency=1)
+
+        async def failing_claim(task_id: str) -> None:
+            raise RuntimeError("schema out of step")
+
+        worker._claim = failing_claim  # type: ignore[method-assign]
+        settled = []
+        for attempt in (1, 2, 3):
+            delivery = FakeDelivery(json.dumps({"task_id": "01"}).encode())
+            delivery.attempt = attempt
+            await worker.on_delivery(delivery)
+            settled += delivery.settled
+        assert settled[:2] == [("retry", (1000, True))] * 2
+        kind, reason = settled[2]
+        assert kind == "dead_letter"
+        assert "task 01 failed 3 times" in str(reason) and "schema out of step" in str(reason)
+    finally:
+        await api.container.close()
+
+
 @pytest.mark.parametrize(
     ("error", "counted"),
     [

@@ -111,6 +111,11 @@ class Worker:
                 if is_database_down(exc):
                     log.warning("claim failed, message retried later", extra={"error": repr(exc)})
                     await delivery.retry(1000, count_attempt=False)
+                elif delivery.attempt >= self._c.settings.task_claim_max_errors:
+                    log.exception("claim failed unexpectedly, again: message dead-lettered")
+                    await delivery.dead_letter(
+                        f"claiming task {task_id} failed {delivery.attempt} times: {exc!r}"
+                    )
                 else:
                     log.exception("claim failed unexpectedly, message retried later")
                     await delivery.retry(1000)
