@@ -121,3 +121,13 @@ def test_tasks_submit_wait_prints_a_real_summary_in_embedded_mode(tmp_path: Path
     task = json.loads(done.stdout)
     assert task["status"] == "succeeded"
     assert task["result"]["summary"].count(".") == 2
+
+
+def test_module_entry_point_has_every_command(tmp_path: Path) -> None:
+    """`python -m capstan.cli.main` (how tests and scripts start roles) registers the same
+    commands as `capstan`: none defined below the `__main__` guard."""
+    listed = subprocess.run(
+        [*CAPSTAN, "broker", "--help"], env=_env(tmp_path), capture_output=True, text=True
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "remove-namespace" in listed.stdout

@@ -317,10 +317,6 @@ def _ensure_data_dir(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
 
 
-if __name__ == "__main__":
-    app()
-
-
 @broker_app.command("remove-namespace")
 def broker_remove_namespace(
     namespace: Annotated[str, typer.Argument(help="The namespace (CAPSTAN_BROKER_NAMESPACE).")],
@@ -349,3 +345,7 @@ def broker_remove_namespace(
         err.print(f"[red]could not delete: {', '.join(left)}[/red]")
         raise typer.Exit(1)
     err.print(f"[green]deleted broker namespace {namespace}[/green]")
+
+
+if __name__ == "__main__":
+    app()
