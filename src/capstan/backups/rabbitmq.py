@@ -8,23 +8,15 @@ import asyncio
 import json
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import httpx
 
 from capstan.backups.progress import BackupError
-
-
-def _client(url: str) -> httpx.AsyncClient:
-    u = urlparse(url)
-    auth = (unquote(u.username), unquote(u.password or "")) if u.username else None
-    port = f":{u.port}" if u.port else ""
-    base = f"{u.scheme}://{u.hostname}{port}{u.path.rstrip('/')}"
-    return httpx.AsyncClient(base_url=base, auth=auth, timeout=60)
+from capstan.broker.management import management_client
 
 
 async def export_definitions(url: str, out: Path) -> dict[str, Any]:
-    async with _client(url) as client:
+    async with management_client(url) as client:
         try:
             response = await client.get("/api/definitions")
             response.raise_for_status()
@@ -45,7 +37,7 @@ async def export_definitions(url: str, out: Path) -> dict[str, Any]:
 async def import_definitions(url: str, path: Path) -> None:
     """POST /api/definitions: merges (creates what is missing, updates what differs)."""
     body = json.loads(await asyncio.to_thread(path.read_text))
-    async with _client(url) as client:
+    async with management_client(url) as client:
         try:
             response = await client.post("/api/definitions", json=body)
             response.raise_for_status()

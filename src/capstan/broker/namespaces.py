@@ -15,7 +15,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
-DEFAULT_MANAGEMENT_PORT = 15672
+from capstan.broker.management import management_client, management_url
 
 
 @dataclass
@@ -27,27 +27,13 @@ class Names:
         return self.queues + self.exchanges
 
 
-def management_url(amqp_url: str, explicit: str = "") -> str:
-    """The management API's base URL: `explicit` (CAPSTAN_BROKER_MANAGEMENT_URL) when set,
-    else the AMQP URL's host and credentials on port 15672."""
-    if explicit:
-        return explicit.rstrip("/")
-    parts = urlsplit(amqp_url)
-    user = parts.username or "guest"
-    password = parts.password or "guest"
-    return f"http://{user}:{password}@{parts.hostname or '127.0.0.1'}:{DEFAULT_MANAGEMENT_PORT}"
-
-
 async def list_namespace(amqp_url: str, namespace: str, mgmt_url: str = "") -> Names:
     """Queues and exchanges named `<namespace>.…` in the AMQP URL's vhost (management API)."""
-    base = urlsplit(management_url(amqp_url, mgmt_url))
-    auth = (unquote(base.username or "guest"), unquote(base.password or "guest"))
-    root = f"{base.scheme}://{base.hostname}:{base.port or DEFAULT_MANAGEMENT_PORT}"
     vhost = quote(unquote(urlsplit(amqp_url).path.lstrip("/")) or "/", safe="")
     found = Names()
-    async with httpx.AsyncClient(base_url=f"{root}{base.path}/api", auth=auth, timeout=10) as api:
+    async with management_client(management_url(amqp_url, mgmt_url), timeout=10) as api:
         for kind, names in (("queues", found.queues), ("exchanges", found.exchanges)):
-            response = await api.get(f"/{kind}/{vhost}", params={"columns": "name"})
+            response = await api.get(f"/api/{kind}/{vhost}", params={"columns": "name"})
             response.raise_for_status()
             names += [x["name"] for x in response.json() if x["name"].startswith(namespace + ".")]
     return found
@@ -61,13 +47,18 @@ async def delete_names(amqp_url: str, names: Names) -> list[str]:
     connection = await aio_pika.connect(amqp_url, timeout=10)
     async with connection:
         channel = await connection.channel()
-        for kind, delete in (("queues", "queue_delete"), ("exchanges", "exchange_delete")):
-            for name in getattr(names, kind):
-                try:
-                    await getattr(channel, delete)(name)
-                except Exception:
-                    failed.append(name)
-                    channel = await connection.channel()  # an error closes the channel
+        # A queue and an exchange may share a name (Celery's), hence the kind with each.
+        for name, is_queue in [(q, True) for q in names.queues] + [
+            (e, False) for e in names.exchanges
+        ]:
+            try:
+                if is_queue:
+                    await channel.queue_delete(name)
+                else:
+                    await channel.exchange_delete(name)
+            except Exception:
+                failed.append(name)
+                channel = await connection.channel()  # an error closes the channel
         with contextlib.suppress(Exception):
             await channel.close()
     return failed
@@ -82,7 +73,7 @@ async def remove_namespace(
     only lists those that failed)."""
     if not namespace or not namespace.strip("."):
         raise ValueError("an empty namespace would match every name")
-    names = Names(list((known or Names()).queues), list((known or Names()).exchanges))
+    names = Names(list(known.queues), list(known.exchanges)) if known else Names()
     listed: Names | None
     try:
         listed = await list_namespace(amqp_url, namespace, mgmt_url)
