@@ -12,6 +12,7 @@ from capstan.auth.service import Authenticator
 from capstan.broker.port import Broker
 from capstan.cache.port import RateLimiter, SessionStore, VersionedCache
 from capstan.db.engine import create_engine, sessionmaker
+from capstan.db.fastpath import FastPath
 from capstan.documents.cache import CacheAside
 from capstan.documents.service import DocumentStore
 from capstan.events.topology import Topology
@@ -45,6 +46,8 @@ class Container:
     task_registry: TaskRegistry
     tasks: TaskService
     topology: Topology
+    # PostgreSQL's single-statement hot paths; None on SQLite or when turned off.
+    fast: FastPath | None = None
     _closers: list[Any] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -55,6 +58,8 @@ class Container:
         await self.search.close()
         for closer in self._closers:
             await closer()
+        if self.fast is not None:
+            await self.fast.close()
         await self.engine.dispose()
 
 
@@ -64,6 +69,9 @@ def build_container(settings: Settings) -> Container:
     engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
     db = sessionmaker(engine)
     closers: list[Any] = []
+    fast = None
+    if engine.dialect.name == "postgresql" and settings.database_fast_path:
+        fast = FastPath(settings.database_url, max_size=settings.database_fast_pool_size)
 
     cache: VersionedCache
     sessions: SessionStore
@@ -134,6 +142,7 @@ def build_container(settings: Settings) -> Container:
     aside = CacheAside(cache, metrics, ttl_seconds=settings.cache_ttl_seconds)
     outbox_wakeup = asyncio.Event()
     task_registry = build_registry(settings)
+    topology = Topology(settings.broker_namespace)
     return Container(
         settings=settings,
         metrics=metrics,
@@ -149,7 +158,16 @@ def build_container(settings: Settings) -> Container:
         outbox_wakeup=outbox_wakeup,
         searcher=searcher,
         task_registry=task_registry,
-        tasks=TaskService(db, task_registry, settings, on_commit=outbox_wakeup.set),
-        topology=Topology(settings.broker_namespace),
+        tasks=TaskService(
+            db,
+            task_registry,
+            settings,
+            on_commit=outbox_wakeup.set,
+            broker=broker,
+            topology=topology,
+            fast=fast,
+        ),
+        topology=topology,
+        fast=fast,
         _closers=closers,
     )

@@ -54,6 +54,7 @@ def build_relay(c: Container) -> OutboxRelay:
             for name in subscriber_names(c, ["all"])
         ],
         task_queue=lambda queue: task_queue_spec(c.topology, queue),
+        fast=c.fast,
     )
 
 
@@ -97,8 +98,8 @@ SUBSCRIBERS: dict[str, Callable[[Container], Subscriber]] = {
         max_attempts=c.settings.search_indexer_max_attempts,
     ),
     "cache": lambda c: CacheSubscriber(c.cache, c.settings.cache_ttl_seconds),
-    "audit": lambda c: AuditSubscriber(c.topology.realtime_exchange),
-    "notifier": lambda c: NotifierSubscriber(),
+    "audit": lambda c: AuditSubscriber(c.topology.realtime_exchange, c.fast),
+    "notifier": lambda c: NotifierSubscriber(fast=c.fast),
 }
 
 
@@ -132,7 +133,7 @@ class Background:
         self.runners = [
             build_runner(
                 c,
-                NotifierSubscriber(wake=self.dispatcher.wake)
+                NotifierSubscriber(wake=self.dispatcher.wake, fast=c.fast)
                 if n == "notifier" and self.dispatcher is not None
                 else build_subscriber(c, n),
             )

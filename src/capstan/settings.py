@@ -19,6 +19,10 @@ class Settings(BaseSettings):
     database_url: str = ""
     # Connections per process (as many again may overflow under bursts).
     database_pool_size: int = Field(20, ge=1, le=500)
+    # PostgreSQL only: hot paths (claim, finish, submit, relay, audit) as single statements on a
+    # small asyncpg pool of their own (capstan.db.fastpath); off runs the portable ORM code.
+    database_fast_path: bool = True
+    database_fast_pool_size: int = Field(10, ge=1, le=500)
     cache_url: str = "memory://"
     broker_url: str = "memory://"
     search_url: str = "sqlite"

@@ -14,9 +14,23 @@ def is_database_down(exc: BaseException) -> bool:
     if isinstance(exc, OSError | OperationalError | InterfaceError):
         return True
     if not isinstance(exc, DBAPIError):
-        return False
+        return _asyncpg_outage(exc)
     # asyncpg reports a server restart as a closed connection or a confused protocol state.
     if exc.connection_invalidated or isinstance(exc, InternalError):
         return True
     sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    return sqlstate.startswith(_OUTAGE_SQLSTATES)
+
+
+def _asyncpg_outage(exc: BaseException) -> bool:
+    # The hot paths (capstan.db.fastpath) talk to asyncpg directly, so its exceptions arrive
+    # unwrapped: a closed connection is an InterfaceError, a server state a SQLSTATE.
+    module = type(exc).__module__
+    if not module.startswith("asyncpg"):
+        return False
+    import asyncpg
+
+    if isinstance(exc, asyncpg.InterfaceError | asyncpg.PostgresConnectionError):
+        return True
+    sqlstate = getattr(exc, "sqlstate", None) or ""
     return sqlstate.startswith(_OUTAGE_SQLSTATES)

@@ -1,8 +1,11 @@
 """The audit subscriber: appends every event to the audit log, the source of GET /v1/events
-and of realtime resume. It runs ordered (one consumer at a time, one event at a time) so that
+and of realtime resume. It runs ordered (one consumer at a time, one batch at a time) so that
 audit `seq` order is the order in which entries become visible: a reader that saw seq n has
 seen every entry below n. After committing, it fans the event out to the realtime exchange
-with its seq, for the gateway."""
+with its seq, for the gateway.
+
+On PostgreSQL a batch is ONE statement (capstan.db.fastpath): the unique event_id makes it
+idempotent by itself, so no processed_events row is needed; SQLite takes the runtime's path."""
 
 from __future__ import annotations
 
@@ -12,10 +15,22 @@ from typing import ClassVar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from capstan.broker.port import Message
+from capstan.db.fastpath import FastPath
 from capstan.db.schema import AuditEntry
 from capstan.db.upsert import insert_ignore_returning
 from capstan.events.envelope import Event, encode
-from capstan.subscribers.runtime import Outcome
+from capstan.subscribers.runtime import ApplyBatch, Outcome
+
+# Rows are inserted in the batch's order (ORDER BY the ordinality), so seq follows queue order.
+AUDIT_BATCH = """
+INSERT INTO audit_log (event_id, tenant_id, type, subject, time, recorded_at, envelope)
+SELECT b.event_id, b.tenant_id, b.type, b.subject, b.time, $6, b.envelope
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $7::jsonb[])
+       WITH ORDINALITY AS b(event_id, tenant_id, type, subject, time, envelope, n)
+ ORDER BY b.n
+ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id, seq
+"""
 
 
 class AuditSubscriber:
@@ -23,8 +38,10 @@ class AuditSubscriber:
     patterns: ClassVar[tuple[str, ...]] = ("#",)
     ordered: ClassVar[bool] = True
 
-    def __init__(self, realtime_exchange: str) -> None:
+    def __init__(self, realtime_exchange: str, fast: FastPath | None = None) -> None:
         self._realtime_exchange = realtime_exchange
+        self._fast = fast
+        self.apply_batch: ApplyBatch | None = self._apply_fast if fast is not None else None
 
     async def handle(self, event: Event, session: AsyncSession) -> Outcome | None:
         seq = await insert_ignore_returning(
@@ -41,8 +58,29 @@ class AuditSubscriber:
             },
             AuditEntry.__table__.c.seq,
         )
-        if seq is None:
-            return None
+        return None if seq is None else self._fan_out(event, seq)
+
+    async def _apply_fast(self, events: list[Event]) -> list[Outcome | None]:
+        assert self._fast is not None
+        rows = await self._fast.fetch(
+            AUDIT_BATCH,
+            [e.id for e in events],
+            [e.tenant_id for e in events],
+            [e.type for e in events],
+            [e.subject for e in events],
+            [e.time for e in events],
+            datetime.now(UTC),
+            [e.envelope for e in events],
+        )
+        seqs = {row["event_id"]: row["seq"] for row in rows}
+        outcomes: list[Outcome | None] = []
+        for event in events:
+            # pop: a duplicate within the batch was inserted (and is fanned out) once.
+            seq = seqs.pop(event.id, None)
+            outcomes.append(None if seq is None else self._fan_out(event, seq))
+        return outcomes
+
+    def _fan_out(self, event: Event, seq: int) -> Outcome:
         realtime = Message(
             routing_key=event.routing_key,
             body=encode({**event.envelope, "seq": seq}),

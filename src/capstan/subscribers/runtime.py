@@ -7,6 +7,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import ClassVar, Protocol
@@ -51,6 +52,18 @@ class Subscriber(Protocol):
         ...
 
 
+# A subscriber may also offer `apply_batch(events) -> list[Outcome | None]`, set to None when
+# unavailable (e.g. on SQLite): it applies the events in order with its own single statement
+# and its own idempotency (a unique key on its effect rows), instead of the runtime's
+# transaction and processed_events row per event. Outcomes come back in the events' order.
+ApplyBatch = Callable[[list[Event]], Awaitable[list["Outcome | None"]]]
+
+
+def batched(subscriber: Subscriber) -> bool:
+    """Ordered subscribers and those marked `batched` apply what waits in their queue at once."""
+    return subscriber.ordered or bool(getattr(subscriber, "batched", False))
+
+
 def queue_spec(subscriber: Subscriber, retry_delays_ms: list[int], topology: Topology) -> QueueSpec:
     return QueueSpec(
         name=topology.subscriber_queue(subscriber.name),
@@ -85,7 +98,11 @@ class SubscriberRunner:
         # paid once per batch instead of once per event, and the broker's next delivery never
         # waits for an ack. Batches form only when events queue up, so an idle subscriber
         # still handles each event as soon as it arrives.
-        self._prefetch = ordered_batch if subscriber.ordered else prefetch
+        # Unordered subscribers marked `batched` (notifier) drain the same way, without the
+        # single active consumer: a batch costs one lookup instead of one per event.
+        self._batched = batched(subscriber)
+        self._prefetch = ordered_batch if self._batched else prefetch
+        self._apply_batch: ApplyBatch | None = getattr(subscriber, "apply_batch", None)
         # Deliveries waiting for the ordered loop, each with the future its handler call
         # waits on: a broker handler returns once its delivery is settled (port contract).
         self._intake: asyncio.Queue[tuple[Delivery, asyncio.Future[None]]] = asyncio.Queue()
@@ -103,7 +120,7 @@ class SubscriberRunner:
         return self.subscriber.name
 
     async def start(self) -> None:
-        if self.subscriber.ordered:
+        if self._batched:
             self._stopping = False
             self._drainer = asyncio.create_task(self._drain(), name=f"ordered {self.name}")
             handler: Handler = self._enqueue
@@ -197,8 +214,12 @@ class SubscriberRunner:
             return
         started = time.perf_counter()
         try:
-            async with self._db.begin() as session:
-                applied = [(d, e, *await self._apply_in(session, e)) for d, e in events]
+            if self._apply_batch is not None:
+                outcomes = await self._apply_batch([e for _, e in events])
+                applied = [(d, e, o, True) for (d, e), o in zip(events, outcomes, strict=True)]
+            else:
+                async with self._db.begin() as session:
+                    applied = [(d, e, *await self._apply_in(session, e)) for d, e in events]
         except Exception:
             # Nothing was committed. One by one, so that only the failing event is retried or
             # dead-lettered and the others go through.
@@ -238,6 +259,9 @@ class SubscriberRunner:
         self._metrics.events_consumed.labels(name, "processed" if fresh else "duplicate").inc()
 
     async def _apply(self, event: Event) -> tuple[Outcome | None, bool]:
+        if self._apply_batch is not None:
+            (outcome,) = await self._apply_batch([event])
+            return outcome, True
         async with self._db.begin() as session:
             return await self._apply_in(session, event)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,15 +11,23 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from capstan.broker.port import Broker, Message
+from capstan.db.fastpath import FastPath
 from capstan.db.schema import Task
 from capstan.documents.service import decode_cursor, encode_cursor
 from capstan.errors import Conflict, InvalidInput, NotFound
-from capstan.events.outbox import add_event, add_task_message
+from capstan.events.envelope import encode
+from capstan.events.outbox import add_envelope, add_task_message, envelope
+from capstan.events.topology import Topology
 from capstan.ids import uuid7
 from capstan.observability.context import current_request_id
 from capstan.settings import Settings
+from capstan.tasks import statements
 from capstan.tasks.registry import TaskRegistry
 from capstan.tasks.schemas import TaskRead, TaskSubmit
+from capstan.worker.queues import task_queue_spec
+
+log = logging.getLogger(__name__)
 
 FINISHED = ("succeeded", "failed", "cancelled")
 
@@ -62,15 +71,32 @@ def task_event_data(task: Task, **extra: Any) -> dict[str, Any]:
     return data
 
 
-def stage_event(session: AsyncSession, source: str, task: Task, action: str, **extra: Any) -> None:
-    add_event(
-        session,
+def task_event(source: str, task: Task, action: str, **extra: Any) -> dict[str, Any]:
+    """The envelope of a task event; task events carry the request id of the submission."""
+    return envelope(
         source=source,
         entity="task",
         action=action,
         tenant_id=task.tenant_id,
         subject=f"tasks/{task.id}",
         data=task_event_data(task, **extra),
+        request_id=task.request_id,
+    )
+
+
+def stage_event(session: AsyncSession, source: str, task: Task, action: str, **extra: Any) -> None:
+    add_envelope(session, task_event(source, task, action, **extra))
+
+
+def task_message(task: Task) -> Message:
+    """The message that hands `task` to a worker (the relay sends the same for outbox rows)."""
+    return Message(
+        routing_key=task.queue,
+        body=encode({"task_id": task.id, "priority": task.priority}),
+        message_id=uuid7(),
+        headers={"tenantid": task.tenant_id},
+        content_type="application/json",
+        priority=task.priority,
     )
 
 
@@ -89,11 +115,19 @@ class TaskService:
         registry: TaskRegistry,
         settings: Settings,
         on_commit: Any = lambda: None,
+        *,
+        broker: Broker | None = None,
+        topology: Topology | None = None,
+        fast: FastPath | None = None,
     ) -> None:
         self._db = db
         self._registry = registry
         self._settings = settings
         self._on_commit = on_commit
+        self._broker = broker
+        self._topology = topology
+        self._fast = fast
+        self._declared: set[str] = set()
 
     async def submit(self, tenant_id: str, body: TaskSubmit) -> tuple[Task, bool]:
         """The new task (True), or the one already submitted with this idempotency key (False)."""
@@ -136,21 +170,67 @@ class TaskService:
             created_at=now,
             updated_at=now,
         )
-        try:
-            async with self._db.begin() as session:
-                session.add(task)
-                if run_at <= now:
-                    dispatch(session, task, now)
-                stage_event(session, s.source, task, "queued")
-        except IntegrityError:
-            # Another request with the same idempotency key won the race: same task.
-            if body.idempotency_key and (
-                found := await self._by_key(tenant_id, body.idempotency_key)
-            ):
+        due = run_at <= now
+        if due:
+            task.dispatched_at = now
+        queued = task_event(s.source, task, "queued")
+        if self._fast is not None:
+            row = await self._fast.fetchrow(
+                statements.SUBMIT, *statements.submit_args(task, queued)
+            )
+            if row is None:
+                # The idempotency key is taken (maybe by a concurrent request): same task.
+                found = await self._by_key(tenant_id, body.idempotency_key or "")
+                if found is None:
+                    raise Conflict("the task could not be stored; retry")
                 return found, False
-            raise
+        else:
+            try:
+                async with self._db.begin() as session:
+                    session.add(task)
+                    add_envelope(session, queued)
+            except IntegrityError:
+                # Another request with the same idempotency key won the race: same task.
+                if body.idempotency_key and (
+                    found := await self._by_key(tenant_id, body.idempotency_key)
+                ):
+                    return found, False
+                raise
         self._on_commit()
+        if due:
+            await self._dispatch_now(task)
         return task, True
+
+    async def _dispatch_now(self, task: Task) -> None:
+        """Hand the committed task to its queue at once, without the relay's round trip.
+
+        If the broker does not confirm, the message goes through the outbox instead (the relay
+        retries until it can); if this process dies before either, the lost-task sweeper
+        (capstan.worker.maintenance) dispatches it again after task_redispatch_seconds."""
+        if self._broker is not None and self._topology is not None:
+            try:
+                spec = task_queue_spec(self._topology, task.queue)
+                if spec.name not in self._declared:
+                    await self._broker.declare(spec)
+                    self._declared.add(spec.name)
+                await self._broker.publish(
+                    [task_message(task)], self._topology.tasks_exchange, mandatory=True
+                )
+                return
+            except Exception as exc:
+                log.warning(
+                    "direct dispatch failed, the outbox takes over",
+                    extra={"task": task.id, "error": repr(exc)},
+                )
+        async with self._db.begin() as session:
+            add_task_message(
+                session,
+                tenant_id=task.tenant_id,
+                queue=task.queue,
+                task_id=task.id,
+                priority=task.priority,
+            )
+        self._on_commit()
 
     async def _by_key(self, tenant_id: str, key: str) -> Task | None:
         async with self._db() as session:

@@ -21,9 +21,10 @@ from capstan.container import Container
 from capstan.db.errors import is_database_down
 from capstan.db.schema import Task, WorkerRecord
 from capstan.observability.context import reset_request_id, set_request_id
+from capstan.tasks import statements
 from capstan.tasks.context import Effect, TaskCancelled, TaskContext
 from capstan.tasks.registry import TaskRegistry
-from capstan.tasks.service import stage_event
+from capstan.tasks.service import stage_event, task_event
 from capstan.worker.queues import task_queue_spec
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,20 @@ class Worker:
 
     async def _claim(self, task_id: str) -> Task | None:
         now = datetime.now(UTC)
+        fast = self._c.fast
+        if fast is not None:
+            row = await statements.claim(fast, task_id, self.id, now, self._c.settings.source)
+            task = None if row is None else statements.task_from_row(row)
+        else:
+            task = await self._claim_portable(task_id, now)
+        if task is None:
+            return None
+        self._c.outbox_wakeup.set()
+        self._m_tasks.labels(task.type, "running").inc()
+        self._m_wait.labels(task.type).observe(max((now - task.run_at).total_seconds(), 0.0))
+        return task
+
+    async def _claim_portable(self, task_id: str, now: datetime) -> Task | None:
         async with self._c.db.begin() as session:
             # One round trip: the conditional claim hands back the claimed row.
             task: Task | None = await session.scalar(
@@ -171,9 +186,6 @@ class Worker:
             if task is None:
                 return None
             stage_event(session, self._c.settings.source, task, "started", worker=self.id)
-        self._c.outbox_wakeup.set()
-        self._m_tasks.labels(task.type, "running").inc()
-        self._m_wait.labels(task.type).observe(max((now - task.run_at).total_seconds(), 0.0))
         return task
 
     async def _execute(self, task: Task) -> str | None:
@@ -268,6 +280,47 @@ class Worker:
                 status="succeeded", result=value, error=None, finished_at=now, progress=1.0
             )
             action, state = "succeeded", "succeeded"
+        extra: dict[str, Any] = {"error": error} if error else {}
+        if action == "succeeded":
+            extra["result"] = value
+        if action == "retrying":
+            extra["run_at"] = values["run_at"].isoformat()
+            extra["retry_in_seconds"] = round(delay, 3)
+        fast = self._c.fast
+        if fast is not None and not effects:
+            # The event describes the row as this statement leaves it.
+            event = task_event(s.source, task, action, **extra, status=values["status"])
+            owned = await statements.finish(
+                fast,
+                task,
+                self.id,
+                status=values["status"],
+                error=values.get("error"),
+                result=values.get("result"),
+                finished_at=values.get("finished_at"),
+                run_at=values.get("run_at"),
+                now=now,
+                event=event,
+            )
+        else:
+            owned = await self._finish_portable(task, values, effects, action, extra, now)
+        if not owned:
+            log.warning("task was taken back before it finished", extra={"task": task.id})
+            return None
+        self._c.outbox_wakeup.set()
+        self._m_tasks.labels(task.type, state).inc()
+        self._m_duration.labels(task.type).observe(elapsed)
+        return state
+
+    async def _finish_portable(
+        self,
+        task: Task,
+        values: dict[str, Any],
+        effects: list[Effect],
+        action: str,
+        extra: dict[str, Any],
+        now: datetime,
+    ) -> bool:
         async with self._c.db.begin() as session:
             # Only if this worker still owns this attempt (the reaper may have taken it back).
             fresh: Task | None = await session.scalar(
@@ -283,21 +336,11 @@ class Worker:
                 execution_options={"synchronize_session": False},
             )
             if fresh is None:
-                log.warning("task was taken back before it finished", extra={"task": task.id})
-                return None
+                return False
             for effect in effects:
                 await effect(session)
-            extra: dict[str, Any] = {"error": error} if error else {}
-            if action == "succeeded":
-                extra["result"] = value
-            if action == "retrying":
-                extra["run_at"] = fresh.run_at.isoformat()
-                extra["retry_in_seconds"] = round(delay, 3)
-            stage_event(session, s.source, fresh, action, **extra)
-        self._c.outbox_wakeup.set()
-        self._m_tasks.labels(task.type, state).inc()
-        self._m_duration.labels(task.type).observe(elapsed)
-        return state
+            stage_event(session, self._c.settings.source, fresh, action, **extra)
+        return True
 
     async def _release(self, task: Task) -> None:
         now = datetime.now(UTC)
