@@ -60,7 +60,7 @@ class AuditSubscriber:
         )
         return None if seq is None else self._fan_out(event, seq)
 
-    async def _apply_fast(self, events: list[Event]) -> list[Outcome | None]:
+    async def _apply_fast(self, events: list[Event]) -> list[tuple[Outcome | None, bool]]:
         assert self._fast is not None
         rows = await self._fast.fetch(
             AUDIT_BATCH,
@@ -73,12 +73,12 @@ class AuditSubscriber:
             [e.envelope for e in events],
         )
         seqs = {row["event_id"]: row["seq"] for row in rows}
-        outcomes: list[Outcome | None] = []
+        applied: list[tuple[Outcome | None, bool]] = []
         for event in events:
             # pop: a duplicate within the batch was inserted (and is fanned out) once.
             seq = seqs.pop(event.id, None)
-            outcomes.append(None if seq is None else self._fan_out(event, seq))
-        return outcomes
+            applied.append((None, False) if seq is None else (self._fan_out(event, seq), True))
+        return applied
 
     def _fan_out(self, event: Event, seq: int) -> Outcome:
         realtime = Message(

@@ -51,7 +51,7 @@ class NotifierSubscriber:
         self._fast = fast
         self.apply_batch: ApplyBatch | None = self._apply_fast if fast is not None else None
 
-    async def _apply_fast(self, events: list[Event]) -> list[Outcome | None]:
+    async def _apply_fast(self, events: list[Event]) -> list[tuple[Outcome | None, bool]]:
         assert self._fast is not None
         hooks = await self._fast.fetch(ACTIVE_HOOKS, sorted({e.tenant_id for e in events}))
         owed = [
@@ -73,7 +73,8 @@ class NotifierSubscriber:
             )
             if status != "INSERT 0 0" and self._wake is not None:
                 self._wake()
-        return [None] * len(events)
+        # Duplicates are absorbed by the unique key; they are not told apart here.
+        return [(None, True)] * len(events)
 
     async def handle(self, event: Event, session: AsyncSession) -> Outcome | None:
         hooks = await session.execute(

@@ -55,8 +55,9 @@ class Subscriber(Protocol):
 # A subscriber may also offer `apply_batch(events) -> list[Outcome | None]`, set to None when
 # unavailable (e.g. on SQLite): it applies the events in order with its own single statement
 # and its own idempotency (a unique key on its effect rows), instead of the runtime's
-# transaction and processed_events row per event. Outcomes come back in the events' order.
-ApplyBatch = Callable[[list[Event]], Awaitable[list["Outcome | None"]]]
+# transaction and processed_events row per event. It returns (outcome, fresh) per event, in the
+# events' order; fresh is False for an event it had already applied (a duplicate).
+ApplyBatch = Callable[[list[Event]], Awaitable[list[tuple["Outcome | None", bool]]]]
 
 
 def batched(subscriber: Subscriber) -> bool:
@@ -215,8 +216,8 @@ class SubscriberRunner:
         started = time.perf_counter()
         try:
             if self._apply_batch is not None:
-                outcomes = await self._apply_batch([e for _, e in events])
-                applied = [(d, e, o, True) for (d, e), o in zip(events, outcomes, strict=True)]
+                results = await self._apply_batch([e for _, e in events])
+                applied = [(d, e, *r) for (d, e), r in zip(events, results, strict=True)]
             else:
                 async with self._db.begin() as session:
                     applied = [(d, e, *await self._apply_in(session, e)) for d, e in events]
@@ -260,8 +261,8 @@ class SubscriberRunner:
 
     async def _apply(self, event: Event) -> tuple[Outcome | None, bool]:
         if self._apply_batch is not None:
-            (outcome,) = await self._apply_batch([event])
-            return outcome, True
+            (result,) = await self._apply_batch([event])
+            return result
         async with self._db.begin() as session:
             return await self._apply_in(session, event)
 
