@@ -13,6 +13,7 @@ from capstan.broker.port import Broker
 from capstan.cache.port import RateLimiter, SessionStore, VersionedCache
 from capstan.db.engine import create_engine, sessionmaker
 from capstan.db.fastpath import FastPath
+from capstan.db.replica import ReadRouter
 from capstan.documents.cache import CacheAside
 from capstan.documents.service import DocumentStore
 from capstan.events.topology import Topology
@@ -32,6 +33,8 @@ class Container:
     metrics: Metrics
     engine: AsyncEngine
     db: async_sessionmaker[AsyncSession]
+    # List and search reads: on the replica when one is configured and current, else `engine`.
+    reads: ReadRouter
     cache: VersionedCache
     sessions: SessionStore
     rate_limiter: RateLimiter
@@ -60,6 +63,7 @@ class Container:
             await closer()
         if self.fast is not None:
             await self.fast.close()
+        await self.reads.close()
         await self.engine.dispose()
 
 
@@ -68,6 +72,15 @@ def build_container(settings: Settings) -> Container:
     metrics = Metrics()
     engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
     db = sessionmaker(engine)
+    reads = ReadRouter(
+        engine,
+        create_engine(settings.database_read_url, pool_size=settings.database_pool_size)
+        if settings.database_read_url
+        else None,
+        max_wait_seconds=settings.database_read_max_wait_seconds,
+        retry_seconds=settings.database_read_retry_seconds,
+        on_route=lambda target: metrics.db_routed_reads.labels(target).inc(),
+    )
     closers: list[Any] = []
     fast = None
     if engine.dialect.name == "postgresql" and settings.database_fast_path:
@@ -110,11 +123,11 @@ def build_container(settings: Settings) -> Container:
     if engine.dialect.name == "sqlite":
         from capstan.search.sqlite_fts import SqliteFts
 
-        database_search = SqliteFts(engine)
+        database_search = SqliteFts(engine, reads)
     else:
         from capstan.search.postgres_fts import PostgresFts
 
-        database_search = PostgresFts(engine)
+        database_search = PostgresFts(engine, reads)
     index: ElasticsearchEngine | None = None
     if settings.search_url.startswith("http"):
         index = ElasticsearchEngine(
@@ -148,13 +161,16 @@ def build_container(settings: Settings) -> Container:
         metrics=metrics,
         engine=engine,
         db=db,
+        reads=reads,
         cache=cache,
         sessions=sessions,
         rate_limiter=rate_limiter,
         broker=broker,
         search=search,
         auth=auth,
-        documents=DocumentStore(db, aside, settings.source, on_commit=outbox_wakeup.set),
+        documents=DocumentStore(
+            db, aside, settings.source, on_commit=outbox_wakeup.set, reads=reads
+        ),
         outbox_wakeup=outbox_wakeup,
         searcher=searcher,
         task_registry=task_registry,

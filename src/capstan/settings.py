@@ -23,6 +23,13 @@ class Settings(BaseSettings):
     # small asyncpg pool of their own (capstan.db.fastpath); off runs the portable ORM code.
     database_fast_path: bool = True
     database_fast_pool_size: int = Field(10, ge=1, le=500)
+    # A streaming replica for list and search reads (docs/deployment.md, "Scale-out"). Empty:
+    # every read goes to the primary. A read waits this long for the replica to replay past
+    # the primary's position, then goes to the primary; an unreachable replica is skipped for
+    # database_read_retry_seconds.
+    database_read_url: str = ""
+    database_read_max_wait_seconds: float = Field(0.05, ge=0)
+    database_read_retry_seconds: float = Field(5.0, ge=0)
     cache_url: str = "memory://"
     broker_url: str = "memory://"
     search_url: str = "sqlite"
@@ -123,6 +130,11 @@ class Settings(BaseSettings):
     def _fill_database_url(self) -> Settings:
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'capstan.db'}"
+        if self.database_read_url and not (
+            self.database_url.startswith(("postgresql", "postgres:"))
+            and self.database_read_url.startswith(("postgresql", "postgres:"))
+        ):
+            raise ValueError("database_read_url needs PostgreSQL for both it and database_url")
         return self
 
     @property

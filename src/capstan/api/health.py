@@ -59,6 +59,9 @@ async def probe_all(c: Container) -> dict[str, dict[str, Any]]:
         ),
         "search": (c.search.ping, False, c.search.name),
     }
+    if c.reads.replica_configured:
+        # Not required: list and search reads fall back to the primary without it.
+        probes["replica"] = (c.reads.ping, False, "postgresql")
     names = list(probes)
     results = await asyncio.gather(*(_probe(*probes[n]) for n in names))
     for name, result in zip(names, results, strict=True):

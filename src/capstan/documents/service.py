@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from capstan.db.replica import ReadRouter
 from capstan.db.schema import Document
 from capstan.documents import repository
 from capstan.documents.cache import CacheAside, Loaded, document_key
@@ -84,8 +85,11 @@ class DocumentStore:
         cache: CacheAside,
         source: str,
         on_commit: Callable[[], None] = lambda: None,
+        reads: ReadRouter | None = None,
     ):
         self._db = db
+        # Listing may read from a replica; single reads stay on `db` behind the cache.
+        self._reads = reads
         self._cache = cache
         self._source = source
         self._on_commit = on_commit  # wakes an in-process relay (embedded mode)
@@ -164,10 +168,17 @@ class DocumentStore:
         limit: int,
     ) -> tuple[list[Document], str | None]:
         after = decode_cursor(cursor) if cursor else None
-        async with self._db() as session:
-            rows = await repository.page(
+
+        async def page(session: AsyncSession) -> list[Document]:
+            return await repository.page(
                 session, tenant_id, collection=collection, tag=tag, after_id=after, limit=limit + 1
             )
+
+        if self._reads is not None:
+            rows = await self._reads.run_session(page)
+        else:
+            async with self._db() as session:
+                rows = await page(session)
         more = len(rows) > limit
         rows = rows[:limit]
         return rows, encode_cursor(rows[-1].id) if more and rows else None

@@ -216,6 +216,13 @@ class Metrics:
             ["engine", "outcome"],
             registry=r,
         )
+        self.db_routed_reads = Counter(
+            "capstan_db_routed_reads_total",
+            "List and search reads by where they ran: replica or primary; lagging counts reads "
+            "passed over to the primary because the replica had not caught up.",
+            ["target"],
+            registry=r,
+        )
         self.search_duration = Histogram(
             "capstan_search_duration_seconds",
             "Search latency per engine and for the merged answer.",

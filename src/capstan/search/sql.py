@@ -38,6 +38,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from capstan.db.replica import ReadRouter
 from capstan.db.schema import Document
 from capstan.search.port import (
     Filters,
@@ -66,8 +67,10 @@ class DatabaseSearch:
     store: str = "database"  # how the structured engine is named in `engines`
     derived: ClassVar[bool] = False
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, reads: ReadRouter | None = None) -> None:
         self._engine = engine
+        # Queries may run on a read replica (capstan.db.replica); the engine stays the primary.
+        self._reads = reads or ReadRouter(engine)
 
     # --- the port --------------------------------------------------------------------------
 
@@ -89,8 +92,7 @@ class DatabaseSearch:
 
     async def query(self, q: SearchQuery) -> SearchResult:
         try:
-            async with self._engine.connect() as conn:
-                return await self._query(conn, q)
+            return await self._reads.run(lambda conn: self._query(conn, q))
         except (OperationalError, DBAPIError, OSError) as exc:
             raise SearchUnavailable(f"{self.name}: {exc}") from exc
 
@@ -103,9 +105,12 @@ class DatabaseSearch:
             return {}
         conds = [*self.structured(tenant_id, filters), D.c.id.in_(list(ids))]
         stmt = select(D.c.id, D.c.version, D.c.title).where(*conds)
-        async with self._engine.connect() as conn:
+
+        async def verified(conn: AsyncConnection) -> dict[str, tuple[int, str]]:
             rows = (await conn.execute(stmt)).all()
-        return {r.id: (r.version, r.title) for r in rows}
+            return {r.id: (r.version, r.title) for r in rows}
+
+        return await self._reads.run(verified)
 
     # --- structured predicates -------------------------------------------------------------
 

@@ -1,0 +1,146 @@
+"""Private servers a test may kill: a PostgreSQL primary with a streaming replica, a Redis
+primary + replica + Sentinels. Each runs on free loopback ports in its own directory, so
+stopping one disturbs no other test and never the shared servers of scripts/services."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REQUIRE, free_port
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def missing(message: str) -> None:
+    """Skip (fail under CAPSTAN_REQUIRE_SERVICES=1) when a server binary is not installed."""
+    if REQUIRE:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def wait_port(port: int, *, timeout: float = 30.0, what: str = "server") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on {port}")
+
+
+def _as_postgres(*args: str | Path) -> list[str]:
+    # initdb and postgres refuse to run as root; scripts/services runs them as `postgres` too.
+    command = [str(a) for a in args]
+    return command if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--", *command]
+
+
+class PostgresNode:
+    """One PostgreSQL server: a data directory and a port."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.data = root / name
+        self.port = free_port()
+        self.root = root
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://capstan:capstan@127.0.0.1:{self.port}/capstan"
+
+    def start(self) -> None:
+        subprocess.run(
+            _as_postgres(
+                PG_BIN / "pg_ctl", "-D", self.data, "-l", self.data.with_suffix(".log"),
+                "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1",
+                "-w", "-t", "60", "start",
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def kill(self) -> None:
+        """Stop at once, as a crash would (immediate mode: no checkpoint, no goodbye)."""
+        subprocess.run(
+            _as_postgres(PG_BIN / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop"),
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def sql(self, statement: str) -> str:
+        """Run one statement as the superuser; its output, unaligned."""
+        done = subprocess.run(
+            _as_postgres(
+                PG_BIN / "psql", "-X", "-A", "-t", "-h", self.root, "-p", str(self.port),
+                "-U", "postgres", "-d", "capstan", "-c", statement,
+            ),
+            check=True,
+            capture_output=True,
+            text=True,
+        )  # fmt: skip
+        return done.stdout.strip()
+
+
+class PostgresPair:
+    """A primary and a hot standby streaming from it (pg_basebackup -R)."""
+
+    def __init__(self) -> None:
+        if not (PG_BIN / "pg_basebackup").exists():
+            missing(f"PostgreSQL 15 is not installed at {PG_BIN} (scripts/services up does it)")
+        # Not pytest's tmp_path: its parents are 0700 root, and the servers run as postgres.
+        self.root = Path(tempfile.mkdtemp(prefix="capstan-pg-"))
+        self.root.chmod(0o755)
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+        self.primary = PostgresNode(self.root, "primary")
+        self.replica = PostgresNode(self.root, "replica")
+
+    def start(self) -> None:
+        subprocess.run(
+            _as_postgres(
+                PG_BIN / "initdb", "-D", self.primary.data, "-U", "postgres", "-E", "UTF8",
+                "--locale=C.UTF-8", "--auth=trust", "--no-sync",
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        conf = self.primary.data / "postgresql.conf"
+        with conf.open("a") as f:
+            f.write("wal_level = replica\nmax_wal_senders = 5\nhot_standby = on\nfsync = off\n")
+        with (self.primary.data / "pg_hba.conf").open("a") as f:
+            f.write("host replication all 127.0.0.1/32 trust\n")
+        self.primary.start()
+        subprocess.run(
+            _as_postgres(
+                PG_BIN / "psql", "-X", "-q", "-h", self.root, "-p", str(self.primary.port),
+                "-U", "postgres", "-d", "postgres",
+                "-c", "CREATE ROLE capstan LOGIN SUPERUSER PASSWORD 'capstan'",
+                "-c", "CREATE DATABASE capstan OWNER capstan",
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        subprocess.run(
+            _as_postgres(
+                PG_BIN / "pg_basebackup", "-D", self.replica.data, "-h", "127.0.0.1",
+                "-p", str(self.primary.port), "-U", "postgres", "-X", "stream", "-R",
+                # A fast checkpoint: the default spread one waits minutes on an idle server.
+                "--checkpoint=fast", "--no-sync",
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.replica.start()
+
+    def stop(self) -> None:
+        self.replica.kill()
+        self.primary.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
