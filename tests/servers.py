@@ -144,3 +144,84 @@ class PostgresPair:
         self.replica.kill()
         self.primary.kill()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class RedisNode:
+    """One redis-server (or sentinel) process on a free port, config in its own file."""
+
+    def __init__(self, root: Path, name: str, config: str, *, sentinel: bool = False) -> None:
+        self.port = free_port()
+        self.dir = root / name
+        self.dir.mkdir()
+        self.conf = self.dir / "redis.conf"
+        # Sentinels rewrite their file (they record the promoted primary there).
+        self.conf.write_text(
+            f'port {self.port}\nbind 127.0.0.1\ndir {self.dir}\nsave ""\nappendonly no\n' + config
+        )
+        self.sentinel = sentinel
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            missing("redis-server is not installed (scripts/services up installs it)")
+        command = [str(binary), str(self.conf)] + (["--sentinel"] if self.sentinel else [])
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, what="redis-server")
+
+    def kill(self) -> None:
+        """kill -9."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def command(self, *args: str) -> str:
+        """One command through redis-cli; its raw output."""
+        done = subprocess.run(
+            ["redis-cli", "-p", str(self.port), *args], check=True, capture_output=True, text=True
+        )
+        return done.stdout.strip()
+
+
+class SentinelGroup:
+    """A Redis primary, one replica and three Sentinels watching them as `service`."""
+
+    service = "capstan"
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="capstan-sentinel-"))
+        self.primary = RedisNode(self.root, "primary", "")
+        self.replica = RedisNode(self.root, "replica", f"replicaof 127.0.0.1 {self.primary.port}\n")
+        watch = (
+            f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} 2\n"
+            f"sentinel down-after-milliseconds {self.service} 1000\n"
+            f"sentinel failover-timeout {self.service} 10000\n"
+        )
+        self.sentinels = [
+            RedisNode(self.root, f"sentinel{i}", watch, sentinel=True) for i in range(3)
+        ]
+
+    def url(self, db: int = 0) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}/{db}"
+
+    def master_port(self) -> int:
+        """The primary's port as the first live sentinel reports it."""
+        for sentinel in self.sentinels:
+            if sentinel.proc is None:
+                continue
+            reply = sentinel.command("SENTINEL", "get-master-addr-by-name", self.service)
+            return int(reply.split()[1])
+        raise RuntimeError("no sentinel is running")
+
+    def start(self) -> None:
+        self.primary.start()
+        self.replica.start()
+        for sentinel in self.sentinels:
+            sentinel.start()
+
+    def stop(self) -> None:
+        for node in (*self.sentinels, self.replica, self.primary):
+            node.kill()
+        shutil.rmtree(self.root, ignore_errors=True)

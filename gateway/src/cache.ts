@@ -2,7 +2,8 @@
  * The Lua scripts are the Python API's own files (src/capstan/cache/lua/), not a copy. */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Redis } from 'ioredis';
+import { Redis, type RedisOptions } from 'ioredis';
+import { sentinelOptions } from './redisOptions';
 
 /** The text of one of the contract's Lua scripts. Their only copy is the Python package data
  * src/capstan/cache/lua/; `npm run build` copies it to dist/lua (scripts/copy-lua.js), beside
@@ -37,14 +38,19 @@ export class RedisLink {
   private downUntil = 0;
 
   constructor(url: string, timeoutMs = 500, private readonly retryMs = 1000) {
-    const client = new Redis(url, {
+    const options: RedisOptions = {
       lazyConnect: true,
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
       commandTimeout: timeoutMs,
       connectTimeout: timeoutMs * 4,
       retryStrategy: (times) => Math.min(100 * times, 2000),
-    });
+      // A connection still open to a demoted primary (after a Sentinel failover) answers
+      // writes with READONLY: reconnect, which asks the sentinels for the new primary.
+      reconnectOnError: (err) => (err.message.startsWith('READONLY') ? 1 : false),
+    };
+    const sentinel = sentinelOptions(url);
+    const client = sentinel ? new Redis({ ...options, ...sentinel }) : new Redis(url, options);
     client.on('error', () => {}); // reported through calls and /readyz
     client.defineCommand('capstanFill', { numberOfKeys: 1, lua: FILL });
     client.defineCommand('capstanInvalidate', { numberOfKeys: 1, lua: INVALIDATE });

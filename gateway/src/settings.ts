@@ -8,7 +8,7 @@ const schema = {
   required: ['CAPSTAN_DATABASE_URL', 'CAPSTAN_CACHE_URL', 'CAPSTAN_BROKER_URL'],
   properties: {
     CAPSTAN_DATABASE_URL: { type: 'string', pattern: '^postgres(ql)?(\\+[a-z0-9]+)?://' },
-    CAPSTAN_CACHE_URL: { type: 'string', pattern: '^rediss?://' },
+    CAPSTAN_CACHE_URL: { type: 'string', pattern: '^rediss?(\\+sentinel)?://' },
     CAPSTAN_BROKER_URL: { type: 'string', pattern: '^amqps?://' },
     CAPSTAN_BROKER_NAMESPACE: { type: 'string', pattern: '^[a-z0-9][a-z0-9_.\\-]*$', default: 'capstan' },
     CAPSTAN_CACHE_TTL_SECONDS: { type: 'integer', minimum: 1, default: 300 },

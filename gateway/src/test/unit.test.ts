@@ -3,6 +3,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { test } from 'node:test';
 import { RedisLink } from '../cache';
+import { sentinelOptions } from '../redisOptions';
 import { formatFloat, parse, stringify } from '../pyjson';
 import { pyDatetime } from '../documents';
 import { checkPattern, Matcher } from '../realtime/patterns';
@@ -154,4 +155,19 @@ test('a burst of live events reaches each client in one corked write, in order',
   hub.dispatch(ev(4));
   await new Promise((r) => setImmediate(r));
   assert.deepEqual(a.flushes, [[1, 3], [4]]);
+});
+
+test('a redis+sentinel:// URL names the sentinels, the service, the database and the passwords', () => {
+  assert.deepEqual(sentinelOptions('redis+sentinel://:s3cret@10.0.0.1:26379,[::1]:26380/capstan/2?sentinel_password=x'), {
+    sentinels: [{ host: '10.0.0.1', port: 26379 }, { host: '::1', port: 26380 }],
+    name: 'capstan',
+    db: 2,
+    password: 's3cret',
+    sentinelPassword: 'x',
+  });
+  assert.equal(sentinelOptions('redis+sentinel://h:1/svc')!.db, 0);
+  assert.equal(sentinelOptions('redis://127.0.0.1:6379/0'), null);
+  for (const bad of ['redis+sentinel:///capstan/0', 'redis+sentinel://h:1', 'redis+sentinel://h:1/capstan/zero', 'redis+sentinel://h/capstan']) {
+    assert.throws(() => sentinelOptions(bad), Error, bad);
+  }
 });

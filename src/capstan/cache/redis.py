@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from capstan.cache.connect import redis_from_url
 from capstan.cache.port import CachedEntry, CacheUnavailable, RateDecision, Session
 
 T = TypeVar("T")
@@ -39,7 +40,7 @@ class RedisLink:
     """
 
     def __init__(self, url: str, *, timeout_seconds: float = 0.5, retry_seconds: float = 1.0):
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
+        self.client: aioredis.Redis = redis_from_url(
             url,
             socket_timeout=timeout_seconds,
             socket_connect_timeout=timeout_seconds,
