@@ -4,8 +4,10 @@ stopping one disturbs no other test and never the shared servers of scripts/serv
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -224,4 +226,69 @@ class SentinelGroup:
     def stop(self) -> None:
         for node in (*self.sentinels, self.replica, self.primary):
             node.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
+
+
+class RabbitNode:
+    """A private RabbitMQ node (its own node name, ports and data), run as `rabbitmq`: it
+    shares epmd and the Erlang cookie with the node of scripts/services, nothing else."""
+
+    def __init__(self) -> None:
+        if not (RABBIT_BIN / "rabbitmq-server").exists():
+            missing("rabbitmq-server is not installed (scripts/services up installs it)")
+        self.root = Path(tempfile.mkdtemp(prefix="capstan-rabbit-"))
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.name = f"capstan-{self.root.name[-8:].lower()}@localhost"
+        (self.root / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+            "loopback_users = none\n"
+            "default_user = capstan\ndefault_pass = capstan\n"
+        )
+        (self.root / "enabled_plugins").write_text("[].\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://capstan:capstan@127.0.0.1:{self.port}/"
+
+    def start(self) -> None:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": "/var/lib/rabbitmq",
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_CONFIG_FILE": str(self.root / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.root / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(self.root / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.root / "log"),
+            "RABBITMQ_PID_FILE": str(self.root / "node.pid"),
+        }
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "rabbitmq", "rabbitmq")
+            for child in self.root.iterdir():
+                shutil.chown(child, "rabbitmq", "rabbitmq")
+            command = ["runuser", "-u", "rabbitmq", "--", str(RABBIT_BIN / "rabbitmq-server")]
+        else:
+            command = [str(RABBIT_BIN / "rabbitmq-server")]
+        with (self.root / "startup.log").open("wb") as log:
+            # Its own session: kill() takes the whole process group (runuser, erl, beam).
+            self.proc = subprocess.Popen(
+                command, env=env, cwd=self.root, stdout=log, stderr=log, start_new_session=True
+            )
+        wait_port(self.port, timeout=120, what=f"rabbitmq node {self.name}")
+
+    def kill(self) -> None:
+        """kill -9 of the node's every process."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            self.proc = None
+
+    def stop(self) -> None:
+        self.kill()
         shutil.rmtree(self.root, ignore_errors=True)

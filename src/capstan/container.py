@@ -116,7 +116,7 @@ def build_container(settings: Settings) -> Container:
     else:
         from capstan.broker.rabbitmq import RabbitBroker
 
-        broker = RabbitBroker(settings.broker_url)
+        broker = RabbitBroker(settings.broker_url, queue_type=settings.broker_queue_type)
 
     search: SearchEngine
     database_search: DatabaseSearch

@@ -40,7 +40,13 @@ class Setup:
         return messages
 
 
-@pytest.fixture(params=["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+        pytest.param("rabbitmq-quorum", marks=pytest.mark.rabbitmq),
+    ]
+)
 async def setup(request: pytest.FixtureRequest) -> AsyncIterator[Setup]:
     namespace = f"ct{uuid.uuid4().hex[:10]}"
     if request.param == "memory":
@@ -54,7 +60,9 @@ async def setup(request: pytest.FixtureRequest) -> AsyncIterator[Setup]:
     from tests.conftest import delete_namespace, service_url
 
     url = service_url("rabbitmq")
-    rabbit = RabbitBroker(url)
+    rabbit = RabbitBroker(
+        url, queue_type="quorum" if request.param.endswith("quorum") else "classic"
+    )
     await rabbit.connect()
     yield Setup(rabbit, namespace)
     await rabbit.close()

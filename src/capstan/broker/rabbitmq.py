@@ -8,6 +8,14 @@ Topology for a QueueSpec named Q bound to exchange X (topic, durable):
   Q.dead                dead letters, kept until inspected or requeued
 RabbitMQ 3.10 has no delayed-message plugin here; fixed TTL tiers avoid per-message TTLs,
 which only expire at the head of a queue.
+
+With queue_type="quorum" (CAPSTAN_BROKER_QUEUE_TYPE, for a cluster) every one of these queues
+is a quorum queue, replicated to a majority of nodes. Retry tiers then dead-letter
+at-least-once (which needs overflow=reject-publish), so a retried message survives a node
+loss between tiers. RabbitMQ before 4.0 has no priorities on quorum queues: x-max-priority is
+left out and tasks of every priority share one FIFO (docs/deployment.md, "Scale-out").
+The connection lists every node (capstan.broker.nodes) and moves to the next on each
+reconnection attempt.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import aio_pika
 from aio_pika.abc import (
@@ -26,7 +34,10 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from aio_pika.robust_connection import RobustConnection
+from yarl import URL
 
+from capstan.broker.nodes import broker_nodes
 from capstan.broker.port import BrokerUnavailable, Handler, Message, QueueSpec
 
 log = logging.getLogger(__name__)
@@ -152,9 +163,42 @@ class _RabbitConsumer:
             await self._channel.close()
 
 
+QueueType = Literal["classic", "quorum"]
+
+
+class _NodesConnection(RobustConnection):
+    """aio-pika's robust connection (it restores channels and consumers), over several
+    cluster nodes: each connection attempt after the first goes to the next node, so losing
+    the connected node moves the connection to a live one instead of retrying the dead one."""
+
+    _nodes: tuple[URL, ...] = ()
+    _attempt = 0
+
+    def __init__(self, nodes: list[str], first: int, **kwargs: Any) -> None:
+        super().__init__(URL(nodes[first % len(nodes)]), **kwargs)
+        self._nodes = tuple(URL(n) for n in nodes)
+        self._attempt = first
+
+    # aio-pika clears `transport` at the start of every connection attempt (and on close):
+    # the one hook that sees each attempt, since the attempt itself reads `self.url`.
+    @property
+    def transport(self) -> Any:
+        return self.__dict__.get("_transport")
+
+    @transport.setter
+    def transport(self, value: Any) -> None:
+        if value is None and self._nodes:
+            self.url = self._nodes[self._attempt % len(self._nodes)]
+            self._attempt += 1
+        self.__dict__["_transport"] = value
+
+
 class RabbitBroker:
-    def __init__(self, url: str, *, connect_timeout: float = 5.0) -> None:
-        self._url = url
+    def __init__(
+        self, url: str, *, connect_timeout: float = 5.0, queue_type: QueueType = "classic"
+    ) -> None:
+        self._nodes = broker_nodes(url)
+        self._queue_type = queue_type
         self._timeout = connect_timeout
         self._connection: AbstractRobustConnection | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -173,19 +217,28 @@ class RabbitBroker:
 
     async def _connect_forever(self) -> None:
         delay = 0.5
+        attempt = 0
         while True:
+            connection = _NodesConnection(
+                self._nodes,
+                attempt,
+                client_properties={"connection_name": "capstan"},
+                # A node that cannot be reached is left at once for the next one.
+                reconnect_interval=1 if len(self._nodes) > 1 else 5,
+            )
+            attempt += 1
             try:
-                self._connection = await aio_pika.connect_robust(
-                    self._url,
-                    timeout=self._timeout,
-                    client_properties={"connection_name": "capstan"},
-                )
+                await connection.connect(timeout=self._timeout)
+                self._connection = connection
                 self._connected.set()
                 return
             except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
                 log.warning("rabbitmq unreachable, retrying", extra={"error": str(exc)})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                with contextlib.suppress(Exception):
+                    await connection.close()
+                if attempt % len(self._nodes) == 0:  # every node tried: back off
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
 
     async def _ready(self) -> AbstractRobustConnection:
         await self.connect()
@@ -250,8 +303,9 @@ class RabbitBroker:
             raise BrokerUnavailable(f"publish not confirmed: {exc!r}") from exc
 
     async def publish_to_queue(self, spec: QueueSpec, messages: Sequence[Message]) -> None:
-        await self.declare(spec)
         try:
+            # Inside the try: a declaration on a connection that just dropped is an outage too.
+            await self.declare(spec)
             await asyncio.gather(
                 *(self._publish_to_queue(spec.name, m, m.headers) for m in messages)
             )
@@ -280,10 +334,10 @@ class RabbitBroker:
 
     async def _declare_on(self, channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:
         exchange = await self._exchange(channel, spec.exchange)
-        arguments: dict[str, Any] = {}
+        arguments: dict[str, Any] = self._type_arguments()
         if spec.single_active:
             arguments["x-single-active-consumer"] = True
-        if spec.max_priority:
+        if spec.max_priority and self._queue_type == "classic":
             arguments["x-max-priority"] = spec.max_priority
         queue = await channel.declare_queue(spec.name, durable=True, arguments=arguments)
         for pattern in spec.patterns:
@@ -293,13 +347,25 @@ class RabbitBroker:
                 f"{spec.name}.retry.{tier}",
                 durable=True,
                 arguments={
+                    **self._type_arguments(dead_letters=True),
                     "x-message-ttl": tier,
                     "x-dead-letter-exchange": "",
                     "x-dead-letter-routing-key": spec.name,
                 },
             )
-        await channel.declare_queue(spec.dead_letter_queue, durable=True)
+        await channel.declare_queue(
+            spec.dead_letter_queue, durable=True, arguments=self._type_arguments()
+        )
         return queue
+
+    def _type_arguments(self, *, dead_letters: bool = False) -> dict[str, Any]:
+        if self._queue_type == "classic":
+            return {}
+        arguments: dict[str, Any] = {"x-queue-type": "quorum"}
+        if dead_letters:
+            # At-most-once (the default) drops a dead letter its target cannot take.
+            arguments |= {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+        return arguments
 
     async def consume(self, spec: QueueSpec, handler: Handler, *, prefetch: int) -> _RabbitConsumer:
         conn = await self._ready()
