@@ -5,11 +5,15 @@ import amqp from 'amqplib';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics';
 import type { RtEvent } from './subscriber';
+import { brokerNodes } from './nodes';
 
 export class RealtimeConsumer {
   private connection?: amqp.ChannelModel;
   private stopped = false;
   private attempt = 0;
+  /** Every connection attempt goes to the next node of a cluster (one node: always that one). */
+  private tries = 0;
+  private readonly nodes: string[];
   private timer?: NodeJS.Timeout;
   connected = false;
   /** Resolves once the first connection is consuming. */
@@ -17,7 +21,7 @@ export class RealtimeConsumer {
   private markReady!: () => void;
 
   constructor(
-    private readonly url: string,
+    url: string,
     private readonly namespace: string,
     private readonly instanceId: string,
     private readonly onEvent: (ev: RtEvent) => void,
@@ -26,6 +30,7 @@ export class RealtimeConsumer {
     private readonly log: Logger,
   ) {
     this.ready = new Promise((r) => (this.markReady = r));
+    this.nodes = brokerNodes(url);
   }
 
   get exchange(): string {
@@ -43,7 +48,8 @@ export class RealtimeConsumer {
   private async connect(again: boolean): Promise<void> {
     if (this.stopped) return;
     try {
-      const connection = await amqp.connect(this.url, { clientProperties: { connection_name: `capstan-gateway ${this.instanceId}` } });
+      const node = this.nodes[this.tries++ % this.nodes.length];
+      const connection = await amqp.connect(node, { clientProperties: { connection_name: `capstan-gateway ${this.instanceId}` } });
       connection.on('error', (err) => this.log.warn({ err: err.message }, 'broker connection error'));
       connection.on('close', () => this.lost());
       const channel = await connection.createChannel();

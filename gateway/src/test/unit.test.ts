@@ -4,6 +4,7 @@ import { join, resolve } from 'node:path';
 import { test } from 'node:test';
 import { RedisLink } from '../cache';
 import { sentinelOptions } from '../redisOptions';
+import { brokerNodes } from '../realtime/nodes';
 import { formatFloat, parse, stringify } from '../pyjson';
 import { pyDatetime } from '../documents';
 import { checkPattern, Matcher } from '../realtime/patterns';
@@ -170,4 +171,11 @@ test('a redis+sentinel:// URL names the sentinels, the service, the database and
   for (const bad of ['redis+sentinel:///capstan/0', 'redis+sentinel://h:1', 'redis+sentinel://h:1/capstan/zero', 'redis+sentinel://h/capstan']) {
     assert.throws(() => sentinelOptions(bad), Error, bad);
   }
+});
+
+test('a broker URL lists cluster nodes as URLs or as hosts, as the Python roles read it', () => {
+  const want = ['amqp://u:p@r1:5672/capstan', 'amqp://u:p@r2:5672/capstan', 'amqp://u:p@r3/capstan'];
+  assert.deepEqual(brokerNodes('amqp://u:p@r1:5672,r2:5672,r3/capstan'), want);
+  assert.deepEqual(brokerNodes('amqp://u:p@r1:5672/capstan, amqp://u:p@r2:5672/capstan,amqp://u:p@r3/capstan'), want);
+  assert.deepEqual(brokerNodes('amqp://u:p@r1:5672/'), ['amqp://u:p@r1:5672/']);
 });
