@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     # quorum: every durable queue replicated across the cluster (no broker-side priorities
     # before RabbitMQ 4.0). Changing it needs the migration in docs/deployment.md.
     broker_queue_type: Literal["classic", "quorum"] = "classic"
+    # "sqlite", or Elasticsearch: http://host:9200, or several nodes separated by commas.
     search_url: str = "sqlite"
     search_analyzer: str = "standard"
 

@@ -67,7 +67,13 @@ class ElasticsearchEngine:
         replicas: int = 0,
         alias_cache_seconds: float = 1.0,
     ) -> None:
-        self.client = AsyncElasticsearch(url, request_timeout=timeout_seconds, max_retries=0)
+        # Several nodes (a comma-separated list) are used in turn; a request that cannot reach
+        # one goes on to the next (the client marks that node dead for a while), so losing
+        # one node costs no failed search. One node: no retry, the caller degrades instead.
+        nodes = [n.strip() for n in url.split(",") if n.strip()]
+        self.client = AsyncElasticsearch(
+            nodes, request_timeout=timeout_seconds, max_retries=len(nodes) - 1
+        )
         self.alias = alias
         self.write_alias = f"{alias}-write"
         self.analyzer = analyzer
