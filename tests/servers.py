@@ -94,7 +94,8 @@ class PostgresNode:
 class PostgresPair:
     """A primary and a hot standby streaming from it (pg_basebackup -R)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, synchronous: bool = False) -> None:
+        self.synchronous = synchronous
         if not (PG_BIN / "pg_basebackup").exists():
             missing(f"PostgreSQL 15 is not installed at {PG_BIN} (scripts/services up does it)")
         # Not pytest's tmp_path: its parents are 0700 root, and the servers run as postgres.
@@ -141,6 +142,20 @@ class PostgresPair:
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         self.replica.start()
+        if self.synchronous:
+            # Only now that the replica streams (a commit before would wait for it forever):
+            # a commit is acknowledged once the replica has it, so promotion loses nothing.
+            with conf.open("a") as f:
+                f.write("synchronous_standby_names = '*'\n")
+            self.primary.sql("SELECT pg_reload_conf()")
+
+    @property
+    def url(self) -> str:
+        """Both servers, as libpq lists them: whichever accepts writes is used."""
+        return (
+            f"postgresql://capstan:capstan@127.0.0.1:{self.primary.port},"
+            f"127.0.0.1:{self.replica.port}/capstan?target_session_attrs=read-write"
+        )
 
     def stop(self) -> None:
         self.replica.kill()

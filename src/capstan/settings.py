@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -161,5 +162,18 @@ def to_async_url(url: str) -> str:
         ("sqlite://", "sqlite+aiosqlite://"),
     ):
         if url.startswith(plain):
-            return driver + url[len(plain) :]
+            return _multi_host(driver + url[len(plain) :])
     return url
+
+
+def _multi_host(url: str) -> str:
+    """libpq's host list (`user@h1:5432,h2:5432/db?target_session_attrs=read-write`, what
+    pg_dump and psql read) in the form SQLAlchemy hands to asyncpg (`user@/db?host=h1:5432
+    &host=h2:5432&...`): asyncpg tries the hosts in turn and, with target_session_attrs,
+    keeps the one that is the primary (docs/deployment.md, "Promoting a replica")."""
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if "," not in hosts:
+        return url
+    query = [("host", h) for h in hosts.split(",") if h] + parse_qsl(parts.query)
+    return urlunsplit(parts._replace(netloc=f"{userinfo}{at}", query=urlencode(query)))

@@ -32,6 +32,8 @@ app.add_typer(search_app, name="search")
 app.add_typer(backup_app, name="backup")
 broker_app = typer.Typer(help="The RabbitMQ namespace Capstan uses.", no_args_is_help=True)
 app.add_typer(broker_app, name="broker")
+db_app = typer.Typer(help="PostgreSQL operations (scale-out topology).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 
 err = Console(stderr=True)
 
@@ -345,6 +347,24 @@ def broker_remove_namespace(
         err.print(f"[red]could not delete: {', '.join(left)}[/red]")
         raise typer.Exit(1)
     err.print(f"[green]deleted broker namespace {namespace}[/green]")
+
+
+@db_app.command("promote")
+def db_promote(
+    url: Annotated[str, typer.Argument(help="The replica to promote (one server's URL).")],
+    wait: Annotated[int, typer.Option(help="Seconds to wait for the promotion.")] = 60,
+) -> None:
+    """Promote a streaming replica to primary once the primary is lost (and fenced: a
+    primary that comes back must not take writes again, docs/deployment.md)."""
+    from capstan.db.promote import promote
+
+    if "," in url.rpartition("@")[2].split("/")[0]:
+        raise typer.BadParameter("give the URL of the one replica to promote, not a host list")
+    result = asyncio.run(promote(url, wait_seconds=wait))
+    if result.promoted:
+        err.print(f"[green]promoted: now the primary, timeline {result.timeline}[/green]")
+    else:
+        err.print(f"[yellow]already a primary (timeline {result.timeline}): nothing done[/yellow]")
 
 
 if __name__ == "__main__":
