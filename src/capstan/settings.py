@@ -32,12 +32,12 @@ class Settings(BaseSettings):
     database_read_max_wait_seconds: float = Field(0.05, ge=0)
     database_read_retry_seconds: float = Field(5.0, ge=0)
     cache_url: str = "memory://"
-    # amqp:// URL; a cluster lists every node (capstan.broker.nodes), tried in turn.
+    # amqp:// URL; a cluster lists every node (capstan.node_urls), tried in turn.
     broker_url: str = "memory://"
     # quorum: every durable queue replicated across the cluster (no broker-side priorities
     # before RabbitMQ 4.0). Changing it needs the migration in docs/deployment.md.
     broker_queue_type: Literal["classic", "quorum"] = "classic"
-    # "sqlite", or Elasticsearch: http://host:9200, or several nodes separated by commas.
+    # "sqlite", or Elasticsearch: http://host:9200, or several nodes (capstan.node_urls).
     search_url: str = "sqlite"
     search_analyzer: str = "standard"
 

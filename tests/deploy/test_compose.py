@@ -22,7 +22,7 @@ from tests.deploy.conftest import (
     load_compose,
     load_yaml,
 )
-from tests.deploy.topology import edges, networks_of, optional_hosts
+from tests.deploy.topology import edges, hosts_in_url, networks_of, optional_hosts
 
 jsonschema = pytest.importorskip("jsonschema")
 
@@ -329,8 +329,10 @@ def test_scale_overlay_is_the_seeds_future_scaling(tmp_path: Path) -> None:
     config = compose_config(BASE, SCALE, tmp_path=tmp_path)
     services = config["services"]
     assert services["api"]["deploy"]["replicas"] == 3
+    assert services["gateway"]["deploy"]["replicas"] == 2
     assert not services["api"].get("ports"), "the API is published only through HAProxy"
-    assert 8000 in _published(services["haproxy"])
+    assert not services["gateway"].get("ports"), "the gateway is published only through HAProxy"
+    assert {8000, 3001} <= _published(services["haproxy"])
     assert {"postgres-replica-1", "postgres-replica-2"} <= set(services)
     assert {f"redis-sentinel-{i}" for i in (1, 2, 3)} <= set(services)
     assert {"rabbitmq", "rabbitmq-2", "rabbitmq-3"} <= set(services)
@@ -340,8 +342,14 @@ def test_scale_overlay_is_the_seeds_future_scaling(tmp_path: Path) -> None:
         env = services[role]["environment"]
         assert "@haproxy-internal:5433/" in env["CAPSTAN_DATABASE_READ_URL"], role
         assert env["CAPSTAN_CACHE_URL"].startswith("redis+sentinel://"), role
-        assert "@haproxy-internal:5672/" in env["CAPSTAN_BROKER_URL"], role
-        assert "@haproxy-internal:9200" in env["CAPSTAN_SEARCH_URL"], role
+        # Capstan lists the cluster nodes itself (capstan.node_urls) and uses quorum queues.
+        assert hosts_in_url(env["CAPSTAN_BROKER_URL"]) == ["rabbitmq", "rabbitmq-2", "rabbitmq-3"]
+        assert env["CAPSTAN_BROKER_QUEUE_TYPE"] == "quorum", role
+        assert hosts_in_url(env["CAPSTAN_SEARCH_URL"]) == [
+            "elasticsearch",
+            "elasticsearch-2",
+            "elasticsearch-3",
+        ]
     # Replicas and cluster nodes get the limits of the server they replicate.
     for name, like in [
         ("postgres-replica-1", "postgres"),

@@ -23,3 +23,11 @@ async def test_requests_go_on_to_a_live_node_when_one_is_down() -> None:
         assert [n.base_url for n in engine.client.transport.node_pool.all()] == [dead, live]
     finally:
         await engine.close()
+
+
+async def test_a_host_list_names_every_node_with_the_credentials() -> None:
+    engine = ElasticsearchEngine("http://elastic:pw@es1:9200,es2:9200,es3:9200")
+    nodes = engine.client.transport.node_pool.all()
+    assert sorted(n.host for n in nodes) == ["es1", "es2", "es3"]
+    assert all(n.config.headers.get("authorization", "").startswith("Basic ") for n in nodes)
+    await engine.close()

@@ -10,18 +10,16 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from capstan.broker.management import management_client, management_url
-from capstan.broker.nodes import broker_nodes
 from capstan.broker.port import BrokerUnavailable, Delivery, Message, QueueSpec
 from capstan.broker.rabbitmq import QueueType, RabbitBroker
+from capstan.node_urls import node_urls
 from tests.conftest import delete_namespace, free_port, service_url
 from tests.servers import RabbitNode
 
 
 def test_a_broker_url_lists_nodes_as_urls_or_as_hosts() -> None:
-    hosts = broker_nodes("amqp://u:p@r1:5672,r2:5672,r3/capstan")
-    urls = broker_nodes(
-        "amqp://u:p@r1:5672/capstan, amqp://u:p@r2:5672/capstan,amqp://u:p@r3/capstan"
-    )
+    hosts = node_urls("amqp://u:p@r1:5672,r2:5672,r3/capstan")
+    urls = node_urls("amqp://u:p@r1:5672/capstan, amqp://u:p@r2:5672/capstan,amqp://u:p@r3/capstan")
     assert (
         hosts
         == urls
@@ -31,9 +29,9 @@ def test_a_broker_url_lists_nodes_as_urls_or_as_hosts() -> None:
             "amqp://u:p@r3/capstan",
         ]
     )
-    assert broker_nodes("amqp://u:p@r1:5672/") == ["amqp://u:p@r1:5672/"]
+    assert node_urls("amqp://u:p@r1:5672/") == ["amqp://u:p@r1:5672/"]
     with pytest.raises(ValueError):
-        broker_nodes("amqp://u:p@/capstan")
+        node_urls("amqp://u:p@/capstan")
 
 
 class Inbox:

@@ -1,5 +1,5 @@
 /** Several RabbitMQ cluster nodes in one CAPSTAN_BROKER_URL, as the Python roles read it
- * (src/capstan/broker/nodes.py): full URLs separated by commas, or one URL whose host part
+ * (src/capstan/node_urls.py): full URLs separated by commas, or one URL whose host part
  * lists the nodes (`amqp://u:p@r1:5672,r2:5672/vhost`). One URL per node, in order. */
 export function brokerNodes(url: string): string[] {
   const nodes: string[] = [];

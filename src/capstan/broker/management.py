@@ -7,7 +7,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from capstan.broker.nodes import broker_nodes
+from capstan.node_urls import node_urls
 
 DEFAULT_PORT = 15672
 
@@ -17,7 +17,7 @@ def management_url(amqp_url: str, explicit: str = "") -> str:
     credentials on the default management port."""
     if explicit:
         return explicit
-    parts = urlsplit(broker_nodes(amqp_url)[0])
+    parts = urlsplit(node_urls(amqp_url)[0])
     credentials = f"{parts.username or 'guest'}:{parts.password or 'guest'}"
     return f"http://{credentials}@{parts.hostname or '127.0.0.1'}:{DEFAULT_PORT}"
 

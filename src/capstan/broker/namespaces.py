@@ -16,7 +16,7 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 
 from capstan.broker.management import management_client, management_url
-from capstan.broker.nodes import broker_nodes
+from capstan.node_urls import node_urls
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Names:
 
 async def list_namespace(amqp_url: str, namespace: str, mgmt_url: str = "") -> Names:
     """Queues and exchanges named `<namespace>.…` in the AMQP URL's vhost (management API)."""
-    path = urlsplit(broker_nodes(amqp_url)[0]).path
+    path = urlsplit(node_urls(amqp_url)[0]).path
     vhost = quote(unquote(path.lstrip("/")) or "/", safe="")
     found = Names()
     async with management_client(management_url(amqp_url, mgmt_url), timeout=10) as api:
@@ -47,7 +47,7 @@ async def delete_names(amqp_url: str, names: Names) -> list[str]:
 
     failed: list[str] = []
     # Any one node of a cluster will do: queues and exchanges are cluster-wide.
-    connection = await aio_pika.connect(broker_nodes(amqp_url)[0], timeout=10)
+    connection = await aio_pika.connect(node_urls(amqp_url)[0], timeout=10)
     async with connection:
         channel = await connection.channel()
         # A queue and an exchange may share a name (Celery's), hence the kind with each.

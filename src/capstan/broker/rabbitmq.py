@@ -14,7 +14,7 @@ is a quorum queue, replicated to a majority of nodes. Retry tiers then dead-lett
 at-least-once (which needs overflow=reject-publish), so a retried message survives a node
 loss between tiers. RabbitMQ before 4.0 has no priorities on quorum queues: x-max-priority is
 left out and tasks of every priority share one FIFO (docs/deployment.md, "Scale-out").
-The connection lists every node (capstan.broker.nodes) and moves to the next on each
+The connection lists every node (capstan.node_urls) and moves to the next on each
 reconnection attempt.
 """
 
@@ -37,8 +37,8 @@ from aio_pika.abc import (
 from aio_pika.robust_connection import RobustConnection
 from yarl import URL
 
-from capstan.broker.nodes import broker_nodes
 from capstan.broker.port import BrokerUnavailable, Handler, Message, QueueSpec
+from capstan.node_urls import node_urls
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class RabbitBroker:
     def __init__(
         self, url: str, *, connect_timeout: float = 5.0, queue_type: QueueType = "classic"
     ) -> None:
-        self._nodes = broker_nodes(url)
+        self._nodes = node_urls(url)
         self._queue_type = queue_type
         self._timeout = connect_timeout
         self._connection: AbstractRobustConnection | None = None

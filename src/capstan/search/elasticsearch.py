@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError, TransportError
 from elasticsearch import ConnectionError as EsConnectionError
 
+from capstan.node_urls import node_urls
 from capstan.search.port import (
     Hit,
     IndexDoc,
@@ -70,7 +71,7 @@ class ElasticsearchEngine:
         # Several nodes (a comma-separated list) are used in turn; a request that cannot reach
         # one goes on to the next (the client marks that node dead for a while), so losing
         # one node costs no failed search. One node: no retry, the caller degrades instead.
-        nodes = [n.strip() for n in url.split(",") if n.strip()]
+        nodes = node_urls(url)
         self.client = AsyncElasticsearch(
             nodes, request_timeout=timeout_seconds, max_retries=len(nodes) - 1
         )
