@@ -48,7 +48,8 @@ CAPSTAN_JOBS = {
     "capstan-gateway",
 }
 EXPORTER_JOBS = {"node", "postgres", "redis", "elasticsearch", "rabbitmq", "rabbitmq-per-queue"}
-SCALE_OVERLAY_ONLY = {"haproxy"}  # no HAProxy in the single-node topology
+# HAProxy fronts the API and gateway natively too (scripts/stack): every compose job runs here.
+SCALE_OVERLAY_ONLY: set[str] = set()
 
 # Panels that may rightly be empty on a healthy stack after the traffic of tests/stack/traffic.
 MAY_BE_EMPTY = {
@@ -148,7 +149,7 @@ def test_prometheus_scrapes_every_capstan_process_and_exporter(prometheus: str) 
     compose_jobs = {
         j["job_name"] for j in yaml.safe_load(COMPOSE_PROMETHEUS.read_text())["scrape_configs"]
     }
-    expected = CAPSTAN_JOBS | EXPORTER_JOBS | {"prometheus"}
+    expected = CAPSTAN_JOBS | EXPORTER_JOBS | {"prometheus", "haproxy"}
     assert compose_jobs - SCALE_OVERLAY_ONLY == expected, "the native jobs are compose's jobs"
 
     def all_up() -> list[dict[str, Any]] | None:
