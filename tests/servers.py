@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -251,17 +252,17 @@ class RabbitNode:
     """A private RabbitMQ node (its own node name, ports and data), run as `rabbitmq`: it
     shares epmd and the Erlang cookie with the node of scripts/services, nothing else."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str | None = None, config: str = "") -> None:
         if not (RABBIT_BIN / "rabbitmq-server").exists():
             missing("rabbitmq-server is not installed (scripts/services up installs it)")
         self.root = Path(tempfile.mkdtemp(prefix="capstan-rabbit-"))
         self.port = free_port()
         self.dist_port = free_port()
-        self.name = f"capstan-{self.root.name[-8:].lower()}@localhost"
+        self.name = name or f"capstan-{self.root.name[-8:].lower()}@localhost"
         (self.root / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
             "loopback_users = none\n"
-            "default_user = capstan\ndefault_pass = capstan\n"
+            "default_user = capstan\ndefault_pass = capstan\n" + config
         )
         (self.root / "enabled_plugins").write_text("[].\n")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -270,7 +271,7 @@ class RabbitNode:
     def url(self) -> str:
         return f"amqp://capstan:capstan@127.0.0.1:{self.port}/"
 
-    def start(self) -> None:
+    def launch(self) -> None:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": "/var/lib/rabbitmq",
@@ -294,7 +295,13 @@ class RabbitNode:
             self.proc = subprocess.Popen(
                 command, env=env, cwd=self.root, stdout=log, stderr=log, start_new_session=True
             )
-        wait_port(self.port, timeout=120, what=f"rabbitmq node {self.name}")
+
+    def start(self) -> None:
+        self.launch()
+        self.wait()
+
+    def wait(self) -> None:
+        wait_port(self.port, timeout=180, what=f"rabbitmq node {self.name}")
 
     def kill(self) -> None:
         """kill -9 of the node's every process."""
@@ -307,3 +314,31 @@ class RabbitNode:
     def stop(self) -> None:
         self.kill()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class RabbitCluster:
+    """Three private RabbitMQ nodes forming one cluster (classic config peer discovery)."""
+
+    def __init__(self) -> None:
+        tag = uuid.uuid4().hex[:6]
+        names = [f"capstan-{tag}-{i}@localhost" for i in range(1, 4)]
+        peers = "".join(
+            f"cluster_formation.classic_config.nodes.{i} = {n}\n" for i, n in enumerate(names, 1)
+        )
+        config = "cluster_formation.peer_discovery_backend = classic_config\n" + peers
+        self.nodes = [RabbitNode(name, config) for name in names]
+
+    @property
+    def url(self) -> str:
+        """Every node, as CAPSTAN_BROKER_URL lists them."""
+        return ",".join(node.url for node in self.nodes)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.launch()
+        for node in self.nodes:
+            node.wait()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

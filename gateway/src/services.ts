@@ -1,5 +1,6 @@
 /** The gateway's clients and services, built once from the settings (the composition root). */
 import { Pool } from 'pg';
+import { failoverClient, hostList } from './database';
 import pino, { type Logger } from 'pino';
 import { Authenticator, type Principal } from './auth';
 import { CacheUnavailable, DocumentCache, RateLimiter, RedisLink } from './cache';
@@ -32,8 +33,9 @@ export class Services {
   private heartbeatTimer?: NodeJS.Timeout;
 
   constructor(readonly settings: Settings, readonly log: Logger = pino({ level: settings.logLevel })) {
+    const hosts = hostList(settings.databaseUrl);
     this.db = new Pool({
-      connectionString: settings.databaseUrl,
+      ...(hosts ? { Client: failoverClient(hosts) } : { connectionString: settings.databaseUrl }),
       max: settings.dbPool,
       connectionTimeoutMillis: 2000,
       idleTimeoutMillis: 30_000,

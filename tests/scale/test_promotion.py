@@ -145,3 +145,53 @@ def test_promote_refuses_a_host_list() -> None:
     done = capstan_cli("db", "promote", "postgresql://u:p@h1:5432,h2:5432/capstan")
     assert done.returncode != 0
     assert "one replica" in done.stderr
+
+
+@pytest.mark.redis
+@pytest.mark.rabbitmq
+async def test_the_gateway_follows_the_promotion_through_a_host_list(
+    pair: PostgresPair, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    from tests.conftest import stack_settings, start_stack, stop_stack
+    from tests.gateway.conftest import start_gateway, stop_gateway
+
+    settings = stack_settings("production", request, tmp_path).model_copy(
+        update={"database_url": pair.url}
+    )
+    stack = await start_stack(settings, ["cache"], worker=False)
+    gateway = await start_gateway(stack, tmp_path / "gateway.log")
+    try:
+        tenant = await stack.api.tenant()
+        headers = {"Authorization": f"Bearer {tenant.key}"}
+        async with stack.api.client(tenant.key) as api, httpx.AsyncClient(headers=headers) as gw:
+            before = (await api.post("/v1/documents", json={"body": "before"})).json()
+            assert (await gw.get(f"{gateway.url}/v1/documents/{before['id']}")).status_code == 200
+            # When the primary dies and the replica is promoted
+            pair.primary.kill()
+            done = await asyncio.to_thread(capstan_cli, "db", "promote", pair.replica.url)
+            assert done.returncode == 0, done.stderr
+
+            # Then a document written after the promotion is read by the gateway from the
+            # promoted server (a cache miss: only the database has it), with no restart
+            for _ in range(100):  # the API's pool meets the dead primary first: 503s
+                after = await api.post("/v1/documents", json={"body": "after"})
+                if after.status_code != 503:
+                    break
+                await asyncio.sleep(0.1)
+            assert after.status_code == 201, after.text
+            url = f"{gateway.url}/v1/documents/{after.json()['id']}"
+            answers: list[int] = []
+
+            def served() -> bool:
+                return bool(answers) and answers[-1] == 200
+
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while not served():
+                assert loop.time() < deadline, f"the gateway never read it: {answers}"
+                answers.append((await gw.get(url)).status_code)
+                await asyncio.sleep(0.1)
+            assert set(answers) <= {200, 503}, answers
+    finally:
+        await stop_gateway(gateway)
+        await stop_stack(stack)

@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import { RedisLink } from '../cache';
 import { sentinelOptions } from '../redisOptions';
 import { brokerNodes } from '../realtime/nodes';
+import { hostList } from '../database';
 import { formatFloat, parse, stringify } from '../pyjson';
 import { pyDatetime } from '../documents';
 import { checkPattern, Matcher } from '../realtime/patterns';
@@ -178,4 +179,13 @@ test('a broker URL lists cluster nodes as URLs or as hosts, as the Python roles 
   assert.deepEqual(brokerNodes('amqp://u:p@r1:5672,r2:5672,r3/capstan'), want);
   assert.deepEqual(brokerNodes('amqp://u:p@r1:5672/capstan, amqp://u:p@r2:5672/capstan,amqp://u:p@r3/capstan'), want);
   assert.deepEqual(brokerNodes('amqp://u:p@r1:5672/'), ['amqp://u:p@r1:5672/']);
+});
+
+test('a libpq host list becomes one connection string per host; a plain URL is left to pg', () => {
+  assert.deepEqual(hostList('postgresql://u:p@h1:5432,h2:5433/capstan?target_session_attrs=read-write&sslmode=disable'), {
+    urls: ['postgresql://u:p@h1:5432/capstan?sslmode=disable', 'postgresql://u:p@h2:5433/capstan?sslmode=disable'],
+    readWrite: true,
+  });
+  assert.deepEqual(hostList('postgres://h1,h2/db'), { urls: ['postgres://h1/db', 'postgres://h2/db'], readWrite: false });
+  assert.equal(hostList('postgresql://u:p@h1:5432/capstan'), null);
 });
