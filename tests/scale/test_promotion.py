@@ -195,3 +195,22 @@ async def test_the_gateway_follows_the_promotion_through_a_host_list(
     finally:
         await stop_gateway(gateway)
         await stop_stack(stack)
+
+
+async def test_backups_follow_the_host_list_to_the_primary(
+    pair: PostgresPair, tmp_path: Path
+) -> None:
+    from capstan.backups import postgres
+    from capstan.backups.progress import Silent
+    from capstan.db.migrate import upgrade
+
+    await upgrade(pair.url)
+    assert await postgres.primary_of(pair.url) == pair.primary.url
+    pair.primary.kill()
+    done = await asyncio.to_thread(capstan_cli, "db", "promote", pair.replica.url)
+    assert done.returncode == 0, done.stderr
+    # pg_dump takes one server: the one that accepts writes now
+    assert await postgres.primary_of(pair.url) == pair.replica.url
+    source = await postgres.dump(pair.url, tmp_path / "capstan.dump", Silent())
+    assert (tmp_path / "capstan.dump").stat().st_size > 0
+    assert "documents" in str(source)

@@ -164,3 +164,13 @@ async def test_the_gateway_follows_a_sentinel_failover(
     finally:
         await stop_gateway(gateway)
         await stop_stack(stack)
+
+
+async def test_tools_taking_one_server_get_the_current_primary(group: SentinelGroup) -> None:
+    from capstan.cache.connect import primary_url
+
+    assert await primary_url(group.url(2)) == f"redis://127.0.0.1:{group.primary.port}/2"
+    assert await primary_url("redis://h:1/0") == "redis://h:1/0"
+    group.primary.kill()
+    await until(lambda: group.master_port() == group.replica.port, "the promotion")
+    assert await primary_url(group.url(2)) == f"redis://127.0.0.1:{group.replica.port}/2"

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 from sqlalchemy.engine import URL, make_url
@@ -85,6 +85,32 @@ class Conn:
             ) from exc
 
 
+async def primary_of(url: str) -> str:
+    """For a libpq host list (`u:p@h1:5432,h2:5432/db`, docs/deployment.md "Scale-out"), the URL
+    of the one host that accepts writes now: pg_dump and pg_restore talk to one server. A
+    single-host URL is returned unchanged."""
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if "," not in hosts:
+        return url
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "target_session_attrs"])
+    errors = []
+    for host in filter(None, hosts.split(",")):
+        candidate = urlunsplit(parts._replace(netloc=f"{userinfo}{at}{host}", query=query))
+        try:
+            conn = await conn_from_url(candidate).connect()
+        except BackupError as exc:
+            errors.append(str(exc))
+            continue
+        try:
+            if not await conn.fetchval("SELECT pg_is_in_recovery()"):
+                return candidate
+            errors.append(f"{host} is a standby")
+        finally:
+            await conn.close()
+    raise BackupError(f"no PostgreSQL primary among {hosts}: {'; '.join(errors)}")
+
+
 def conn_from_url(url: str) -> Conn:
     parsed = make_url(url)
     if parsed.get_backend_name() != "postgresql":
@@ -139,7 +165,7 @@ async def table_stats(conn: asyncpg.Connection) -> TableStats:
 
 async def dump(url: str, out: Path, reporter: Reporter) -> dict[str, Any]:
     """`pg_dump -Fc` into `out`; statistics from the very snapshot pg_dump reads."""
-    target = conn_from_url(url)
+    target = conn_from_url(await primary_of(url))
     conn = await target.connect()
     try:
         major = await server_major(conn)
@@ -247,7 +273,7 @@ def compare(expected: TableStats, found: TableStats) -> list[str]:
 
 async def verify(url: str, dump_file: Path, backup_id: str, expected: TableStats) -> list[str]:
     """Restore into `capstan_verify_<id>_<rand>`, compare with the manifest, drop it."""
-    target = conn_from_url(url)
+    target = conn_from_url(await primary_of(url))
     async with scratch_database(target, scratch_name("capstan_verify", backup_id)) as scratch:
         try:
             await pg_restore(scratch, dump_file)
@@ -262,7 +288,7 @@ async def restore_swap(url: str, dump_file: Path, backup_id: str, expected: Tabl
     The live database is untouched until the copy is complete and matches the manifest; it is
     kept as `<name>_pre_<id>` with connections disallowed. Returns that name.
     """
-    target = conn_from_url(url)
+    target = conn_from_url(await primary_of(url))
     live = target.database
     fresh = scratch_name(f"{live[:30]}_restore", backup_id)
     kept = scratch_name(f"{live[:30]}_pre", backup_id)
@@ -307,6 +333,6 @@ async def restore_swap(url: str, dump_file: Path, backup_id: str, expected: Tabl
 
 async def restore_in_place(url: str, dump_file: Path, expected: TableStats) -> list[str]:
     """`pg_restore --clean --if-exists --single-transaction` into the live database."""
-    target = conn_from_url(url)
+    target = conn_from_url(await primary_of(url))
     await pg_restore(target, dump_file, clean=True)
     return compare(expected, await stats_of(target))

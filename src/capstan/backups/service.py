@@ -32,6 +32,7 @@ from capstan.backups.manifest import (
     write_verified,
 )
 from capstan.backups.progress import BackupError, Reporter, Silent, step
+from capstan.cache.connect import primary_url
 from capstan.settings import Settings
 
 PG_FILE = "postgres.dump"
@@ -48,7 +49,9 @@ def _is_sqlite(settings: Settings) -> bool:
 
 
 def _uses_redis(settings: Settings) -> bool:
-    return settings.cache_url.startswith(("redis://", "rediss://", "unix://"))
+    return settings.cache_url.startswith(
+        ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
+    )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -97,12 +100,12 @@ async def create(
             source = await postgres.dump(settings.database_url, tmp / PG_FILE, reporter)
             artifacts.append(describe(tmp, "postgres", PG_FILE, source))
         if _uses_redis(settings):
-            source = await redis_backup.dump_keys(
-                settings.cache_url, tmp / REDIS_KEYS_FILE, reporter
-            )
+            # With Sentinel, the primary of the moment (one server, as redis-cli needs).
+            redis_url = await primary_url(settings.cache_url)
+            source = await redis_backup.dump_keys(redis_url, tmp / REDIS_KEYS_FILE, reporter)
             artifacts.append(describe(tmp, "redis-keys", REDIS_KEYS_FILE, source))
             source = await redis_backup.dump_rdb(
-                settings.cache_url, tmp / REDIS_RDB_FILE, reporter, redis_rdb
+                redis_url, tmp / REDIS_RDB_FILE, reporter, redis_rdb
             )
             if "skipped" in source:
                 notes.append(f"redis RDB skipped: {source['skipped']}")
@@ -265,7 +268,10 @@ async def restore(
         if not _uses_redis(settings):
             raise BackupError("the backup holds Redis keys but CAPSTAN_CACHE_URL is not Redis")
         result.details["redis"] = await redis_backup.restore_keys(
-            settings.cache_url, backup.path / a.path, reporter, with_cache=with_cache
+            await primary_url(settings.cache_url),
+            backup.path / a.path,
+            reporter,
+            with_cache=with_cache,
         )
         result.done.append("redis")
     if "rabbitmq" in parts and (a := m.artifact("rabbitmq-definitions")) is not None:

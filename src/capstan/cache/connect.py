@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
@@ -101,3 +101,24 @@ def redis_from_url(url: str, **options: Any) -> aioredis.Redis:
     assert isinstance(client, SentinelRedis)
     client.sentinels_of = sentinel
     return client
+
+
+async def primary_url(url: str) -> str:
+    """A plain `redis://` URL for the primary the Sentinels name now (other URLs unchanged):
+    for tools that take one server (backups, `redis-cli --rdb`)."""
+    if not url.startswith(tuple(f"{s}://" for s in SENTINEL_SCHEMES)):
+        return url
+    address = parse_sentinel_url(url)
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        address.sentinels, sentinel_kwargs={"password": address.sentinel_password}
+    )
+    try:
+        host, port = await sentinel.discover_master(address.service)
+    finally:
+        for client in sentinel.sentinels:
+            await client.aclose()
+    auth = ""
+    if address.username or address.password:
+        auth = f"{quote(address.username or '')}:{quote(address.password or '')}@"
+    scheme = "rediss" if address.ssl else "redis"
+    return f"{scheme}://{auth}{host}:{port}/{address.db}"
