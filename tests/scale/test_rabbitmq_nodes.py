@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 
 from capstan.broker.management import management_client, management_url
@@ -149,4 +151,50 @@ async def test_the_connection_moves_to_the_next_node_when_its_node_dies(
         await until(lambda: inbox.bodies == [b"before", b"after"], "the message after the kill")
     finally:
         await broker.close()
+        node.stop()
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_the_roles_and_the_gateway_move_to_the_next_node(
+    shared: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    from tests.conftest import stack_settings, start_stack
+    from tests.gateway.conftest import SseClient, start_gateway, stop_gateway
+
+    node = RabbitNode()
+    node.start()
+    settings = stack_settings("production", request, tmp_path).model_copy(
+        update={"broker_url": f"{node.url},{shared}"}
+    )
+    stack = await start_stack(settings, ["audit"], worker=False)
+    gateway = await start_gateway(stack, tmp_path / "gateway.log")
+    try:
+        tenant = await stack.api.tenant()
+        headers = {"Authorization": f"Bearer {tenant.key}"}
+        async with (
+            stack.api.client(tenant.key) as api,
+            httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=None)) as http,
+            http.stream(
+                "GET", gateway.url + "/v1/stream", params={"types": "document.*"}, headers=headers
+            ) as response,
+        ):
+            stream = SseClient(response)
+            assert (await stream.next())["event"] == "ready"
+            # Given realtime events flowing relay -> audit -> gateway through the first node
+            first = (await api.post("/v1/documents", json={"body": "before"})).json()
+            assert (await stream.event())["subject"] == f"documents/{first['id']}"
+            # When that node is killed
+            node.kill()
+            # Then the relay, the audit subscriber and the gateway carry on through the next
+            after = (await api.post("/v1/documents", json={"body": "after"})).json()
+            seen: list[str] = []
+            while f"documents/{after['id']}" not in seen:
+                seen.append((await stream.event(timeout=90))["subject"])
+    finally:
+        await stop_gateway(gateway)
+        # Not stop_stack: its namespace clean-up starts from the dead first node.
+        await stack.background.stop()
+        await stack.container.close()
+        await delete_namespace(shared, settings.broker_namespace)
         node.stop()
