@@ -18,15 +18,14 @@ from sqlalchemy import text
 from capstan.db.engine import create_engine
 from capstan.settings import Settings
 from tests.conftest import UNLIMITED, Api, start_api
-from tests.servers import PostgresPair
+from tests.servers import PostgresPair, started
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
 def pair() -> Iterator[PostgresPair]:
-    servers = PostgresPair(synchronous=True)
-    servers.start()
+    servers = started(lambda: PostgresPair(synchronous=True))
     yield servers
     servers.stop()
 

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from capstan.db.schema import AuditEntry
 from tests.conftest import Stack, stack_settings, start_stack
-from tests.servers import RabbitCluster
+from tests.servers import RabbitCluster, started
 from tests.tasks.test_task_failures import _all_done_once, _submit
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.rabbitmq]
@@ -22,9 +22,8 @@ HALF = 500
 
 @pytest.fixture
 def cluster() -> Iterator[RabbitCluster]:
-    nodes = RabbitCluster()
+    nodes = started(RabbitCluster)
     try:
-        nodes.start()
         yield nodes
     finally:
         nodes.stop()

@@ -16,7 +16,7 @@ from capstan.broker.port import BrokerUnavailable, Delivery, Message, QueueSpec
 from capstan.broker.rabbitmq import QueueType, RabbitBroker
 from capstan.node_urls import node_urls
 from tests.conftest import delete_namespace, free_port, service_url
-from tests.servers import RabbitNode
+from tests.servers import RabbitNode, started
 
 
 def test_a_broker_url_lists_nodes_as_urls_or_as_hosts() -> None:
@@ -133,8 +133,7 @@ async def test_every_durable_queue_has_the_configured_type(
 async def test_the_connection_moves_to_the_next_node_when_its_node_dies(
     shared: str, namespace: str
 ) -> None:
-    node = RabbitNode()
-    node.start()
+    node = started(RabbitNode)
     broker = RabbitBroker(f"{node.url},{shared}", connect_timeout=2)
     inbox = Inbox()
     try:
@@ -162,8 +161,7 @@ async def test_the_roles_and_the_gateway_move_to_the_next_node(
     from tests.conftest import stack_settings, start_stack
     from tests.gateway.conftest import SseClient, start_gateway, stop_gateway
 
-    node = RabbitNode()
-    node.start()
+    node = started(RabbitNode)
     settings = stack_settings("production", request, tmp_path).model_copy(
         update={"broker_url": f"{node.url},{shared}"}
     )

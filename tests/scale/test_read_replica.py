@@ -11,15 +11,14 @@ from pydantic import ValidationError
 
 from capstan.settings import Settings
 from tests.conftest import UNLIMITED, Api, start_api
-from tests.servers import PostgresPair
+from tests.servers import PostgresPair, started
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[PostgresPair]:
-    servers = PostgresPair()
-    servers.start()
+    servers = started(PostgresPair)
     yield servers
     servers.stop()
 

@@ -18,7 +18,7 @@ from tests.conftest import (
     start_stack,
     stop_stack,
 )
-from tests.servers import SentinelGroup
+from tests.servers import SentinelGroup, started
 
 
 def test_a_sentinel_url_names_sentinels_service_database_and_passwords() -> None:
@@ -54,8 +54,7 @@ def test_a_malformed_sentinel_url_is_refused(url: str) -> None:
 
 @pytest.fixture
 def group() -> Iterator[SentinelGroup]:
-    servers = SentinelGroup()
-    servers.start()
+    servers = started(SentinelGroup)
     yield servers
     servers.stop()
 
