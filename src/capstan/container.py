@@ -22,7 +22,7 @@ from capstan.search.elasticsearch import ElasticsearchEngine
 from capstan.search.port import SearchEngine
 from capstan.search.service import SearchService
 from capstan.search.sql import DatabaseSearch
-from capstan.settings import Settings
+from capstan.settings import Settings, host_list_as_params
 from capstan.tasks.registry import TaskRegistry, build_registry
 from capstan.tasks.service import TaskService
 
@@ -84,7 +84,10 @@ def build_container(settings: Settings) -> Container:
     closers: list[Any] = []
     fast = None
     if engine.dialect.name == "postgresql" and settings.database_fast_path:
-        fast = FastPath(settings.database_url, max_size=settings.database_fast_pool_size)
+        fast = FastPath(
+            host_list_as_params(settings.database_url),
+            max_size=settings.database_fast_pool_size,
+        )
 
     cache: VersionedCache
     sessions: SessionStore

@@ -177,3 +177,20 @@ def _multi_host(url: str) -> str:
         return url
     query = [("host", h) for h in hosts.split(",") if h] + parse_qsl(parts.query)
     return urlunsplit(parts._replace(netloc=f"{userinfo}{at}", query=urlencode(query)))
+
+
+def host_list_as_params(url: str) -> str:
+    """A libpq host list as `host=` and `port=` parameters (`u:p@/db?host=h1,h2&port=p1,p2`):
+    the form that both SQLAlchemy's URL parser and asyncpg's DSN parser read as several hosts
+    (capstan.db.fastpath's pool). Other URLs are returned unchanged."""
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if "," not in hosts:
+        return url
+    pairs = [h.rsplit(":", 1) if ":" in h else [h, "5432"] for h in hosts.split(",") if h]
+    query = [
+        ("host", ",".join(h for h, _ in pairs)),
+        ("port", ",".join(p for _, p in pairs)),
+        *parse_qsl(parts.query),
+    ]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}{at}", query=urlencode(query)))
