@@ -13,7 +13,13 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from capstan.cache.port import CachedEntry, CacheUnavailable, RateDecision, Session
+from capstan.cache.port import (
+    CachedEntry,
+    CacheUnavailable,
+    LimitedRead,
+    RateDecision,
+    Session,
+)
 
 T = TypeVar("T")
 
@@ -29,6 +35,7 @@ def load_script(name: str) -> str:
 _FILL = load_script("cache_fill.lua")
 _INVALIDATE = load_script("cache_invalidate.lua")
 _GCRA = load_script("rate_limit.lua")
+_LIMITED_READ = load_script("rate_limited_read.lua")
 
 
 class RedisLink:
@@ -138,9 +145,39 @@ class RedisRateLimiter:
         self._gcra = link.client.register_script(_GCRA)
 
     async def hit(self, key: str, rate_per_minute: int, burst: int) -> RateDecision:
-        interval = 60.0 / rate_per_minute
-        args = [interval, interval * (burst - 1)]
+        args = _gcra_args(rate_per_minute, burst)
         allowed, remaining, retry = await self._link.call(
-            lambda _c: self._gcra(keys=[f"capstan:ratelimit:{key}"], args=args)
+            lambda _c: self._gcra(keys=[rate_limit_key(key)], args=args)
         )
         return RateDecision(bool(allowed), int(remaining), float(retry))
+
+
+def rate_limit_key(key: str) -> str:
+    return f"capstan:ratelimit:{key}"
+
+
+def _gcra_args(rate_per_minute: int, burst: int) -> list[float]:
+    """ARGV of the GCRA scripts: emission interval and burst tolerance, in seconds."""
+    interval = 60.0 / rate_per_minute
+    return [interval, interval * (burst - 1)]
+
+
+class RedisRateLimitedReader:
+    """RedisRateLimiter.hit then RedisCache.get as one script (rate_limited_read.lua)."""
+
+    def __init__(self, link: RedisLink) -> None:
+        self._link = link
+        self._script = link.client.register_script(_LIMITED_READ)
+
+    async def hit_and_get(
+        self, rate_key: str, rate_per_minute: int, burst: int, cache_key: str
+    ) -> LimitedRead:
+        keys = [rate_limit_key(rate_key), cache_key]
+        args = _gcra_args(rate_per_minute, burst)
+        reply = await self._link.call(lambda _c: self._script(keys=keys, args=args))
+        decision = RateDecision(bool(reply[0]), int(reply[1]), float(reply[2]))
+        # A refusal stops after the decision; a tombstone or a miss lacks `d` (and maybe `v`).
+        version, payload = (reply[3], reply[4]) if len(reply) == 5 else (None, None)
+        if version is None or payload is None:
+            return LimitedRead(decision, None)
+        return LimitedRead(decision, CachedEntry(int(version), payload))
