@@ -200,6 +200,27 @@ async def test_the_combined_read_sees_hits_misses_and_tombstones(
     assert (await reader.hit_and_get(name, 600, 100, key)).entry is None  # tombstone
 
 
+async def test_concurrent_combined_reads_are_each_decided_exactly(
+    adapters: dict[str, Any], key: str
+) -> None:
+    """Fifty at once (the Redis adapter sends them pipelined): exactly the burst is allowed,
+    and every allowed call reads its own key's entry."""
+    reader: RateLimitedReader = adapters["reader"]
+    other = f"capstan:test:{uuid.uuid4().hex}"
+    await adapters["cache"].fill(key, 1, b"one", 60)
+    await adapters["cache"].fill(other, 2, b"two", 60)
+    name = uuid.uuid4().hex
+    reads = await asyncio.gather(
+        *(reader.hit_and_get(name, 1, 10, key if n % 2 else other) for n in range(50))
+    )
+    allowed = [(n, r) for n, r in enumerate(reads) if r.decision.allowed]
+    assert len(allowed) == 10
+    for n, read in allowed:
+        assert read.entry is not None
+        assert read.entry.payload == (b"one" if n % 2 else b"two")
+    assert sorted(r.decision.remaining for _, r in allowed) == list(range(10))
+
+
 async def test_a_refused_combined_read_returns_no_entry(adapters: dict[str, Any], key: str) -> None:
     reader: RateLimitedReader = adapters["reader"]
     await adapters["cache"].fill(key, 1, b"one", 60)
