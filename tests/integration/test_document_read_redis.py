@@ -1,5 +1,6 @@
-"""The lean document read with Redis down or hung: it fails open on the rate limit, degrades to
-PostgreSQL, and never trusts the cache while an invalidation is undelivered."""
+"""The lean document read against a private Redis: one command per cache hit; with Redis down
+or hung it fails open on the rate limit, degrades to PostgreSQL, and never trusts the cache
+while an invalidation is undelivered."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
 from tests.conftest import Api, RedisProcess, production_settings, start_api
 
@@ -36,6 +38,40 @@ async def _until_hit(http: httpx.AsyncClient, url: str) -> httpx.Response:
             return answer
         await asyncio.sleep(0.1)
     raise AssertionError("the cache was never used again")
+
+
+async def _commands(redis: RedisProcess) -> dict[str, int]:
+    """Calls per command since the last CONFIG RESETSTAT, from INFO commandstats."""
+    client = aioredis.Redis.from_url(redis.url)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+async def test_a_cache_hit_costs_one_redis_command(
+    postgres_url: str, redis_process: RedisProcess, tmp_path: Path
+) -> None:
+    api = await _start(postgres_url, redis_process, tmp_path)
+    try:
+        tenant = await api.tenant()
+        async with api.client(tenant.key) as http:
+            doc = (await http.post("/v1/documents", json={"body": "v1"})).json()
+            url = f"/v1/documents/{doc['id']}"
+            await http.get(url)  # the miss fills the cache
+            admin = aioredis.Redis.from_url(redis_process.url)
+            await admin.config_resetstat()
+            await admin.aclose()
+            hits = [await http.get(url) for _ in range(5)]
+        assert {h.headers["x-cache"] for h in hits} == {"hit"}
+        stats = await _commands(redis_process)
+        # Ours: the reset and the HELLO of the client reading the stats.
+        assert (stats.pop("config|resetstat"), stats.pop("hello")) == (1, 1)
+        # The API's: one EVALSHA per hit; Redis also counts the commands the script runs.
+        assert stats == {"evalsha": 5, "time": 5, "get": 5, "set": 5, "hmget": 5}
+    finally:
+        await api.container.close()
 
 
 async def test_redis_down_degrades_reads_and_refuses_sessions_clearly(
