@@ -8,8 +8,9 @@ OpenAPI describes. Same contracts, fewer steps:
 - auth: `Authorization: Bearer` with an API key or a session token (`Authenticator`), 401
   problem+json otherwise; errors are raised and rendered by the app's problem handlers;
 - a trusted cache hit costs one Redis command: the rate limit and the read are one script
-  (`RateLimitedReader`); everything else (no-cache, a miss, the cache down, invalidations
-  pending) counts the rate limit alone and goes through `DocumentStore.read`, as before;
+  (`RateLimitedReader`); a miss or the cache down then goes through `DocumentStore.read` as
+  before (the request counted once), and so do no-cache and pending invalidations after the
+  limiter alone;
 - `ETag`, `X-Cache`, `If-None-Match` -> 304; request id, metrics per route and the access log
   come from RequestContextMiddleware, which sees this route's template as usual.
 """
@@ -34,14 +35,14 @@ _JSON = b"application/json"
 
 def document_read_route(container: Container) -> Route:
     """The lean GET route, to be placed ahead of the FastAPI route it stands in for."""
-    return LeanRoute(PATH, DocumentRead(container), name="get_document")
+    return LeanRoute(PATH, DocumentReadEndpoint(container), name="get_document")
 
 
 class LeanRoute(Route):
     """Matches GET only; every other method falls through to the FastAPI routes of the path,
     so HEAD, PATCH, DELETE and the 405 for the rest answer exactly as before."""
 
-    def __init__(self, path: str, endpoint: DocumentRead, *, name: str) -> None:
+    def __init__(self, path: str, endpoint: DocumentReadEndpoint, *, name: str) -> None:
         super().__init__(path, endpoint, methods=["GET"], name=name)
         self.methods = {"GET"}  # Starlette adds HEAD to GET routes; the FastAPI route does not
 
@@ -54,7 +55,7 @@ class LeanRoute(Route):
         return match, {**child_scope, "route": self}
 
 
-class DocumentRead:
+class DocumentReadEndpoint:
     """The ASGI endpoint of `document_read_route`."""
 
     def __init__(self, container: Container) -> None:
