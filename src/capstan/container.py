@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from capstan.auth.service import Authenticator
 from capstan.broker.port import Broker
-from capstan.cache.port import RateLimiter, SessionStore, VersionedCache
+from capstan.cache.port import RateLimitedReader, RateLimiter, SessionStore, VersionedCache
 from capstan.db.engine import create_engine, sessionmaker
 from capstan.db.fastpath import FastPath
 from capstan.documents.cache import CacheAside
@@ -35,10 +35,13 @@ class Container:
     cache: VersionedCache
     sessions: SessionStore
     rate_limiter: RateLimiter
+    # The rate limit and the cache read of GET /v1/documents/{id} in one round trip.
+    limited_reader: RateLimitedReader
     broker: Broker
     search: SearchEngine
     auth: Authenticator
     documents: DocumentStore
+    documents_cache: CacheAside  # the store's; the lean read route serves its hits
     # Set after each committed write: wakes an in-process relay without polling.
     outbox_wakeup: asyncio.Event
     # The search flow: the database engine always, Elasticsearch when configured (`search`).
@@ -76,12 +79,26 @@ def build_container(settings: Settings) -> Container:
     cache: VersionedCache
     sessions: SessionStore
     rate_limiter: RateLimiter
+    limited_reader: RateLimitedReader
     if settings.cache_url.startswith("memory"):
-        from capstan.cache.memory import MemoryCache, MemoryRateLimiter, MemorySessionStore
+        from capstan.cache.memory import (
+            MemoryCache,
+            MemoryRateLimitedReader,
+            MemoryRateLimiter,
+            MemorySessionStore,
+        )
 
-        cache, sessions, rate_limiter = MemoryCache(), MemorySessionStore(), MemoryRateLimiter()
+        memory_cache, memory_limiter = MemoryCache(), MemoryRateLimiter()
+        cache, sessions, rate_limiter = memory_cache, MemorySessionStore(), memory_limiter
+        limited_reader = MemoryRateLimitedReader(memory_limiter, memory_cache)
     else:
-        from capstan.cache.redis import RedisCache, RedisLink, RedisRateLimiter, RedisSessionStore
+        from capstan.cache.redis import (
+            RedisCache,
+            RedisLink,
+            RedisRateLimitedReader,
+            RedisRateLimiter,
+            RedisSessionStore,
+        )
 
         link = RedisLink(
             settings.cache_url,
@@ -94,6 +111,7 @@ def build_container(settings: Settings) -> Container:
             RedisSessionStore(link),
             RedisRateLimiter(link),
         )
+        limited_reader = RedisRateLimitedReader(link)
 
     broker: Broker
     if settings.broker_url.startswith("memory"):
@@ -151,10 +169,12 @@ def build_container(settings: Settings) -> Container:
         cache=cache,
         sessions=sessions,
         rate_limiter=rate_limiter,
+        limited_reader=limited_reader,
         broker=broker,
         search=search,
         auth=auth,
         documents=DocumentStore(db, aside, settings.source, on_commit=outbox_wakeup.set),
+        documents_cache=aside,
         outbox_wakeup=outbox_wakeup,
         searcher=searcher,
         task_registry=task_registry,

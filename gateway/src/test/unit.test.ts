@@ -17,7 +17,12 @@ test('the Redis scripts are the shared contract files, byte for byte, and nothin
   // dist/test -> the repository's Python package data, the scripts' only copy.
   const shared = resolve(__dirname, '../../../src/capstan/cache/lua');
   const files = readdirSync(shared).filter((name) => name.endsWith('.lua')).sort();
-  assert.deepEqual(files, ['cache_fill.lua', 'cache_invalidate.lua', 'rate_limit.lua']);
+  assert.deepEqual(files, [
+    'cache_fill.lua',
+    'cache_invalidate.lua',
+    'rate_limit.lua',
+    'rate_limited_read.lua', // the API's cached read (rate limit + HMGET); unused here
+  ]);
   const link = new RedisLink('redis://127.0.0.1:1'); // lazy: never connects
   try {
     const registered = link.client.scriptsSet as Record<string, { lua: string }>;

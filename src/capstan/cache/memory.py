@@ -7,7 +7,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from capstan.cache.gcra import gcra
-from capstan.cache.port import CachedEntry, RateDecision, Session
+from capstan.cache.port import CachedEntry, LimitedRead, RateDecision, Session
 
 
 @dataclass(slots=True)
@@ -95,3 +95,19 @@ class MemoryRateLimiter:
         if decision.allowed:
             self._tat[key] = new_tat
         return decision
+
+
+class MemoryRateLimitedReader:
+    """The limiter's and the cache's own calls: in one process there is no round trip to save."""
+
+    def __init__(self, limiter: MemoryRateLimiter, cache: MemoryCache) -> None:
+        self._limiter = limiter
+        self._cache = cache
+
+    async def hit_and_get(
+        self, rate_key: str, rate_per_minute: int, burst: int, cache_key: str
+    ) -> LimitedRead:
+        decision = await self._limiter.hit(rate_key, rate_per_minute, burst)
+        if not decision.allowed:
+            return LimitedRead(decision, None)
+        return LimitedRead(decision, await self._cache.get(cache_key))
