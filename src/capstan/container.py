@@ -21,6 +21,7 @@ from capstan.search.port import SearchEngine
 from capstan.search.service import SearchService
 from capstan.search.sql import DatabaseSearch
 from capstan.settings import Settings
+from capstan.signals.port import SignalBus
 from capstan.tasks.registry import TaskRegistry, build_registry
 from capstan.tasks.service import TaskService
 
@@ -45,6 +46,8 @@ class Container:
     task_registry: TaskRegistry
     tasks: TaskService
     topology: Topology
+    # Ephemeral signals (task progress): Redis Pub/Sub, or in-process when embedded.
+    signals: SignalBus
     _closers: list[Any] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -53,6 +56,7 @@ class Container:
     async def close(self) -> None:
         await self.broker.close()
         await self.search.close()
+        await self.signals.close()
         for closer in self._closers:
             await closer()
         await self.engine.dispose()
@@ -68,10 +72,13 @@ def build_container(settings: Settings) -> Container:
     cache: VersionedCache
     sessions: SessionStore
     rate_limiter: RateLimiter
+    signals: SignalBus
     if settings.cache_url.startswith("memory"):
         from capstan.cache.memory import MemoryCache, MemoryRateLimiter, MemorySessionStore
+        from capstan.signals.memory import MemorySignals
 
         cache, sessions, rate_limiter = MemoryCache(), MemorySessionStore(), MemoryRateLimiter()
+        signals = MemorySignals(metrics)
     else:
         from capstan.cache.redis import RedisCache, RedisLink, RedisRateLimiter, RedisSessionStore
 
@@ -86,6 +93,9 @@ def build_container(settings: Settings) -> Container:
             RedisSessionStore(link),
             RedisRateLimiter(link),
         )
+        from capstan.signals.redis import RedisSignals
+
+        signals = RedisSignals(link, settings.cache_url, metrics)
 
     broker: Broker
     if settings.broker_url.startswith("memory"):
@@ -151,5 +161,6 @@ def build_container(settings: Settings) -> Container:
         task_registry=task_registry,
         tasks=TaskService(db, task_registry, settings, on_commit=outbox_wakeup.set),
         topology=Topology(settings.broker_namespace),
+        signals=signals,
         _closers=closers,
     )
