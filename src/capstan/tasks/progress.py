@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, cast
 
 from sqlalchemy import Table, update
 
@@ -26,6 +26,17 @@ log = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
 TASKS = cast(Table, Task.__table__)
+
+
+class RunningTask(Protocol):
+    """What progress needs of a claimed task (an ORM row or a Core row alike)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def tenant_id(self) -> str: ...
+    @property
+    def attempts(self) -> int: ...
 
 
 @dataclass
@@ -121,7 +132,7 @@ class ProgressReporter:
             live=lambda key: running(key[0]),
         )
 
-    async def report(self, task: Task, fraction: float, message: str | None) -> None:
+    async def report(self, task: RunningTask, fraction: float, message: str | None) -> None:
         signal = task_progress(
             task.tenant_id, task.id, fraction, message, source=self._c.settings.source
         )
