@@ -62,6 +62,7 @@ export class Services {
   async start(): Promise<void> {
     await this.redis.start();
     this.consumer.start();
+    this.signals.start();
     this.hub.startSweeping(this.settings.sweepSeconds);
     this.heartbeatTimer = setInterval(() => {
       for (const c of this.connections) c.heartbeat();

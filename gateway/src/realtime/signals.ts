@@ -46,10 +46,11 @@ export class SignalListener {
   private readonly client: Redis;
   private stopped = false;
   /** Resolves once the pattern subscription is active (tests wait for it). */
-  readonly ready: Promise<void>;
+  ready: Promise<void> = Promise.resolve();
 
-  constructor(url: string, onSignal: (s: RtSignal) => void, metrics: Metrics, log: Logger) {
+  constructor(url: string, onSignal: (s: RtSignal) => void, metrics: Metrics, private readonly log: Logger) {
     this.client = new Redis(url, {
+      lazyConnect: true, // nothing connects before start()
       // Queue the PSUBSCRIBE until Redis is there, however long that takes, and keep retrying.
       maxRetriesPerRequest: null,
       autoResubscribe: true,
@@ -66,10 +67,14 @@ export class SignalListener {
       metrics.signalsReceived.inc({ outcome: 'ok' });
       onSignal(signal);
     });
+  }
+
+  /** PSUBSCRIBE; queued until Redis is reachable, however long that takes. */
+  start(): void {
     this.ready = this.client.psubscribe(SIGNAL_PATTERN).then(
-      () => log.info({ pattern: SIGNAL_PATTERN }, 'listening for signals'),
+      () => this.log.info({ pattern: SIGNAL_PATTERN }, 'listening for signals'),
       (err: Error) => {
-        if (!this.stopped) log.warn({ err: err.message }, 'signal subscription failed');
+        if (!this.stopped) this.log.warn({ err: err.message }, 'signal subscription failed');
       },
     );
   }
