@@ -8,6 +8,7 @@ import { Metrics } from './metrics';
 import { Problem } from './problems';
 import { RealtimeConsumer } from './realtime/broker';
 import { Hub } from './realtime/hub';
+import { SignalListener } from './realtime/signals';
 import type { Settings } from './settings';
 import type { Subscriber } from './realtime/subscriber';
 
@@ -27,6 +28,7 @@ export class Services {
   readonly limiter: RateLimiter;
   readonly hub: Hub;
   readonly consumer: RealtimeConsumer;
+  readonly signals: SignalListener;
   readonly connections = new Set<Connection>();
   closing = false;
   private heartbeatTimer?: NodeJS.Timeout;
@@ -54,11 +56,13 @@ export class Services {
       this.metrics,
       this.log,
     );
+    this.signals = new SignalListener(settings.cacheUrl, (sig) => this.hub.signal(sig), this.metrics, this.log);
   }
 
   async start(): Promise<void> {
     await this.redis.start();
     this.consumer.start();
+    this.signals.start();
     this.hub.startSweeping(this.settings.sweepSeconds);
     this.heartbeatTimer = setInterval(() => {
       for (const c of this.connections) c.heartbeat();
@@ -94,6 +98,7 @@ export class Services {
     for (const c of [...this.connections]) c.shutdown(hint);
     this.hub.stop();
     await this.consumer.stop();
+    await this.signals.stop();
     await this.redis.close();
     await this.db.end().catch(() => {});
   }

@@ -22,6 +22,7 @@ from capstan.search.port import SearchEngine
 from capstan.search.service import SearchService
 from capstan.search.sql import DatabaseSearch
 from capstan.settings import Settings
+from capstan.signals.port import SignalBus
 from capstan.tasks.registry import TaskRegistry, build_registry
 from capstan.tasks.service import TaskService
 
@@ -49,6 +50,8 @@ class Container:
     task_registry: TaskRegistry
     tasks: TaskService
     topology: Topology
+    # Ephemeral signals (task progress): Redis Pub/Sub, or in-process when embedded.
+    signals: SignalBus
     # PostgreSQL's single-statement hot paths; None on SQLite or when turned off.
     fast: FastPath | None = None
     _closers: list[Any] = field(default_factory=list)
@@ -59,6 +62,7 @@ class Container:
     async def close(self) -> None:
         await self.broker.close()
         await self.search.close()
+        await self.signals.close()
         for closer in self._closers:
             await closer()
         if self.fast is not None:
@@ -80,6 +84,7 @@ def build_container(settings: Settings) -> Container:
     sessions: SessionStore
     rate_limiter: RateLimiter
     limited_reader: RateLimitedReader
+    signals: SignalBus
     if settings.cache_url.startswith("memory"):
         from capstan.cache.memory import (
             MemoryCache,
@@ -91,6 +96,9 @@ def build_container(settings: Settings) -> Container:
         memory_cache, memory_limiter = MemoryCache(), MemoryRateLimiter()
         cache, sessions, rate_limiter = memory_cache, MemorySessionStore(), memory_limiter
         limited_reader = MemoryRateLimitedReader(memory_limiter, memory_cache)
+        from capstan.signals.memory import MemorySignals
+
+        signals = MemorySignals(metrics)
     else:
         from capstan.cache.redis import (
             RedisCache,
@@ -112,6 +120,9 @@ def build_container(settings: Settings) -> Container:
             RedisRateLimiter(link),
         )
         limited_reader = RedisRateLimitedReader(link)
+        from capstan.signals.redis import RedisSignals
+
+        signals = RedisSignals(link, settings.cache_url, metrics)
 
     broker: Broker
     if settings.broker_url.startswith("memory"):
@@ -189,5 +200,6 @@ def build_container(settings: Settings) -> Container:
         ),
         topology=topology,
         fast=fast,
+        signals=signals,
         _closers=closers,
     )

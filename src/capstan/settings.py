@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     # A running task whose worker has not beaten for this long goes back to the queue.
     worker_heartbeat_ttl_seconds: float = Field(15.0, gt=0)
     worker_shutdown_grace_seconds: float = Field(10.0, ge=0)
+    # A running task's row keeps its latest progress, written at most this often (every tick
+    # is also published as an ephemeral signal; docs/contracts/signals.md). 0: every tick.
+    task_progress_write_seconds: float = Field(1.0, ge=0)
     tasks_enable_test_handlers: bool = False
 
     # Search (issue 5; docs/search.md). search_index is the read alias; indices are <alias>-<ms>.

@@ -6,6 +6,7 @@ import { bearer } from '../auth';
 import { Problem, invalid } from '../problems';
 import { aheadOfFeed, BadSubscription, parseCursor, parsePatterns } from '../realtime/request';
 import { splitTypes } from '../realtime/patterns';
+import type { RtSignal } from '../realtime/signals';
 import { Subscriber, type CloseReason, type Counters, type RtEvent, type Sink } from '../realtime/subscriber';
 import type { Connection } from '../services';
 
@@ -18,6 +19,12 @@ class SseSink implements Sink {
     if (this.ended) return;
     const wire = (ev.wire ??= {});
     this.res.write((wire.sse ??= `id: ${ev.seq}\ndata: ${ev.json}\n\n`));
+  }
+  /** No `id:` line: the browser keeps the last seq as Last-Event-ID, so resume is unaffected. */
+  writeSignal(s: RtSignal): void {
+    if (this.ended) return;
+    const wire = (s.wire ??= {});
+    this.res.write((wire.sse ??= `event: signal\ndata: ${s.json}\n\n`));
   }
   cork(): void {
     this.res.cork();

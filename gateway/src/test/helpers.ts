@@ -67,6 +67,7 @@ export async function harness(env: Record<string, string> = {}): Promise<Harness
   const services = new Services(settings, pino({ level: 'warn' }));
   await services.start();
   await services.consumer.ready;
+  await services.signals.ready;
   const app = await buildApp(services);
   await app.listen({ host: '127.0.0.1', port: 0 });
   const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;

@@ -2,6 +2,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { Redis } from 'ioredis';
+import { randomUUID } from 'node:crypto';
 import WebSocket from 'ws';
 import { documentKey, FILL, INVALIDATE } from '../cache';
 import { harness, servers, SseReader, type Harness } from './helpers';
@@ -167,6 +168,48 @@ describe('gateway', { skip }, () => {
     const [code] = await c.closed;
     assert.equal(code, 1009);
     await assert.rejects(wsClient(h.url), /HTTP 401/);
+  });
+
+  test('signals: progress published on Redis reaches WS and SSE clients of its tenant only, without seq', async () => {
+    const t = await h.tenant();
+    const other = await h.tenant();
+    const signal = (tenant: string, progress: number) =>
+      JSON.stringify({ specversion: '1.0', id: randomUUID(), source: 'capstan', type: 'capstan.task.progress', time: new Date().toISOString(), subject: 'tasks/x', datacontenttype: 'application/json', tenantid: tenant, ephemeral: true, data: { id: 'x', progress, message: 'working' } });
+    const ws = await wsClient(h.url, t.key);
+    assert.equal((await ws.next()).op, 'hello');
+    ws.ws.send(JSON.stringify({ op: 'subscribe', types: ['task.*'] }));
+    const subscribed = await ws.next();
+    assert.equal(subscribed.op, 'subscribed');
+    const wsOther = await wsClient(h.url, other.key);
+    assert.equal((await wsOther.next()).op, 'hello');
+    wsOther.ws.send(JSON.stringify({ op: 'subscribe', types: ['#'] }));
+    assert.equal((await wsOther.next()).op, 'subscribed');
+    const r = await fetch(`${h.url}/v1/stream?types=task.progress`, { headers: { authorization: `Bearer ${t.key}` } });
+    const sse = new SseReader(r.body!);
+    assert.equal((await sse.next()).event, 'ready');
+
+    // The other tenant's signal goes first: had it leaked, t's clients would see it first.
+    assert.equal(await redis.publish(`capstan:${other.id}:signals`, signal(other.id, 0.1)), 1);
+    const mine = signal(t.id, 0.5);
+    assert.equal(await redis.publish(`capstan:${t.id}:signals`, mine), 1); // one gateway listens
+    const pushed = await ws.next();
+    assert.deepEqual(pushed, JSON.parse(mine)); // forwarded as published
+    assert.equal(pushed.ephemeral, true);
+    assert.equal('seq' in pushed, false);
+    const frame = await sse.next();
+    assert.deepEqual([frame.event, frame.id, frame.data], ['signal', undefined, mine]);
+    assert.equal((await wsOther.next()).tenantid, other.id);
+
+    // Durable events keep their seq order around signals; a signal moves no cursor.
+    const seq = await h.emit(t.id, 'task.succeeded');
+    const ev = await ws.next();
+    assert.deepEqual([ev.seq, ev.type], [seq, 'capstan.task.succeeded']);
+    const metrics = await (await fetch(`${h.url}/metrics`)).text();
+    assert.match(metrics, /capstan_gateway_signals_sent_total\{transport="ws"\} [1-9]/);
+    assert.match(metrics, /capstan_gateway_signals_sent_total\{transport="sse"\} 1/);
+    ws.ws.close();
+    wsOther.ws.close();
+    await sse.cancel();
   });
 
   test('ops: healthz, readyz, metrics', async () => {

@@ -191,6 +191,25 @@ class Metrics:
             "empty (their message was lost).",
             registry=r,
         )
+        # Ephemeral signals (Redis Pub/Sub or in-process; docs/contracts/signals.md).
+        self.signals_published = Counter(
+            "capstan_signals_published_total",
+            "Ephemeral signals handed to the signal bus, by type (task.progress).",
+            ["type"],
+            registry=r,
+        )
+        self.signals_dropped = Counter(
+            "capstan_signals_dropped_total",
+            "Ephemeral signals not delivered, by type and reason: unavailable (Redis down), "
+            "error, slow_subscriber (an in-process subscriber's queue was full).",
+            ["type", "reason"],
+            registry=r,
+        )
+        self.task_progress_writes = Counter(
+            "capstan_task_progress_writes_total",
+            "Task rows updated with their latest progress (at most once a second per task).",
+            registry=r,
+        )
         self.worker_heartbeat = Gauge(
             "capstan_worker_last_heartbeat_timestamp_seconds",
             "Unix time of each worker's last heartbeat.",
