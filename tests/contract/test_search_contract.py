@@ -54,9 +54,15 @@ async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     await engine.dispose()
 
 
-async def test_text_matches_every_term_and_ranks_title_matches(harness: Harness) -> None:
+async def test_all_term_matches_rank_first_and_title_matches_outrank_body(
+    harness: Harness,
+) -> None:
     assert set(await harness.keys("moon")) == {"apollo", "cheese", "soil"}
-    assert await harness.keys("moon cheese") == ["cheese"]
+    # Two terms: one is enough (minimum should match), but the document with both comes first.
+    result = await harness.ask("moon cheese")
+    assert harness.name_of(result.hits[0].id) == "cheese"
+    assert [h.match for h in result.hits] == ["all", "most", "most"]
+    assert {harness.name_of(h.id) for h in result.hits[1:]} == {"apollo", "soil"}
     assert await harness.keys("MARS") == ["mars"]
     assert await harness.keys("nothing-matches-this") == []
     result = await harness.ask("moon")

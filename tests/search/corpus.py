@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from capstan.db.schema import Document
 from capstan.ids import uuid7
+from capstan.search.analysis import search_columns
 from capstan.search.port import IndexDoc, Removal, SearchEngine, SearchQuery, SearchResult
 from capstan.tenants.service import create_tenant
 
@@ -119,6 +120,8 @@ class Harness:
                         "version": d.version,
                         "created_at": d.created_at,
                         "updated_at": d.updated_at,
+                        # A Core update sets the analyzed terms itself (no ORM event runs).
+                        **search_columns(d.title, d.body, d.tags),
                     }
                     changed = await session.execute(
                         update(Document)

@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError, TransportError
 from elasticsearch import ConnectionError as EsConnectionError
 
+from capstan.search.analysis import search_columns
+from capstan.search.highlight import highlight
 from capstan.search.port import (
     Hit,
     IndexDoc,
@@ -27,9 +29,16 @@ from capstan.search.port import (
     SearchUnavailable,
     metadata_text,
 )
+from capstan.search.query import TIER, ParsedQuery, parse
 
 FACET_SIZE = 20
 BULK_TIMEOUT_SECONDS = 60.0
+
+
+# The analyzed fields (search/analysis.py): the `whitespace` analyzer, a core one, only splits
+# the terms Python made, so this index matches exactly what the database engines match.
+TERMS_FIELDS = ("title_terms", "tags_terms", "body_terms")
+RANKED_FIELDS = ["title_terms^3", "tags_terms^2", "body_terms"]
 
 
 def document_source(doc: IndexDoc) -> dict[str, Any]:
@@ -45,6 +54,10 @@ def document_source(doc: IndexDoc) -> dict[str, Any]:
         "title": doc.title,
         "body": doc.body,
         "tags": list(doc.tags),
+        **{
+            f"{name.removeprefix('terms_')}_terms": value
+            for name, value in search_columns(doc.title, doc.body, doc.tags).items()
+        },
         "meta": meta,
         "version": doc.version,
         "created_at": doc.created_at.isoformat(),
@@ -106,6 +119,7 @@ class ElasticsearchEngine:
                     "title": text,
                     "body": text,
                     "tags": {"type": "keyword"},
+                    **{name: {"type": "text", "analyzer": "whitespace"} for name in TERMS_FIELDS},
                     "meta": {"type": "keyword"},
                     "version": {"type": "long"},
                     "created_at": {"type": "date"},
@@ -266,6 +280,52 @@ class ElasticsearchEngine:
 
     # --- reads -----------------------------------------------------------------------------
 
+    @staticmethod
+    def text_clauses(parsed: ParsedQuery) -> dict[str, Any]:
+        """The bool clauses of a parsed query (search/query.py): per term, an exact match scores
+        `2 * TIER` and a typo match `TIER` (named `t<i>` / `f<i>`, so each hit tells which rule
+        let it in), plus BM25 over the analyzed fields; `minimum_should_match` over the terms."""
+
+        def anywhere(kind: str, value: Any) -> dict[str, Any]:
+            return {"bool": {"should": [{kind: {f: value}} for f in TERMS_FIELDS]}}
+
+        def phrase(words: tuple[str, ...]) -> dict[str, Any]:
+            return {
+                "multi_match": {"query": " ".join(words), "type": "phrase", "fields": RANKED_FIELDS}
+            }
+
+        clauses: list[dict[str, Any]] = []
+        for i, term in enumerate(parsed.terms):
+            tiers: list[dict[str, Any]] = [
+                {
+                    "constant_score": {
+                        "filter": anywhere("term", term.text),
+                        "boost": 2 * TIER,
+                        "_name": f"t{i}",
+                    }
+                }
+            ]
+            if term.variants:
+                tiers.append(
+                    {
+                        "constant_score": {
+                            "filter": anywhere("terms", list(term.variants)),
+                            "boost": TIER,
+                            "_name": f"f{i}",
+                        }
+                    }
+                )
+            relevance = {
+                "multi_match": {"query": term.text, "type": "most_fields", "fields": RANKED_FIELDS}
+            }
+            clauses.append({"bool": {"should": [{"dis_max": {"queries": tiers}}, relevance]}})
+        must: list[dict[str, Any]] = [phrase(p) for p in parsed.phrases]
+        if clauses:
+            must.append({"bool": {"should": clauses, "minimum_should_match": parsed.required}})
+        if not must:  # nothing positive: a query that finds nothing
+            must.append({"match_none": {}})
+        return {"must": must, "must_not": [phrase(p) for p in parsed.excluded]}
+
     def build_query(self, q: SearchQuery) -> dict[str, Any]:
         f = q.filters
         filters: list[dict[str, Any]] = [{"term": {"tenant_id": q.tenant_id}}]
@@ -285,18 +345,9 @@ class ElasticsearchEngine:
             filters.append({"range": {"created_at": dates}})
         filters.extend({"term": {"meta": f"{k}={v}"}} for k, v in f.metadata)
         text = (q.text or "").strip()
-        must: list[dict[str, Any]] = []
+        bool_: dict[str, Any] = {"filter": filters}
         if text:
-            must.append(
-                {
-                    "multi_match": {
-                        "query": text,
-                        "fields": ["title^2", "body"],
-                        "type": "cross_fields",
-                        "operator": "and",
-                    }
-                }
-            )
+            bool_.update(self.text_clauses(parse(text, typos=q.typos)))
         sort: list[Any]
         if q.sort == "relevance" and text:
             sort = ["_score", {"doc_id": "asc"}]
@@ -304,26 +355,17 @@ class ElasticsearchEngine:
             field = "updated_at" if q.sort == "updated" else "created_at"
             sort = [{field: "desc"}, {"doc_id": "desc"}]
         body: dict[str, Any] = {
-            "query": {"bool": {"filter": filters, "must": must}},
+            "query": {"bool": bool_},
             "sort": sort,
             "size": q.limit + 1,
             "track_total_hits": True,
             "version": True,
-            "_source": ["title"],
+            "_source": ["title", "body"] if text and q.with_highlights else ["title"],
         }
         if q.after is not None:
             body["search_after"] = list(q.after)
         elif q.offset:
             body["from"] = q.offset
-        if text and q.with_highlights:
-            body["highlight"] = {
-                "pre_tags": ["<em>"],
-                "post_tags": ["</em>"],
-                "fields": {
-                    "title": {"number_of_fragments": 0},
-                    "body": {"fragment_size": 150, "number_of_fragments": 2},
-                },
-            }
         if q.with_facets:
             body["aggs"] = {
                 "tags": {"terms": {"field": "tags", "size": FACET_SIZE}},
@@ -338,18 +380,27 @@ class ElasticsearchEngine:
         raw = response["hits"]["hits"]
         more = len(raw) > q.limit
         hits = []
+        text = (q.text or "").strip()
+        parsed = parse(text, typos=q.typos) if text else None
+        words = set(parsed.words()) if parsed is not None else set()
         for h in raw[: q.limit]:
-            marks = h.get("highlight", {})
-            hits.append(
-                Hit(
-                    id=h["_id"],
-                    title=h["_source"].get("title", ""),
-                    score=h.get("_score") if (q.text or "").strip() else None,
-                    version=int(h["_version"]),
-                    highlights=[*marks.get("title", []), *marks.get("body", [])],
-                    key=tuple(h["sort"]),
-                )
+            source = h["_source"]
+            hit = Hit(
+                id=h["_id"],
+                title=source.get("title", ""),
+                score=h.get("_score") if parsed is not None else None,
+                version=int(h["_version"]),
+                key=tuple(h["sort"]),
             )
+            if parsed is not None:
+                named = set(h.get("matched_queries", ()))
+                n = len(parsed.terms)
+                exact = sum(f"t{i}" in named for i in range(n))
+                matched = sum(bool({f"t{i}", f"f{i}"} & named) for i in range(n))
+                hit.match = parsed.rule(exact, matched)
+                if q.with_highlights:
+                    hit.highlights = highlight(hit.title, source.get("body", ""), words)
+            hits.append(hit)
         facets: dict[str, dict[str, int]] = {}
         aggs = response.get("aggregations")
         if aggs:

@@ -1,37 +1,45 @@
 """Search answered by the database: structured predicates for every engine (the merge checks
 Elasticsearch's candidates against them), and full text with PostgreSQL FTS or SQLite FTS5.
 
-This module is the one place that knows how the two dialects differ for search:
+Both match the analyzed terms the application stores (`terms_*` columns, search/analysis.py)
+with the query semantics of search/query.py. This module is the one place that knows how the
+two dialects differ for search:
 
-- full-text match: PostgreSQL `documents.search_vector @@ plainto_tsquery('simple', q)` (a
-  generated column with a GIN index); SQLite `documents_fts MATCH '"tok" "tok"'` (FTS5 table
-  kept by triggers);
-- score: `ts_rank_cd` (higher is better) vs FTS5 `bm25` (lower is better); both are turned
-  into "ascending is best first" for ordering and reported as "higher is better";
-- highlights: `ts_headline` vs `snippet()`;
+- full-text match: PostgreSQL `documents.search_vector @@ to_tsquery('simple', ...)` (a
+  generated column over the terms with a GIN index); SQLite `documents_fts MATCH '"t" OR ...'`
+  (FTS5 table kept by triggers), evaluated once per statement in a materialized CTE, so the
+  count and the facets join the FTS hits instead of testing MATCH row by row;
+- per-term matches (minimum should match, the rank tier): `vector @@ term` vs
+  `rowid IN (SELECT rowid ... MATCH term)`;
+- relevance: `ts_rank` with weights A title, B tags, D body vs FTS5 `bm25` with column weights;
+  both reported as "higher is better" after the tier (`TIER * matched terms`);
 - tags: JSONB `@>` / `?|` (GIN) vs `json_each`;
 - metadata: `metadata ->> 'k'` vs `json_type` / `json_extract`.
+Highlights are made in Python (search/highlight.py) for every engine.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import (
     ColumnElement,
+    Float,
     String,
     and_,
     case,
     cast,
     exists,
-    false,
     func,
+    literal,
     literal_column,
+    not_,
     or_,
     select,
+    table,
     type_coerce,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -39,6 +47,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from capstan.db.schema import Document
+from capstan.search.analysis import MAX_BODY_CHARS
+from capstan.search.highlight import highlight
 from capstan.search.port import (
     Filters,
     Hit,
@@ -49,14 +59,35 @@ from capstan.search.port import (
     SearchResult,
     SearchUnavailable,
 )
+from capstan.search.query import TIER, ParsedQuery, parse
 
 D = Document.__table__
 FACET_SIZE = 20
-TOKEN = re.compile(r"\w+", re.UNICODE)
 
 
 def parse_time(value: Any) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+
+@dataclass(slots=True)
+class FullText:
+    """A dialect's answer to a parsed query: what to select from, the match conditions, and
+    per row the exact and any-way matched term counts and the relevance (higher is better)."""
+
+    base: Any
+    conds: list[ColumnElement[bool]]
+    exact: ColumnElement[Any]
+    matched: ColumnElement[Any]
+    relevance: ColumnElement[Any]
+
+
+def _count(flags: Sequence[ColumnElement[bool]]) -> ColumnElement[Any]:
+    if not flags:
+        return literal(0)
+    total: ColumnElement[Any] = case((flags[0], 1), else_=0)
+    for flag in flags[1:]:
+        total = total + case((flag, 1), else_=0)
+    return total
 
 
 class DatabaseSearch:
@@ -107,6 +138,17 @@ class DatabaseSearch:
             rows = (await conn.execute(stmt)).all()
         return {r.id: (r.version, r.title) for r in rows}
 
+    async def texts(self, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """id → (title, body up to the analyzed length), for highlighting."""
+        if not ids:
+            return {}
+        stmt = select(D.c.id, D.c.title, func.substr(D.c.body, 1, MAX_BODY_CHARS)).where(
+            D.c.id.in_(list(ids))
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
     # --- structured predicates -------------------------------------------------------------
 
     def structured(self, tenant_id: str, f: Filters) -> list[ColumnElement[bool]]:
@@ -131,17 +173,7 @@ class DatabaseSearch:
 
     # --- full text (subclasses) ------------------------------------------------------------
 
-    def _fts(self, text_: str) -> tuple[Any, list[ColumnElement[bool]], ColumnElement[Any]]:
-        """(extra FROM joins applied to a select, match conditions, order-by score expression
-        where *smaller sorts first*)."""
-        raise NotImplementedError
-
-    def _score_out(self, raw: float) -> float:
-        return raw
-
-    async def _highlights(
-        self, conn: AsyncConnection, text_: str, ids: list[str]
-    ) -> dict[str, list[str]]:
+    def _fts(self, parsed: ParsedQuery) -> FullText:
         raise NotImplementedError
 
     async def _tag_facets(
@@ -155,10 +187,20 @@ class DatabaseSearch:
         conds = self.structured(q.tenant_id, q.filters)
         base: Any = D
         order_score: ColumnElement[Any] | None = None
+        counts: list[Any] = [literal_column("NULL"), literal_column("NULL")]
         text_ = (q.text or "").strip()
-        if text_:
-            base, match, order_score = self._fts(text_)
-            conds += match
+        parsed = parse(text_, typos=q.typos) if text_ else None
+        if parsed is not None:
+            if parsed.empty:
+                empty: dict[str, dict[str, int]] = {"collections": {}, "tags": {}}
+                return SearchResult(hits=[], total=0, facets=empty if q.with_facets else {})
+            fts = self._fts(parsed)
+            base = fts.base
+            conds += fts.conds
+            score = TIER * (fts.exact + fts.matched) + fts.relevance
+            # Negated so that ascending order is best-first.
+            order_score = cast(-score, Float)
+            counts = [fts.exact, fts.matched]
         page_conds = list(conds)
         sort = q.sort if text_ or q.sort != "relevance" else "created"
         if sort == "relevance" and order_score is not None:
@@ -178,7 +220,15 @@ class DatabaseSearch:
             "score"
         )
         stmt = (
-            select(D.c.id, D.c.title, D.c.version, score_col, *key_cols)
+            select(
+                D.c.id,
+                D.c.title,
+                D.c.version,
+                score_col,
+                counts[0].label("exact"),
+                counts[1].label("matched"),
+                *key_cols,
+            )
             .select_from(base)
             .where(*page_conds)
             .order_by(*order)
@@ -191,21 +241,27 @@ class DatabaseSearch:
         rows = rows[: q.limit]
         hits = []
         for r in rows:
-            key_raw = r[4]
+            key_raw = r[6]
             key0: Any = key_raw.isoformat() if isinstance(key_raw, datetime) else key_raw
             hits.append(
                 Hit(
                     id=r.id,
                     title=r.title,
-                    score=None if r.score is None else self._score_out(float(r.score)),
+                    score=None if r.score is None else -float(r.score),
                     version=r.version,
                     key=(key0, r.id),
+                    match=None if parsed is None else parsed.rule(int(r.exact), int(r.matched)),
                 )
             )
-        if text_ and q.with_highlights and hits:
-            marks = await self._highlights(conn, text_, [h.id for h in hits])
+        if parsed is not None and q.with_highlights and hits:
+            words = set(parsed.words())
+            stmt_t = select(D.c.id, D.c.title, func.substr(D.c.body, 1, MAX_BODY_CHARS)).where(
+                D.c.id.in_([h.id for h in hits])
+            )
+            found = {r[0]: (r[1], r[2]) for r in (await conn.execute(stmt_t)).all()}
             for h in hits:
-                h.highlights = marks.get(h.id, [])
+                title, body = found.get(h.id, (h.title, ""))
+                h.highlights = highlight(title, body, words)
         total = int(
             (await conn.execute(select(func.count()).select_from(base).where(*conds))).scalar_one()
         )
@@ -224,6 +280,14 @@ class DatabaseSearch:
         return SearchResult(hits=hits, total=total, facets=facets, more=more)
 
 
+CFG = "'simple'::regconfig"
+
+
+def _pg_or(words: Sequence[str]) -> str:
+    """A to_tsquery text matching any of `words` (analyzed terms: letters, digits, no quotes)."""
+    return " | ".join(f"'{w}'" for w in words)
+
+
 class PostgresSearch(DatabaseSearch):
     name = "postgres-fts"
     store = "postgresql"
@@ -240,30 +304,39 @@ class PostgresSearch(DatabaseSearch):
         value: ColumnElement[Any] = type_coerce(D.c["metadata"], JSONB)[key].astext
         return value
 
-    def _tsquery(self, text_: str) -> ColumnElement[Any]:
-        return func.plainto_tsquery(literal_column("'simple'::regconfig"), text_)
-
-    def _fts(self, text_: str) -> tuple[Any, list[ColumnElement[bool]], ColumnElement[Any]]:
+    def _fts(self, parsed: ParsedQuery) -> FullText:
         vector: ColumnElement[Any] = literal_column("documents.search_vector")
-        tsq = self._tsquery(text_)
-        # Negated so that ascending order is best-first, like SQLite's bm25.
-        return D, [vector.op("@@")(tsq)], -func.ts_rank_cd(vector, tsq)
+        cfg: ColumnElement[Any] = literal_column(CFG)
 
-    def _score_out(self, raw: float) -> float:
-        return -raw
+        def has(query: ColumnElement[Any]) -> ColumnElement[bool]:
+            matched: ColumnElement[bool] = vector.op("@@")(query)
+            return matched
 
-    async def _highlights(
-        self, conn: AsyncConnection, text_: str, ids: list[str]
-    ) -> dict[str, list[str]]:
-        tsq = self._tsquery(text_)
-        cfg: ColumnElement[Any] = literal_column("'simple'::regconfig")
-        opts = "StartSel=<em>, StopSel=</em>, MaxFragments=2, MaxWords=20, MinWords=5"
-        stmt = select(
-            D.c.id,
-            func.ts_headline(cfg, D.c.title, tsq, "StartSel=<em>, StopSel=</em>, HighlightAll=1"),
-            func.ts_headline(cfg, func.left(D.c.body, 100_000), tsq, opts),
-        ).where(D.c.id.in_(ids))
-        return _fragments((await conn.execute(stmt)).all())
+        def words(ws: Sequence[str]) -> ColumnElement[Any]:
+            return func.to_tsquery(cfg, _pg_or(ws))
+
+        def phrase(ws: Sequence[str]) -> ColumnElement[Any]:
+            return func.phraseto_tsquery(cfg, " ".join(ws))
+
+        conds: list[ColumnElement[bool]] = []
+        exact = [has(words([t.text])) for t in parsed.terms]
+        matched = [
+            or_(e, has(words(t.variants))) if t.variants else e
+            for e, t in zip(exact, parsed.terms, strict=True)
+        ]
+        if parsed.terms:
+            # Any term (or variant): the GIN index finds the candidates.
+            every = [w for t in parsed.terms for w in (t.text, *t.variants)]
+            conds.append(has(words(every)))
+            if parsed.required > 1:
+                conds.append(_count(matched) >= parsed.required)
+        conds += [has(phrase(p)) for p in parsed.phrases]
+        conds += [not_(has(phrase(p))) for p in parsed.excluded]
+        # Weights {D body, C, B tags, A title}; normalization 1 divides by 1 + log(length).
+        relevance = func.ts_rank(
+            literal_column("'{0.3, 0.3, 0.6, 1.0}'::float4[]"), vector, words(parsed.words()), 1
+        )
+        return FullText(D, conds, _count(exact), _count(matched), relevance)
 
     async def _tag_facets(
         self, conn: AsyncConnection, base: Any, conds: list[ColumnElement[bool]]
@@ -282,6 +355,17 @@ class PostgresSearch(DatabaseSearch):
 
 
 FTS: ColumnElement[Any] = literal_column("documents_fts")
+FTS_T = table("documents_fts")
+MAP_T = table("documents_fts_map")
+
+
+def _fts5(words: Sequence[str], op: str = " OR ") -> str:
+    """An FTS5 expression: each analyzed term as a string (they hold no double quotes)."""
+    return op.join(f'"{w}"' for w in words)
+
+
+def _rows_matching(expr: str) -> Any:
+    return select(literal_column("rowid")).select_from(FTS_T).where(FTS.op("MATCH")(expr))
 
 
 class SqliteSearch(DatabaseSearch):
@@ -306,51 +390,43 @@ class SqliteSearch(DatabaseSearch):
             else_=cast(func.json_extract(D.c["metadata"], path), String),
         )
 
-    @staticmethod
-    def match_expression(text_: str) -> str | None:
-        tokens = TOKEN.findall(text_)
-        return " ".join(f'"{t}"' for t in tokens) if tokens else None
-
-    def _fts(self, text_: str) -> tuple[Any, list[ColumnElement[bool]], ColumnElement[Any]]:
-        expr = self.match_expression(text_)
-        fts: ColumnElement[Any] = literal_column("documents_fts")
-        from sqlalchemy import table
-
-        fts_t = table("documents_fts")
-        map_t = table("documents_fts_map")
-        base = fts_t.join(
-            map_t, literal_column("documents_fts_map.id") == literal_column("documents_fts.rowid")
-        ).join(D, D.c.id == literal_column("documents_fts_map.doc_id"))
-        if expr is None:
-            return base, [false()], func.bm25(fts, 2.0, 1.0)
-        return base, [fts.op("MATCH")(expr)], func.bm25(fts, 2.0, 1.0)
-
-    def _score_out(self, raw: float) -> float:
-        return -raw
-
-    async def _highlights(
-        self, conn: AsyncConnection, text_: str, ids: list[str]
-    ) -> dict[str, list[str]]:
-        expr = self.match_expression(text_)
-        if expr is None:
-            return {}
-        from sqlalchemy import table
-
-        stmt = (
+    def _fts(self, parsed: ParsedQuery) -> FullText:
+        if parsed.terms:
+            expr = _fts5([w for t in parsed.terms for w in (t.text, *t.variants)])
+        else:
+            expr = " AND ".join(f'"{" ".join(p)}"' for p in parsed.phrases)
+        # The FTS hits once per statement (MATERIALIZED): the page, the count and the facets
+        # join them to documents rather than testing MATCH on each of the tenant's rows.
+        hits = (
             select(
-                literal_column("documents_fts_map.doc_id"),
-                func.snippet(FTS, 0, "<em>", "</em>", "…", 32),
-                func.snippet(FTS, 1, "<em>", "</em>", "…", 16),
+                literal_column("documents_fts_map.doc_id").label("doc_id"),
+                literal_column("documents_fts.rowid").label("rid"),
+                func.bm25(FTS, 3.0, 2.0, 1.0).label("rank"),
             )
             .select_from(
-                table("documents_fts").join(
-                    table("documents_fts_map"),
+                FTS_T.join(
+                    MAP_T,
                     literal_column("documents_fts_map.id") == literal_column("documents_fts.rowid"),
                 )
             )
-            .where(FTS.op("MATCH")(expr), literal_column("documents_fts_map.doc_id").in_(ids))
+            .where(FTS.op("MATCH")(expr))
+            .cte("fts_hits")
+            .prefix_with("MATERIALIZED")
         )
-        return _fragments((await conn.execute(stmt)).all())
+        rid = hits.c.rid
+        exact = [rid.in_(_rows_matching(_fts5([t.text]))) for t in parsed.terms]
+        matched = [
+            or_(e, rid.in_(_rows_matching(_fts5(t.variants)))) if t.variants else e
+            for e, t in zip(exact, parsed.terms, strict=True)
+        ]
+        conds: list[ColumnElement[bool]] = []
+        if parsed.required > 1:
+            conds.append(_count(matched) >= parsed.required)
+        conds += [rid.in_(_rows_matching(f'"{" ".join(p)}"')) for p in parsed.phrases]
+        conds += [rid.not_in(_rows_matching(f'"{" ".join(p)}"')) for p in parsed.excluded]
+        base = hits.join(D, D.c.id == hits.c.doc_id)
+        # bm25 is lower-is-better.
+        return FullText(base, conds, _count(exact), _count(matched), -hits.c.rank)
 
     async def _tag_facets(
         self, conn: AsyncConnection, base: Any, conds: list[ColumnElement[bool]]
@@ -366,11 +442,3 @@ class SqliteSearch(DatabaseSearch):
             .limit(FACET_SIZE)
         )
         return {r[0]: int(r[1]) for r in (await conn.execute(stmt)).all()}
-
-
-def _fragments(rows: Any) -> dict[str, list[str]]:
-    """Highlight rows (id, title, body) → the fragments that contain a match, per document."""
-    return {
-        doc_id: [frag for frag in (title, body) if frag and "<em>" in frag]
-        for doc_id, title, body in rows
-    }

@@ -1,0 +1,99 @@
+"""The one text analysis every engine uses: Python turns text into terms on the indexing and the
+query side, and each engine only stores and matches those terms (Elasticsearch with the
+`whitespace` analyzer, PostgreSQL with the `simple` configuration, SQLite FTS5 with
+`unicode61`), so all three see the same tokens whatever analysis modules they ship.
+
+Steps, per word (a run of letters, digits and `_`, joined by `.`):
+
+1. fold: Unicode NFKD, combining marks dropped (`Café` → `Cafe`);
+2. split identifiers on `.`, `_` and camelCase (`module.functionName` → module, function, Name);
+3. lower-case (`casefold`), then the Snowball stemmer of the language (`files` → `file`);
+4. an identifier of several parts is also kept whole, lower-cased and unstemmed, in front of its
+   parts (`modulefunctionname module function name`), so typing it finds it and phrases over
+   its parts still match.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+
+import snowballstemmer
+
+LANGUAGE = "english"
+# Elasticsearch's whitespace tokenizer cuts tokens at 255 characters and PostgreSQL refuses
+# lexemes over 2 KB: longer "words" are dropped everywhere instead of cut differently.
+MAX_TERM_CHARS = 100
+# The body is analyzed up to here (a tsvector is limited to 1 MB; search needs to find a
+# document, not to rank every word of a huge one).
+MAX_BODY_CHARS = 100_000
+
+WORD = re.compile(r"\w+(?:\.\w+)*")
+SEPARATORS = re.compile(r"[._]+")
+CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    term: str
+    # The whole of a multi-part identifier (not stemmed; phrases skip it).
+    whole: bool
+    start: int  # character offsets in the original text (highlighting)
+    end: int
+
+
+@lru_cache(maxsize=8)
+def _stemmer(language: str) -> snowballstemmer.stemmer:
+    return snowballstemmer.stemmer(language)
+
+
+@lru_cache(maxsize=200_000)
+def stem(word: str, language: str = LANGUAGE) -> str:
+    """The Snowball stem of a lower-cased word."""
+    return str(_stemmer(language).stemWord(word))
+
+
+def fold(text: str) -> str:
+    """Accents off, compatibility forms decomposed (`ﬁ` → `fi`); case is kept."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def _parts(word: str) -> list[str]:
+    return [p for segment in SEPARATORS.split(word) for p in CAMEL.split(segment) if p]
+
+
+def tokens(text: str, language: str = LANGUAGE) -> Iterator[Token]:
+    """Every token of `text`, in order, with the offsets of the word it came from."""
+    for match in WORD.finditer(text):
+        parts = [p.casefold() for p in _parts(fold(match.group()))]
+        start, end = match.span()
+        if len(parts) > 1:
+            whole = "".join(parts)
+            if len(whole) <= MAX_TERM_CHARS:
+                yield Token(whole, True, start, end)
+        for part in parts:
+            if len(part) <= MAX_TERM_CHARS:
+                yield Token(stem(part, language), False, start, end)
+
+
+def analyze(text: str, language: str = LANGUAGE) -> list[str]:
+    """The terms of `text`, in order (what every engine indexes)."""
+    return [t.term for t in tokens(text, language)]
+
+
+def analyzed_text(text: str, language: str = LANGUAGE) -> str:
+    """The terms joined by spaces: the form stored in `terms_*` columns and Elasticsearch."""
+    return " ".join(analyze(text, language))
+
+
+def search_columns(title: str, body: str, tags: Iterable[str]) -> dict[str, str]:
+    """The analyzed columns of a document row (`terms_title`, `terms_tags`, `terms_body`)."""
+    return {
+        "terms_title": analyzed_text(title),
+        "terms_tags": " ".join(analyzed_text(tag) for tag in tags),
+        "terms_body": analyzed_text(body[:MAX_BODY_CHARS]),
+    }
