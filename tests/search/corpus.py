@@ -60,6 +60,15 @@ CORPUS: dict[str, tuple[str, str, str, list[str], dict[str, Any], int]] = {
         {},
         5,
     ),
+    "code": (
+        "Parsing helpers",
+        "Call json_tools.parseDocument to read a file; the serializer formatted the output "
+        "as JSON for the Café menu.",
+        "code",
+        ["python-api"],
+        {},
+        7,
+    ),
 }
 FOREIGN = ("Moon secrets of the other tenant", "moon moon moon", "secret", ["nasa"], {}, 6)
 

@@ -8,9 +8,9 @@ Steps, per word (a run of letters, digits and `_`, joined by `.`):
 1. fold: Unicode NFKD, combining marks dropped (`Café` → `Cafe`);
 2. split identifiers on `.`, `_` and camelCase (`module.functionName` → module, function, Name);
 3. lower-case (`casefold`), then the Snowball stemmer of the language (`files` → `file`);
-4. an identifier of several parts is also kept whole, lower-cased and unstemmed, in front of its
-   parts (`modulefunctionname module function name`), so typing it finds it and phrases over
-   its parts still match.
+4. an identifier of several parts is also kept whole (`modulefunctionnam`, stemmed like a word),
+   after all the other terms of the field, so typing it as one word finds it and phrases over
+   the text (and over the identifier's parts) are not broken by it.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 @dataclass(frozen=True, slots=True)
 class Token:
     term: str
-    # The whole of a multi-part identifier (not stemmed; phrases skip it).
+    # The whole of a multi-part identifier (phrases skip it).
     whole: bool
+    word: str  # the folded, lower-cased word before stemming (typo tolerance edits it)
     start: int  # character offsets in the original text (highlighting)
     end: int
 
@@ -74,15 +75,16 @@ def tokens(text: str, language: str = LANGUAGE) -> Iterator[Token]:
         if len(parts) > 1:
             whole = "".join(parts)
             if len(whole) <= MAX_TERM_CHARS:
-                yield Token(whole, True, start, end)
+                yield Token(stem(whole, language), True, whole, start, end)
         for part in parts:
             if len(part) <= MAX_TERM_CHARS:
-                yield Token(stem(part, language), False, start, end)
+                yield Token(stem(part, language), False, part, start, end)
 
 
 def analyze(text: str, language: str = LANGUAGE) -> list[str]:
-    """The terms of `text`, in order (what every engine indexes)."""
-    return [t.term for t in tokens(text, language)]
+    """The terms of `text` in order, whole identifiers last (what every engine indexes)."""
+    found = list(tokens(text, language))
+    return [t.term for t in found if not t.whole] + [t.term for t in found if t.whole]
 
 
 def analyzed_text(text: str, language: str = LANGUAGE) -> str:

@@ -296,10 +296,17 @@ class ElasticsearchEngine:
 
         clauses: list[dict[str, Any]] = []
         for i, term in enumerate(parsed.terms):
+            exact = (
+                anywhere("term", term.text)
+                if len(term.words) == 1
+                else anywhere("match_phrase", term.text)
+            )
+            if term.whole is not None:
+                exact = {"bool": {"should": [exact, anywhere("term", term.whole)]}}
             tiers: list[dict[str, Any]] = [
                 {
                     "constant_score": {
-                        "filter": anywhere("term", term.text),
+                        "filter": exact,
                         "boost": 2 * TIER,
                         "_name": f"t{i}",
                     }
@@ -316,7 +323,11 @@ class ElasticsearchEngine:
                     }
                 )
             relevance = {
-                "multi_match": {"query": term.text, "type": "most_fields", "fields": RANKED_FIELDS}
+                "multi_match": {
+                    "query": term.text,
+                    "type": "most_fields" if len(term.words) == 1 else "phrase",
+                    "fields": RANKED_FIELDS,
+                }
             }
             clauses.append({"bool": {"should": [{"dis_max": {"queries": tiers}}, relevance]}})
         must: list[dict[str, Any]] = [phrase(p) for p in parsed.phrases]

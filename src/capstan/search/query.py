@@ -1,12 +1,15 @@
 """What a search text means, the same for every engine.
 
-- words: each word is one term (an identifier typed whole, `functionName`, is its whole form);
+- words: each word is one term; an identifier (`json.dumps`, `parseDocument`) is the phrase of
+  its parts, so it matches wherever those parts stand together, and an identifier typed as one
+  lower-case word (`parsedocument`) matches the whole form the index keeps;
 - `"quoted phrase"`: its terms in that order, required;
 - `-word`, `-"a phrase"`: documents containing it are excluded;
 - minimum should match: with `n` terms a document must match `required(n)` of them, that is all
   of them up to 1 term, then all but one, and all but a quarter (rounded down) from 8 terms on;
-- typo tolerance (optional): a term of `TYPO_MIN_CHARS` or more also matches any indexed term at
-  one edit (insertion, deletion, substitution, transposition), scored below an exact match.
+- typo tolerance (optional): a word of `TYPO_MIN_CHARS` or more letters also matches the terms
+  of every word one edit away from it (insertion, deletion, substitution, transposition, then
+  stemmed: `curiosty` finds "curiosity"), scored below an exact match.
 
 Ranking: documents are ordered by how many terms they match (an exact match counts 2, a typo
 match 1), so every all-terms match comes first, then by the engine's relevance (title weighs
@@ -19,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from capstan.search.analysis import tokens
+from capstan.search.analysis import stem, tokens
 
 MAX_TERMS = 32
 TYPO_MIN_CHARS = 5
@@ -33,9 +36,21 @@ Rule = Literal["all", "typo", "most"]
 
 @dataclass(frozen=True, slots=True)
 class Term:
-    text: str
-    # Indexed forms at one edit (typo tolerance on), never the term itself.
+    # One analyzed word, or the parts of an identifier (matched as a phrase).
+    words: tuple[str, ...]
+    # Indexed forms at one edit (typo tolerance on, one-word terms), never the term itself.
     variants: tuple[str, ...] = ()
+    # An identifier's whole form, which also matches it exactly.
+    whole: str | None = None
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.words)
+
+    @property
+    def forms(self) -> tuple[str, ...]:
+        """What matches the term exactly: its words (a phrase when several), its whole form."""
+        return (self.text,) if self.whole is None else (self.text, self.whole)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +67,7 @@ class ParsedQuery:
 
     def words(self) -> list[str]:
         """Every positive term (terms and phrase terms) for relevance and highlighting."""
-        out = [t.text for t in self.terms]
+        out = [w for t in self.terms for w in t.words]
         for phrase in self.phrases:
             out.extend(phrase)
         return list(dict.fromkeys(out))
@@ -92,38 +107,54 @@ def edits(word: str) -> set[str]:
     return out
 
 
+def variants(term: str, word: str) -> tuple[str, ...]:
+    """The terms of the words one edit from `word` (whose term is `term`), without `term`."""
+    if len(word) < TYPO_MIN_CHARS or not word.isalpha():
+        return ()
+    return tuple(sorted({stem(w) for w in edits(word)} - {term}))
+
+
 def parse(text: str, *, typos: bool = False) -> ParsedQuery:
     """The query a search text stands for."""
-    terms: dict[str, None] = {}
+    terms: dict[tuple[str, ...], str] = {}  # term → the word typed (for typo variants)
+    wholes: dict[tuple[str, ...], str] = {}  # identifier term → its whole form
     phrases: list[tuple[str, ...]] = []
     excluded: list[tuple[str, ...]] = []
     for m in PART.finditer(text):
-        quoted = m.group(2)
-        if quoted is not None:
-            phrase = tuple(t.term for t in tokens(quoted) if not t.whole)
-            if not phrase:
-                continue
-            if m.group(1):
-                excluded.append(phrase)
-            elif len(phrase) == 1:
-                terms.setdefault(phrase[0])
-            else:
-                phrases.append(phrase)
-            continue
-        negative, word = m.group(3), m.group(4)
-        found = list(tokens(word))
-        # An identifier is one term, its whole form; its parts (same span) are not repeated.
-        wholes = {(t.start, t.end) for t in found if t.whole}
-        groups = [t.term for t in found if t.whole or (t.start, t.end) not in wholes]
-        for term in groups:
+        quoted, negative = m.group(2), m.group(1)
+        if quoted is None:
+            quoted, negative = m.group(4), m.group(3)
+        found = list(tokens(quoted))
+        parts = [t for t in found if not t.whole]
+        groups: list[tuple[str, ...]]
+        if m.group(2) is not None:
+            groups = [tuple(t.term for t in parts)] if parts else []
+            typed = {groups[0]: parts[0].word} if len(parts) == 1 else {}
+        else:
+            # A word is one term per identifier (its parts, together), so `foo-bar` is two.
+            spans: dict[tuple[int, int], list[str]] = {}
+            for t in parts:
+                spans.setdefault((t.start, t.end), []).append(t.term)
+            groups = [tuple(g) for g in spans.values()]
+            typed = {(t.term,): t.word for t in parts}
+            for t in found:
+                if t.whole:
+                    wholes[tuple(spans[(t.start, t.end)])] = t.term
+        for group in groups:
             if negative:
-                excluded.append((term,))
+                excluded.append(group)
+            elif m.group(2) is not None and len(group) > 1:
+                phrases.append(group)
             else:
-                terms.setdefault(term)
-    chosen = list(terms)[:MAX_TERMS]
+                terms.setdefault(group, typed.get(group, ""))
+    chosen = list(terms.items())[:MAX_TERMS]
     built = tuple(
-        Term(t, tuple(sorted(edits(t))) if typos and len(t) >= TYPO_MIN_CHARS else ())
-        for t in chosen
+        Term(
+            words,
+            variants(words[0], word) if typos and len(words) == 1 else (),
+            wholes.get(words),
+        )
+        for words, word in chosen
     )
     return ParsedQuery(
         built,

@@ -283,9 +283,10 @@ class DatabaseSearch:
 CFG = "'simple'::regconfig"
 
 
-def _pg_or(words: Sequence[str]) -> str:
-    """A to_tsquery text matching any of `words` (analyzed terms: letters, digits, no quotes)."""
-    return " | ".join(f"'{w}'" for w in words)
+def _pg_or(items: Sequence[str]) -> str:
+    """A to_tsquery text matching any of `items`, each an analyzed term or a phrase of terms
+    separated by spaces (terms hold letters and digits only, so quoting is safe)."""
+    return " | ".join("(" + " <-> ".join(f"'{w}'" for w in item.split()) + ")" for item in items)
 
 
 class PostgresSearch(DatabaseSearch):
@@ -319,14 +320,14 @@ class PostgresSearch(DatabaseSearch):
             return func.phraseto_tsquery(cfg, " ".join(ws))
 
         conds: list[ColumnElement[bool]] = []
-        exact = [has(words([t.text])) for t in parsed.terms]
+        exact = [has(words(t.forms)) for t in parsed.terms]
         matched = [
             or_(e, has(words(t.variants))) if t.variants else e
             for e, t in zip(exact, parsed.terms, strict=True)
         ]
         if parsed.terms:
             # Any term (or variant): the GIN index finds the candidates.
-            every = [w for t in parsed.terms for w in (t.text, *t.variants)]
+            every = [item for t in parsed.terms for item in (*t.forms, *t.variants)]
             conds.append(has(words(every)))
             if parsed.required > 1:
                 conds.append(_count(matched) >= parsed.required)
@@ -360,7 +361,8 @@ MAP_T = table("documents_fts_map")
 
 
 def _fts5(words: Sequence[str], op: str = " OR ") -> str:
-    """An FTS5 expression: each analyzed term as a string (they hold no double quotes)."""
+    """An FTS5 expression: each term (or phrase of terms) as a string; analyzed terms hold
+    letters and digits only, so no quote needs escaping."""
     return op.join(f'"{w}"' for w in words)
 
 
@@ -392,7 +394,7 @@ class SqliteSearch(DatabaseSearch):
 
     def _fts(self, parsed: ParsedQuery) -> FullText:
         if parsed.terms:
-            expr = _fts5([w for t in parsed.terms for w in (t.text, *t.variants)])
+            expr = _fts5([item for t in parsed.terms for item in (*t.forms, *t.variants)])
         else:
             expr = " AND ".join(f'"{" ".join(p)}"' for p in parsed.phrases)
         # The FTS hits once per statement (MATERIALIZED): the page, the count and the facets
@@ -414,7 +416,7 @@ class SqliteSearch(DatabaseSearch):
             .prefix_with("MATERIALIZED")
         )
         rid = hits.c.rid
-        exact = [rid.in_(_rows_matching(_fts5([t.text]))) for t in parsed.terms]
+        exact = [rid.in_(_rows_matching(_fts5(t.forms))) for t in parsed.terms]
         matched = [
             or_(e, rid.in_(_rows_matching(_fts5(t.variants)))) if t.variants else e
             for e, t in zip(exact, parsed.terms, strict=True)
