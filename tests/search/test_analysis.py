@@ -43,6 +43,7 @@ def test_search_columns_analyze_title_tags_and_body() -> None:
         "terms_title": "moon land",
         "terms_tags": "space histori nasa",
         "terms_body": "the astronaut land",
+        "terms_norm": 0.3582,  # 1 / (1 + ln(1 + 5 terms))
     }
 
 

@@ -82,16 +82,20 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
+_analyzed: list[Any] = [None, None]  # the last (source, columns): one analysis per row
+
+
 def _terms(column: str) -> Any:
     """An insert default that analyzes the row's own title, body and tags."""
 
-    def default(context: Any) -> str:
+    def default(context: Any) -> Any:
         from capstan.search.analysis import search_columns
 
         row = context.get_current_parameters()
-        return search_columns(row.get("title") or "", row.get("body") or "", row.get("tags") or [])[
-            column
-        ]
+        source = (row.get("title") or "", row.get("body") or "", tuple(row.get("tags") or ()))
+        if _analyzed[0] != source:
+            _analyzed[:] = [source, search_columns(*source)]
+        return _analyzed[1][column]
 
     return default
 
@@ -117,6 +121,9 @@ class Document(Base):
     terms_title: Mapped[str] = mapped_column(Text, default=_terms("terms_title"), server_default="")
     terms_tags: Mapped[str] = mapped_column(Text, default=_terms("terms_tags"), server_default="")
     terms_body: Mapped[str] = mapped_column(Text, default=_terms("terms_body"), server_default="")
+    terms_norm: Mapped[float] = mapped_column(
+        Float, default=_terms("terms_norm"), server_default="1"
+    )
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType)
     version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())

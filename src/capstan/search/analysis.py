@@ -15,11 +15,13 @@ Steps, per word (a run of letters, digits and `_`, joined by `.`):
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import snowballstemmer
 
@@ -92,10 +94,20 @@ def analyzed_text(text: str, language: str = LANGUAGE) -> str:
     return " ".join(analyze(text, language))
 
 
-def search_columns(title: str, body: str, tags: Iterable[str]) -> dict[str, str]:
-    """The analyzed columns of a document row (`terms_title`, `terms_tags`, `terms_body`)."""
+def length_norm(terms: int) -> float:
+    """The document-length factor of relevance, `1 / (1 + ln(1 + terms))` to 4 decimals (so
+    every engine, double or float, multiplies by the same number)."""
+    return round(1.0 / (1.0 + math.log1p(terms)), 4)
+
+
+def search_columns(title: str, body: str, tags: Iterable[str]) -> dict[str, Any]:
+    """The analyzed columns of a document row: `terms_title`, `terms_tags`, `terms_body` and
+    `terms_norm` (the length factor over the title and body terms)."""
+    title_terms = analyze(title)
+    body_terms = analyze(body[:MAX_BODY_CHARS])
     return {
-        "terms_title": analyzed_text(title),
+        "terms_title": " ".join(title_terms),
         "terms_tags": " ".join(analyzed_text(tag) for tag in tags),
-        "terms_body": analyzed_text(body[:MAX_BODY_CHARS]),
+        "terms_body": " ".join(body_terms),
+        "terms_norm": length_norm(len(title_terms) + len(body_terms)),
     }

@@ -29,7 +29,7 @@ from capstan.search.port import (
     SearchUnavailable,
     metadata_text,
 )
-from capstan.search.query import TIER, ParsedQuery, parse
+from capstan.search.query import FIELD_WEIGHTS, TIER, ParsedQuery, idf, parse
 
 FACET_SIZE = 20
 BULK_TIMEOUT_SECONDS = 60.0
@@ -38,6 +38,12 @@ BULK_TIMEOUT_SECONDS = 60.0
 # The analyzed fields (search/analysis.py): the `whitespace` analyzer, a core one, only splits
 # the terms Python made, so this index matches exactly what the database engines match.
 TERMS_FIELDS = ("title_terms", "tags_terms", "body_terms")
+ES_FIELD = {
+    "terms_title": "title_terms",
+    "terms_tags": "tags_terms",
+    "terms_body": "body_terms",
+    "terms_norm": "terms_norm",
+}
 RANKED_FIELDS = ["title_terms^3", "tags_terms^2", "body_terms"]
 
 
@@ -55,7 +61,7 @@ def document_source(doc: IndexDoc) -> dict[str, Any]:
         "body": doc.body,
         "tags": list(doc.tags),
         **{
-            f"{name.removeprefix('terms_')}_terms": value
+            ES_FIELD[name]: value
             for name, value in search_columns(doc.title, doc.body, doc.tags).items()
         },
         "meta": meta,
@@ -120,6 +126,7 @@ class ElasticsearchEngine:
                     "body": text,
                     "tags": {"type": "keyword"},
                     **{name: {"type": "text", "analyzer": "whitespace"} for name in TERMS_FIELDS},
+                    "terms_norm": {"type": "double"},
                     "meta": {"type": "keyword"},
                     "version": {"type": "long"},
                     "created_at": {"type": "date"},
@@ -281,32 +288,53 @@ class ElasticsearchEngine:
     # --- reads -----------------------------------------------------------------------------
 
     @staticmethod
-    def text_clauses(parsed: ParsedQuery) -> dict[str, Any]:
-        """The bool clauses of a parsed query (search/query.py): per term, an exact match scores
-        `2 * TIER` and a typo match `TIER` (named `t<i>` / `f<i>`, so each hit tells which rule
-        let it in), plus BM25 over the analyzed fields; `minimum_should_match` over the terms."""
+    def text_clauses(parsed: ParsedQuery, idfs: Sequence[float]) -> dict[str, list[Any]]:
+        """The bool clauses of a parsed query (search/query.py), `idfs` one per ranked item.
 
-        def anywhere(kind: str, value: Any) -> dict[str, Any]:
-            return {"bool": {"should": [{kind: {f: value}} for f in TERMS_FIELDS]}}
+        Per term, an exact match scores `2 * TIER` and a typo match `TIER` (named `t<i>` /
+        `f<i>`, so each hit tells which rule let it in), `minimum_should_match` over the terms;
+        relevance is built from constant scores (idf times the best field's weight, times the
+        document's `terms_norm`), never from BM25, so it equals the databases' number. Phrases
+        and exclusions are filters: they decide, they do not score."""
 
-        def phrase(words: tuple[str, ...]) -> dict[str, Any]:
+        def field_match(forms: Sequence[str], field: str) -> list[dict[str, Any]]:
+            return [
+                {"term": {field: form}} if " " not in form else {"match_phrase": {field: form}}
+                for form in forms
+            ]
+
+        def anywhere(forms: Sequence[str]) -> dict[str, Any]:
+            return {"bool": {"should": [c for f in TERMS_FIELDS for c in field_match(forms, f)]}}
+
+        def relevance(forms: Sequence[str], weight: float) -> dict[str, Any]:
+            best = [
+                {
+                    "constant_score": {
+                        "filter": {"bool": {"should": field_match(forms, f"{field}_terms")}},
+                        "boost": w * weight,
+                    }
+                }
+                for field, w in FIELD_WEIGHTS.items()
+            ]
             return {
-                "multi_match": {"query": " ".join(words), "type": "phrase", "fields": RANKED_FIELDS}
+                "function_score": {
+                    "query": {"dis_max": {"queries": best}},
+                    "functions": [{"field_value_factor": {"field": "terms_norm", "missing": 1.0}}],
+                    "boost_mode": "multiply",
+                }
             }
 
+        def phrase(words: tuple[str, ...]) -> dict[str, Any]:
+            return anywhere([" ".join(words)])
+
+        ranked = parsed.ranked()
+        weights = dict(zip(ranked, idfs, strict=True))
         clauses: list[dict[str, Any]] = []
         for i, term in enumerate(parsed.terms):
-            exact = (
-                anywhere("term", term.text)
-                if len(term.words) == 1
-                else anywhere("match_phrase", term.text)
-            )
-            if term.whole is not None:
-                exact = {"bool": {"should": [exact, anywhere("term", term.whole)]}}
             tiers: list[dict[str, Any]] = [
                 {
                     "constant_score": {
-                        "filter": exact,
+                        "filter": anywhere(term.forms),
                         "boost": 2 * TIER,
                         "_name": f"t{i}",
                     }
@@ -316,28 +344,76 @@ class ElasticsearchEngine:
                 tiers.append(
                     {
                         "constant_score": {
-                            "filter": anywhere("terms", list(term.variants)),
+                            "filter": {
+                                "bool": {
+                                    "should": [
+                                        {"terms": {f: list(term.variants)}} for f in TERMS_FIELDS
+                                    ]
+                                }
+                            },
                             "boost": TIER,
                             "_name": f"f{i}",
                         }
                     }
                 )
-            relevance = {
-                "multi_match": {
-                    "query": term.text,
-                    "type": "most_fields" if len(term.words) == 1 else "phrase",
-                    "fields": RANKED_FIELDS,
+            clauses.append(
+                {
+                    "bool": {
+                        "should": [
+                            {"dis_max": {"queries": tiers}},
+                            relevance(term.forms, weights[term.forms]),
+                        ]
+                    }
                 }
-            }
-            clauses.append({"bool": {"should": [{"dis_max": {"queries": tiers}}, relevance]}})
-        must: list[dict[str, Any]] = [phrase(p) for p in parsed.phrases]
+            )
+        must: list[dict[str, Any]] = []
         if clauses:
             must.append({"bool": {"should": clauses, "minimum_should_match": parsed.required}})
-        if not must:  # nothing positive: a query that finds nothing
+        elif not parsed.phrases:  # nothing positive: a query that finds nothing
             must.append({"match_none": {}})
-        return {"must": must, "must_not": [phrase(p) for p in parsed.excluded]}
+        term_forms = {t.forms for t in parsed.terms}
+        return {
+            "filter": [phrase(p) for p in parsed.phrases],
+            "must": must,
+            "must_not": [phrase(p) for p in parsed.excluded],
+            # Phrase words count for relevance like terms do.
+            "should": [relevance(r, weights[r]) for r in ranked if r not in term_forms],
+        }
 
-    def build_query(self, q: SearchQuery) -> dict[str, Any]:
+    async def stats(self, tenant_id: str, ranked: Sequence[tuple[str, ...]]) -> list[float]:
+        """The idf of each ranked item over the tenant's documents (search/query.py)."""
+        if not ranked:
+            return []
+        aggs = {
+            f"d{i}": {
+                "filter": {
+                    "bool": {
+                        "should": [
+                            {"term": {f: form}} if " " not in form else {"match_phrase": {f: form}}
+                            for f in TERMS_FIELDS
+                            for form in forms
+                        ]
+                    }
+                }
+            }
+            for i, forms in enumerate(ranked)
+        }
+        response = await self._call(
+            self.client.search(
+                index=self.alias,
+                size=0,
+                track_total_hits=True,
+                query={"term": {"tenant_id": tenant_id}},
+                aggs=aggs,
+            )
+        )
+        n = int(response["hits"]["total"]["value"])
+        return [
+            idf(n, int(response["aggregations"][f"d{i}"]["doc_count"])) for i in range(len(ranked))
+        ]
+
+    def build_query(self, q: SearchQuery, idfs: Sequence[float] = ()) -> dict[str, Any]:
+        """The search body; `idfs` (from `stats`) weigh the ranked items of a text query."""
         f = q.filters
         filters: list[dict[str, Any]] = [{"term": {"tenant_id": q.tenant_id}}]
         if f.collection is not None:
@@ -358,7 +434,8 @@ class ElasticsearchEngine:
         text = (q.text or "").strip()
         bool_: dict[str, Any] = {"filter": filters}
         if text:
-            bool_.update(self.text_clauses(parse(text, typos=q.typos)))
+            for kind, clauses in self.text_clauses(parse(text, typos=q.typos), idfs).items():
+                bool_.setdefault(kind, []).extend(clauses)
         sort: list[Any]
         if q.sort == "relevance" and text:
             sort = ["_score", {"doc_id": "asc"}]
@@ -386,13 +463,14 @@ class ElasticsearchEngine:
 
     async def query(self, q: SearchQuery) -> SearchResult:
         await self.ensure()
-        body = self.build_query(q)
+        text = (q.text or "").strip()
+        parsed = parse(text, typos=q.typos) if text else None
+        idfs = await self.stats(q.tenant_id, parsed.ranked()) if parsed is not None else []
+        body = self.build_query(q, idfs)
         response = await self._call(self.client.search(index=self.alias, **body))
         raw = response["hits"]["hits"]
         more = len(raw) > q.limit
         hits = []
-        text = (q.text or "").strip()
-        parsed = parse(text, typos=q.typos) if text else None
         words = set(parsed.words()) if parsed is not None else set()
         for h in raw[: q.limit]:
             source = h["_source"]

@@ -11,13 +11,21 @@
   of every word one edit away from it (insertion, deletion, substitution, transposition, then
   stemmed: `curiosty` finds "curiosity"), scored below an exact match.
 
-Ranking: documents are ordered by how many terms they match (an exact match counts 2, a typo
-match 1), so every all-terms match comes first, then by the engine's relevance (title weighs
-most, then tags, then body). The score reported is `TIER * that count + relevance`.
+Ranking, the same number in every engine: documents are ordered by how many terms they match
+(an exact match counts 2, a typo match 1), so every all-terms match comes first, then by
+
+    relevance = norm(document) * sum over matched terms of idf(term) * field weight
+
+where the field weight is that of the best field the term is in (title 3, tags 2, body 1), idf
+is Lucene's `ln(1 + (N - df + 0.5) / (df + 0.5))` over the tenant's documents, and norm is
+`1 / (1 + ln(1 + terms in title and body))`. The score reported is `TIER * count + relevance`.
+(No engine's own BM25: term frequencies and field statistics differ between engines, and
+ranking must not depend on which one answers.)
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -28,6 +36,7 @@ MAX_TERMS = 32
 TYPO_MIN_CHARS = 5
 # Per matched-term unit; relevance never reaches it (BM25 over 3 fields and <= 32 terms).
 TIER = 1000.0
+FIELD_WEIGHTS = {"title": 3.0, "tags": 2.0, "body": 1.0}
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 PART = re.compile(r'(-?)"([^"]*)"?|(-?)(\S+)')
 
@@ -72,6 +81,13 @@ class ParsedQuery:
             out.extend(phrase)
         return list(dict.fromkeys(out))
 
+    def ranked(self) -> list[tuple[str, ...]]:
+        """What relevance sums over, each as the forms that match it: every term, and every
+        word of the phrases."""
+        out = [t.forms for t in self.terms]
+        out += [(w,) for phrase in self.phrases for w in phrase]
+        return list(dict.fromkeys(out))
+
     def rule(self, exact: int, matched: int) -> Rule:
         """Which rule let a document in, from its exact and its any-way matched term counts."""
         n = len(self.terms)
@@ -87,6 +103,11 @@ class ParsedQuery:
             "min_should_match": self.required,
             "typos": any(t.variants for t in self.terms),
         }
+
+
+def idf(documents: int, df: int) -> float:
+    """Lucene's BM25 idf, to 4 decimals so that every engine multiplies the same numbers."""
+    return round(math.log(1 + (documents - df + 0.5) / (df + 0.5)), 4)
 
 
 def required(n: int) -> int:

@@ -59,7 +59,7 @@ from capstan.search.port import (
     SearchResult,
     SearchUnavailable,
 )
-from capstan.search.query import TIER, ParsedQuery, parse
+from capstan.search.query import FIELD_WEIGHTS, TIER, ParsedQuery, idf, parse
 
 D = Document.__table__
 FACET_SIZE = 20
@@ -72,7 +72,7 @@ def parse_time(value: Any) -> datetime:
 @dataclass(slots=True)
 class FullText:
     """A dialect's answer to a parsed query: what to select from, the match conditions, and
-    per row the exact and any-way matched term counts and the relevance (higher is better)."""
+    per row the exact and any-way matched term counts and the relevance (search/query.py)."""
 
     base: Any
     conds: list[ColumnElement[bool]]
@@ -173,8 +173,36 @@ class DatabaseSearch:
 
     # --- full text (subclasses) ------------------------------------------------------------
 
-    def _fts(self, parsed: ParsedQuery) -> FullText:
+    def _fts(self, parsed: ParsedQuery, idfs: Sequence[float]) -> FullText:
+        """`idfs`: one per `parsed.ranked()` item."""
         raise NotImplementedError
+
+    def _matches(self, forms: Sequence[str], field: str | None = None) -> ColumnElement[bool]:
+        """Documents where any of `forms` (a term or a phrase of terms) is in `field` (any field
+        if None)."""
+        raise NotImplementedError
+
+    async def _stats(
+        self, conn: AsyncConnection, tenant_id: str, ranked: Sequence[tuple[str, ...]]
+    ) -> list[float]:
+        """The idf of each ranked item over the tenant's documents."""
+        count = select(func.count()).select_from(D).where(D.c.tenant_id == tenant_id)
+        dfs = [count.where(self._matches(forms)).scalar_subquery() for forms in ranked]
+        row = (await conn.execute(select(count.scalar_subquery(), *dfs))).one()
+        return [idf(int(row[0]), int(df)) for df in row[1:]]
+
+    def _relevance(
+        self, parsed: ParsedQuery, idfs: Sequence[float], field_match: Any
+    ) -> ColumnElement[Any]:
+        """norm * sum of idf * the weight of the best field each ranked item is in."""
+        total: ColumnElement[Any] = literal(0.0)
+        for forms, weight in zip(parsed.ranked(), idfs, strict=True):
+            best = case(
+                *((field_match(forms, f), w * weight) for f, w in FIELD_WEIGHTS.items()),
+                else_=0.0,
+            )
+            total = total + best
+        return D.c.terms_norm * total
 
     async def _tag_facets(
         self, conn: AsyncConnection, base: Any, conds: list[ColumnElement[bool]]
@@ -194,7 +222,8 @@ class DatabaseSearch:
             if parsed.empty:
                 empty: dict[str, dict[str, int]] = {"collections": {}, "tags": {}}
                 return SearchResult(hits=[], total=0, facets=empty if q.with_facets else {})
-            fts = self._fts(parsed)
+            idfs = await self._stats(conn, q.tenant_id, parsed.ranked())
+            fts = self._fts(parsed, idfs)
             base = fts.base
             conds += fts.conds
             score = TIER * (fts.exact + fts.matched) + fts.relevance
@@ -283,10 +312,18 @@ class DatabaseSearch:
 CFG = "'simple'::regconfig"
 
 
-def _pg_or(items: Sequence[str]) -> str:
+# The tsvector weight of each field (migration 0006): title A, tags B, body D.
+PG_WEIGHTS = {"title": "A", "tags": "B", "body": "D"}
+
+
+def _pg_or(items: Sequence[str], weight: str | None = None) -> str:
     """A to_tsquery text matching any of `items`, each an analyzed term or a phrase of terms
-    separated by spaces (terms hold letters and digits only, so quoting is safe)."""
-    return " | ".join("(" + " <-> ".join(f"'{w}'" for w in item.split()) + ")" for item in items)
+    separated by spaces (terms hold letters and digits only, so quoting is safe), in the field
+    of `weight` if given."""
+    label = f":{weight}" if weight else ""
+    return " | ".join(
+        "(" + " <-> ".join(f"'{w}'{label}" for w in item.split()) + ")" for item in items
+    )
 
 
 class PostgresSearch(DatabaseSearch):
@@ -305,38 +342,34 @@ class PostgresSearch(DatabaseSearch):
         value: ColumnElement[Any] = type_coerce(D.c["metadata"], JSONB)[key].astext
         return value
 
-    def _fts(self, parsed: ParsedQuery) -> FullText:
-        vector: ColumnElement[Any] = literal_column("documents.search_vector")
+    def _matches(self, forms: Sequence[str], field: str | None = None) -> ColumnElement[bool]:
+        query = func.to_tsquery(literal_column(CFG), _pg_or(forms, PG_WEIGHTS.get(field or "")))
+        matched: ColumnElement[bool] = literal_column("documents.search_vector").op("@@")(query)
+        return matched
+
+    def _fts(self, parsed: ParsedQuery, idfs: Sequence[float]) -> FullText:
+        has = self._matches
         cfg: ColumnElement[Any] = literal_column(CFG)
 
-        def has(query: ColumnElement[Any]) -> ColumnElement[bool]:
-            matched: ColumnElement[bool] = vector.op("@@")(query)
+        def phrase(ws: Sequence[str]) -> ColumnElement[bool]:
+            query = func.phraseto_tsquery(cfg, " ".join(ws))
+            matched: ColumnElement[bool] = literal_column("documents.search_vector").op("@@")(query)
             return matched
 
-        def words(ws: Sequence[str]) -> ColumnElement[Any]:
-            return func.to_tsquery(cfg, _pg_or(ws))
-
-        def phrase(ws: Sequence[str]) -> ColumnElement[Any]:
-            return func.phraseto_tsquery(cfg, " ".join(ws))
-
         conds: list[ColumnElement[bool]] = []
-        exact = [has(words(t.forms)) for t in parsed.terms]
+        exact = [has(t.forms) for t in parsed.terms]
         matched = [
-            or_(e, has(words(t.variants))) if t.variants else e
+            or_(e, has(t.variants)) if t.variants else e
             for e, t in zip(exact, parsed.terms, strict=True)
         ]
         if parsed.terms:
             # Any term (or variant): the GIN index finds the candidates.
-            every = [item for t in parsed.terms for item in (*t.forms, *t.variants)]
-            conds.append(has(words(every)))
+            conds.append(has([item for t in parsed.terms for item in (*t.forms, *t.variants)]))
             if parsed.required > 1:
                 conds.append(_count(matched) >= parsed.required)
-        conds += [has(phrase(p)) for p in parsed.phrases]
-        conds += [not_(has(phrase(p))) for p in parsed.excluded]
-        # Weights {D body, C, B tags, A title}; normalization 1 divides by 1 + log(length).
-        relevance = func.ts_rank(
-            literal_column("'{0.3, 0.3, 0.6, 1.0}'::float4[]"), vector, words(parsed.words()), 1
-        )
+        conds += [phrase(p) for p in parsed.phrases]
+        conds += [not_(phrase(p)) for p in parsed.excluded]
+        relevance = self._relevance(parsed, idfs, has)
         return FullText(D, conds, _count(exact), _count(matched), relevance)
 
     async def _tag_facets(
@@ -392,7 +425,18 @@ class SqliteSearch(DatabaseSearch):
             else_=cast(func.json_extract(D.c["metadata"], path), String),
         )
 
-    def _fts(self, parsed: ParsedQuery) -> FullText:
+    def _matches(self, forms: Sequence[str], field: str | None = None) -> ColumnElement[bool]:
+        # Documents by id (for `_stats`); `_fts` tests its FTS hits' rowids directly.
+        expr = _fts5(forms)
+        rows = _rows_matching(f"{field} : ({expr})" if field else expr)
+        mapped: Any = (
+            select(literal_column("doc_id"))
+            .select_from(MAP_T)
+            .where(literal_column("id").in_(rows))
+        )
+        return D.c.id.in_(mapped)
+
+    def _fts(self, parsed: ParsedQuery, idfs: Sequence[float]) -> FullText:
         if parsed.terms:
             expr = _fts5([item for t in parsed.terms for item in (*t.forms, *t.variants)])
         else:
@@ -403,7 +447,6 @@ class SqliteSearch(DatabaseSearch):
             select(
                 literal_column("documents_fts_map.doc_id").label("doc_id"),
                 literal_column("documents_fts.rowid").label("rid"),
-                func.bm25(FTS, 3.0, 2.0, 1.0).label("rank"),
             )
             .select_from(
                 FTS_T.join(
@@ -416,9 +459,14 @@ class SqliteSearch(DatabaseSearch):
             .prefix_with("MATERIALIZED")
         )
         rid = hits.c.rid
-        exact = [rid.in_(_rows_matching(_fts5(t.forms))) for t in parsed.terms]
+
+        def has(forms: Sequence[str], field: str | None = None) -> ColumnElement[bool]:
+            expr = _fts5(forms)
+            return rid.in_(_rows_matching(f"{field} : ({expr})" if field else expr))
+
+        exact = [has(t.forms) for t in parsed.terms]
         matched = [
-            or_(e, rid.in_(_rows_matching(_fts5(t.variants)))) if t.variants else e
+            or_(e, has(t.variants)) if t.variants else e
             for e, t in zip(exact, parsed.terms, strict=True)
         ]
         conds: list[ColumnElement[bool]] = []
@@ -427,8 +475,8 @@ class SqliteSearch(DatabaseSearch):
         conds += [rid.in_(_rows_matching(f'"{" ".join(p)}"')) for p in parsed.phrases]
         conds += [rid.not_in(_rows_matching(f'"{" ".join(p)}"')) for p in parsed.excluded]
         base = hits.join(D, D.c.id == hits.c.doc_id)
-        # bm25 is lower-is-better.
-        return FullText(base, conds, _count(exact), _count(matched), -hits.c.rank)
+        relevance = self._relevance(parsed, idfs, has)
+        return FullText(base, conds, _count(exact), _count(matched), relevance)
 
     async def _tag_facets(
         self, conn: AsyncConnection, base: Any, conds: list[ColumnElement[bool]]

@@ -1,5 +1,6 @@
 """Search analysis: documents keep their analyzed terms (`terms_title`, `terms_tags`,
-`terms_body`, written by the application with capstan.search.analysis), and the database's
+`terms_body`, and the length factor `terms_norm`, written by the application with
+capstan.search.analysis), and the database's
 full-text index is built from those terms instead of the raw text, so PostgreSQL, SQLite and
 Elasticsearch match the same tokens.
 
@@ -44,6 +45,7 @@ def _backfill() -> None:
         sa.column("body", sa.Text),
         sa.column("tags", sa.JSON),
         *(sa.column(name, sa.Text) for name in TERMS),
+        sa.column("terms_norm", sa.Float),
     )
     last = ""
     while True:
@@ -69,6 +71,9 @@ def _backfill() -> None:
 def upgrade() -> None:
     for name in TERMS:
         op.add_column("documents", sa.Column(name, sa.Text(), nullable=False, server_default=""))
+    op.add_column(
+        "documents", sa.Column("terms_norm", sa.Float(), nullable=False, server_default="1")
+    )
     _backfill()
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP INDEX IF EXISTS ix_documents_search_vector")
@@ -138,5 +143,5 @@ def downgrade() -> None:
         # The triggers name the terms columns: move the FTS table back before dropping them.
         _sqlite_fts(("title", "body"), ("title", "body"))
     # Plain DROP COLUMN (SQLite >= 3.35): a batch table copy would drop the triggers.
-    for name in TERMS:
+    for name in (*TERMS, "terms_norm"):
         op.execute(f"ALTER TABLE documents DROP COLUMN {name}")
