@@ -69,18 +69,25 @@ def _parts(word: str) -> list[str]:
     return [p for segment in SEPARATORS.split(word) for p in CAMEL.split(segment) if p]
 
 
+@lru_cache(maxsize=200_000)
+def _word_terms(word: str, language: str) -> tuple[tuple[str, bool, str], ...]:
+    """(term, whole, folded word) of one word as it appears in text (cached: words repeat)."""
+    parts = [p.casefold() for p in _parts(fold(word))]
+    out: list[tuple[str, bool, str]] = []
+    if len(parts) > 1:
+        whole = "".join(parts)
+        if len(whole) <= MAX_TERM_CHARS:
+            out.append((stem(whole, language), True, whole))
+    out += [(stem(p, language), False, p) for p in parts if len(p) <= MAX_TERM_CHARS]
+    return tuple(out)
+
+
 def tokens(text: str, language: str = LANGUAGE) -> Iterator[Token]:
     """Every token of `text`, in order, with the offsets of the word it came from."""
     for match in WORD.finditer(text):
-        parts = [p.casefold() for p in _parts(fold(match.group()))]
         start, end = match.span()
-        if len(parts) > 1:
-            whole = "".join(parts)
-            if len(whole) <= MAX_TERM_CHARS:
-                yield Token(stem(whole, language), True, whole, start, end)
-        for part in parts:
-            if len(part) <= MAX_TERM_CHARS:
-                yield Token(stem(part, language), False, part, start, end)
+        for term, whole, word in _word_terms(match.group(), language):
+            yield Token(term, whole, word, start, end)
 
 
 def analyze(text: str, language: str = LANGUAGE) -> list[str]:

@@ -33,27 +33,38 @@ def spans(text: str, words: Collection[str]) -> list[tuple[int, int]]:
 
 def highlight(title: str, body: str, words: Collection[str]) -> list[str]:
     """The title with its matches marked (if any), then up to two body fragments around
-    matches; every match in `<em>…</em>` (not HTML-escaped)."""
+    matches; every match in `<em>…</em>` (not HTML-escaped). The body is read only as far as
+    the second fragment (a long document costs what its first matches cost)."""
     out: list[str] = []
     title_spans = spans(title, words)
     if title_spans:
         out.append(_marked(title, title_spans, 0, len(title)))
-    body_spans = spans(body, words)
-    end = -1
-    for s, e in body_spans:
-        if len(out) - bool(title_spans) >= MAX_FRAGMENTS:
-            break
-        if s < end:
+    fragments: list[tuple[int, int, list[tuple[int, int]]]] = []
+    seen: set[tuple[int, int]] = set()
+    for t in tokens(body):
+        if t.term not in words or (t.start, t.end) in seen:
             continue
-        start = max(0, s - FRAGMENT_CHARS // 3)
+        seen.add((t.start, t.end))
+        s, e = t.start, t.end
+        if fragments and s < fragments[-1][1]:
+            if e <= fragments[-1][1]:
+                fragments[-1][2].append((s, e))
+            continue
+        if len(fragments) == MAX_FRAGMENTS:
+            break
+        # Fragments never overlap (a match in two fragments would be marked in one only).
+        floor = fragments[-1][1] if fragments else 0
+        start = max(floor, s - FRAGMENT_CHARS // 3)
         # Start and end on a word boundary.
-        if start > 0:
+        if start > floor:
             space = body.find(" ", start)
             start = space + 1 if 0 <= space < s else start
-        end = min(len(body), start + FRAGMENT_CHARS)
-        end = max(end, e)
+        while start < s and body[start].isspace():
+            start += 1
+        end = max(min(len(body), start + FRAGMENT_CHARS), e)
         if end < len(body):
             space = body.rfind(" ", e, end)
             end = space if space > e else end
-        out.append(_marked(body, body_spans, start, end))
+        fragments.append((start, end, [(s, e)]))
+    out += [_marked(body, marks, start, end) for start, end, marks in fragments]
     return out

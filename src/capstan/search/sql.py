@@ -41,6 +41,7 @@ from sqlalchemy import (
     select,
     table,
     type_coerce,
+    union_all,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -204,10 +205,46 @@ class DatabaseSearch:
             total = total + best
         return D.c.terms_norm * total
 
-    async def _tag_facets(
-        self, conn: AsyncConnection, base: Any, conds: list[ColumnElement[bool]]
-    ) -> dict[str, int]:
+    def _tag_values(self, tags: ColumnElement[Any]) -> Any:
+        """A table-valued function with one `value` row per tag of a JSON array column."""
         raise NotImplementedError
+
+    async def _total_and_facets(
+        self, conn: AsyncConnection, base: Any, conds: list[ColumnElement[bool]], facets: bool
+    ) -> tuple[int, dict[str, dict[str, int]]]:
+        """The match count and the facets in one statement: the matching rows once (a
+        materialized CTE), then the count, the collections and the tags over them."""
+        matched = (
+            select(D.c.collection, D.c.tags)
+            .select_from(base)
+            .where(*conds)
+            .cte("matched")
+            .prefix_with("MATERIALIZED")
+        )
+        total = select(literal("n"), cast(literal(None), String), func.count()).select_from(matched)
+        if not facets:
+            return int((await conn.execute(total)).one()[2]), {}
+        tag = self._tag_values(matched.c.tags)
+        parts = [
+            total,
+            select(literal("c"), matched.c.collection, func.count()).group_by(matched.c.collection),
+            select(literal("t"), tag.c.value, func.count())
+            .select_from(matched)
+            .join(tag, literal_column("1") == literal_column("1"))
+            .group_by(tag.c.value),
+        ]
+        groups: dict[str, list[tuple[str, int]]] = {"c": [], "t": []}
+        n = 0
+        for kind, key, count in (await conn.execute(union_all(*parts))).all():
+            if kind == "n":
+                n = int(count)
+            else:
+                groups[kind].append((key, int(count)))
+
+        def top(pairs: list[tuple[str, int]]) -> dict[str, int]:
+            return dict(sorted(pairs, key=lambda p: (-p[1], p[0]))[:FACET_SIZE])
+
+        return n, {"collections": top(groups["c"]), "tags": top(groups["t"])}
 
     # --- the query -------------------------------------------------------------------------
 
@@ -291,21 +328,7 @@ class DatabaseSearch:
             for h in hits:
                 title, body = found.get(h.id, (h.title, ""))
                 h.highlights = highlight(title, body, words)
-        total = int(
-            (await conn.execute(select(func.count()).select_from(base).where(*conds))).scalar_one()
-        )
-        facets: dict[str, dict[str, int]] = {}
-        if q.with_facets:
-            coll = (
-                select(D.c.collection, func.count().label("n"))
-                .select_from(base)
-                .where(*conds)
-                .group_by(D.c.collection)
-                .order_by(func.count().desc(), D.c.collection)
-                .limit(FACET_SIZE)
-            )
-            facets["collections"] = {r[0]: int(r[1]) for r in (await conn.execute(coll)).all()}
-            facets["tags"] = await self._tag_facets(conn, base, conds)
+        total, facets = await self._total_and_facets(conn, base, conds, q.with_facets)
         return SearchResult(hits=hits, total=total, facets=facets, more=more)
 
 
@@ -372,20 +395,8 @@ class PostgresSearch(DatabaseSearch):
         relevance = self._relevance(parsed, idfs, has)
         return FullText(D, conds, _count(exact), _count(matched), relevance)
 
-    async def _tag_facets(
-        self, conn: AsyncConnection, base: Any, conds: list[ColumnElement[bool]]
-    ) -> dict[str, int]:
-        tag = func.jsonb_array_elements_text(type_coerce(D.c.tags, JSONB)).table_valued("value")
-        stmt = (
-            select(tag.c.value, func.count().label("n"))
-            .select_from(base)
-            .join(tag, literal_column("true"))
-            .where(*conds)
-            .group_by(tag.c.value)
-            .order_by(func.count().desc(), tag.c.value)
-            .limit(FACET_SIZE)
-        )
-        return {r[0]: int(r[1]) for r in (await conn.execute(stmt)).all()}
+    def _tag_values(self, tags: ColumnElement[Any]) -> Any:
+        return func.jsonb_array_elements_text(type_coerce(tags, JSONB)).table_valued("value")
 
 
 FTS: ColumnElement[Any] = literal_column("documents_fts")
@@ -478,17 +489,5 @@ class SqliteSearch(DatabaseSearch):
         relevance = self._relevance(parsed, idfs, has)
         return FullText(base, conds, _count(exact), _count(matched), relevance)
 
-    async def _tag_facets(
-        self, conn: AsyncConnection, base: Any, conds: list[ColumnElement[bool]]
-    ) -> dict[str, int]:
-        tag = func.json_each(D.c.tags).table_valued("value")
-        stmt = (
-            select(tag.c.value, func.count().label("n"))
-            .select_from(base)
-            .join(tag, literal_column("1") == literal_column("1"))
-            .where(*conds)
-            .group_by(tag.c.value)
-            .order_by(func.count().desc(), tag.c.value)
-            .limit(FACET_SIZE)
-        )
-        return {r[0]: int(r[1]) for r in (await conn.execute(stmt)).all()}
+    def _tag_values(self, tags: ColumnElement[Any]) -> Any:
+        return func.json_each(tags).table_valued("value")
