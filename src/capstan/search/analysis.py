@@ -26,6 +26,9 @@ from typing import Any
 import snowballstemmer
 
 LANGUAGE = "english"
+# Change it whenever the terms change: an Elasticsearch index records the version it was built
+# with and answers text queries only when it is this one (docs/search.md, upgrading).
+ANALYSIS_VERSION = "1"
 # Elasticsearch's whitespace tokenizer cuts tokens at 255 characters and PostgreSQL refuses
 # lexemes over 2 KB: longer "words" are dropped everywhere instead of cut differently.
 MAX_TERM_CHARS = 100

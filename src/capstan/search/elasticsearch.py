@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError, TransportError
 from elasticsearch import ConnectionError as EsConnectionError
 
-from capstan.search.analysis import search_columns
+from capstan.search.analysis import ANALYSIS_VERSION, search_columns
 from capstan.search.highlight import highlight
 from capstan.search.port import (
     Hit,
@@ -33,6 +33,7 @@ from capstan.search.query import FIELD_WEIGHTS, TIER, ParsedQuery, idf, parse
 
 FACET_SIZE = 20
 BULK_TIMEOUT_SECONDS = 60.0
+ANALYZED_CHECK_SECONDS = 30.0
 
 
 # The analyzed fields (search/analysis.py): the `whitespace` analyzer, a core one, only splits
@@ -96,6 +97,7 @@ class ElasticsearchEngine:
         self._ready = False
         self._lock = asyncio.Lock()
         self._targets: tuple[float, list[str]] = (0.0, [])
+        self._analyzed: tuple[float, bool] = (float("-inf"), False)
 
     # --- management ------------------------------------------------------------------------
 
@@ -117,6 +119,9 @@ class ElasticsearchEngine:
                 "index.gc_deletes": "1h",
             },
             "mappings": {
+                # Which analysis built this index: only an index built whole with the current
+                # one (created by this code, filled by reindex or the indexer) answers queries.
+                "_meta": {"analysis": ANALYSIS_VERSION},
                 "dynamic": "strict",
                 "properties": {
                     "doc_id": {"type": "keyword"},
@@ -163,7 +168,37 @@ class ElasticsearchEngine:
                 except SearchUnavailable as exc:
                     if not isinstance(exc.__cause__, ApiError) or exc.__cause__.status_code != 400:
                         raise
+            await self._add_analysis_fields()
             self._ready = True
+
+    async def _add_analysis_fields(self) -> None:
+        """Indices made before the analysis fields existed get them (adding fields to a
+        mapping is allowed in place), so the indexer's writes are accepted; their older
+        documents lack the terms until `capstan search reindex` rebuilds the index, and until
+        then `analyzed()` is false and text queries are answered by the database."""
+        found = await self._call(self.client.indices.get_mapping(index=self.write_alias))
+        added = self.body()["mappings"]["properties"]
+        for name, index in found.body.items():
+            have = index.get("mappings", {}).get("properties", {})
+            missing = {f: added[f] for f in (*TERMS_FIELDS, "terms_norm") if f not in have}
+            if missing:
+                await self._call(self.client.indices.put_mapping(index=name, properties=missing))
+
+    async def analyzed(self) -> bool:
+        """Whether the read index was built with the analysis (search/analysis.py); checked
+        at most every `ANALYZED_CHECK_SECONDS`."""
+        at, ok = self._analyzed
+        if ok and time.monotonic() - at < ANALYZED_CHECK_SECONDS:
+            return True
+        if not ok and time.monotonic() - at < self.alias_cache_seconds:
+            return False
+        found = await self._call(self.client.indices.get_mapping(index=self.alias))
+        ok = bool(found.body) and all(
+            index.get("mappings", {}).get("_meta", {}).get("analysis") == ANALYSIS_VERSION
+            for index in found.body.values()
+        )
+        self._analyzed = (time.monotonic(), ok)
+        return ok
 
     async def read_index(self) -> str | None:
         try:
@@ -189,6 +224,7 @@ class ElasticsearchEngine:
     async def update_aliases(self, actions: list[dict[str, Any]]) -> None:
         await self._call(self.client.indices.update_aliases(actions=actions))
         self._targets = (0.0, [])
+        self._analyzed = (float("-inf"), False)
 
     async def delete_index(self, name: str) -> None:
         await self._call(self.client.indices.delete(index=name, ignore_unavailable=True))
@@ -464,6 +500,11 @@ class ElasticsearchEngine:
     async def query(self, q: SearchQuery) -> SearchResult:
         await self.ensure()
         text = (q.text or "").strip()
+        if text and not await self.analyzed():
+            raise SearchUnavailable(
+                "elasticsearch: the index predates the search analysis; "
+                "run `capstan search reindex` (the database answers until then)"
+            )
         parsed = parse(text, typos=q.typos) if text else None
         idfs = await self.stats(q.tenant_id, parsed.ranked()) if parsed is not None else []
         body = self.build_query(q, idfs)

@@ -7,6 +7,7 @@ query at a time, after one untimed pass."""
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -86,9 +87,22 @@ async def measure(documents: int, queries: int) -> dict[str, Any]:
 def embedded_command(
     documents: Annotated[int, typer.Option(help="How many documents.")] = 10_000,
     queries: Annotated[int, typer.Option(help="How many keyword queries.")] = 200,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Result file (default bench/results/search-embedded-<UTC>.json)."),
+    ] = None,
 ) -> None:
     """Embedded (SQLite FTS5) search latency: page + count + facets + highlights."""
     import json
+    import platform
+    from datetime import UTC, datetime
 
     result = asyncio.run(measure(documents, queries))
+    result |= {"python": platform.python_version(), "cpus": os.cpu_count()}
     out.print(json.dumps(result, indent=2))
+    path = output or Path("bench/results") / (
+        f"search-embedded-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    out.print(f"written to {path}")
