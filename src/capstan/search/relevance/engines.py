@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import tempfile
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -31,11 +32,11 @@ class Loaded:
 
 
 def index_docs(tenant_id: str, corpus: Sequence[CorpusDoc]) -> list[IndexDoc]:
-    from capstan.ids import uuid7
-
+    """The corpus as documents; ids derive from the keys, so every engine breaks score ties
+    (by id) the same way, as it does in production where one document has one id."""
     return [
         IndexDoc(
-            id=uuid7(),
+            id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"capstan-relevance:{d.key}")),
             tenant_id=tenant_id,
             collection=d.collection,
             title=d.title,
