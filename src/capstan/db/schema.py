@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    event,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -81,6 +82,24 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
+_analyzed: list[Any] = [None, None]  # the last (source, columns): one analysis per row
+
+
+def _terms(column: str) -> Any:
+    """An insert default that analyzes the row's own title, body and tags."""
+
+    def default(context: Any) -> Any:
+        from capstan.search.analysis import search_columns
+
+        row = context.get_current_parameters()
+        source = (row.get("title") or "", row.get("body") or "", tuple(row.get("tags") or ()))
+        if _analyzed[0] != source:
+            _analyzed[:] = [source, search_columns(*source)]
+        return _analyzed[1][column]
+
+    return default
+
+
 class Document(Base):
     __tablename__ = "documents"
     __table_args__ = (
@@ -97,10 +116,32 @@ class Document(Base):
     title: Mapped[str] = mapped_column(Text)
     body: Mapped[str] = mapped_column(Text)
     tags: Mapped[list[str]] = mapped_column(JSONType)
+    # The analyzed terms (capstan.search.analysis) the full-text index is built from
+    # (migration 0006): set on insert from the row's values and on every ORM update below.
+    terms_title: Mapped[str] = mapped_column(Text, default=_terms("terms_title"), server_default="")
+    terms_tags: Mapped[str] = mapped_column(Text, default=_terms("terms_tags"), server_default="")
+    terms_body: Mapped[str] = mapped_column(Text, default=_terms("terms_body"), server_default="")
+    terms_norm: Mapped[float] = mapped_column(
+        Float, default=_terms("terms_norm"), server_default="1"
+    )
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType)
     version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+@event.listens_for(Document, "before_update")
+def _reanalyze(_mapper: Any, _connection: Any, doc: Document) -> None:
+    """An ORM update of the title, body or tags re-analyzes the row's terms (Core `update()`
+    statements must set `terms_*` themselves, with capstan.search.analysis.search_columns)."""
+    from sqlalchemy import inspect as sa_inspect
+
+    state = sa_inspect(doc)
+    if any(state.attrs[name].history.has_changes() for name in ("title", "body", "tags")):
+        from capstan.search.analysis import search_columns
+
+        for name, value in search_columns(doc.title, doc.body, doc.tags).items():
+            setattr(doc, name, value)
 
 
 class OutboxEvent(Base):

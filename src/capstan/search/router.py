@@ -26,6 +26,19 @@ class SearchHit(BaseModel):
     score: float | None = Field(None, description="relevance; null for structured queries")
     version: int
     highlights: list[str] = Field(default_factory=list, description="matches in <em>…</em>")
+    match: Literal["all", "typo", "most"] | None = Field(
+        None,
+        description="the rule that let the hit in: every term matched (`all`), every term with "
+        "some at one edit (`typo`), or the minimum-should-match count (`most`); null without q",
+    )
+
+
+class QueryInfo(BaseModel):
+    terms: list[str] = Field(description="the analyzed terms (stemmed, folded)")
+    phrases: list[str]
+    excluded: list[str]
+    min_should_match: int = Field(description="how many terms a hit must match at least")
+    typos: bool
 
 
 class SearchResponse(BaseModel):
@@ -38,6 +51,7 @@ class SearchResponse(BaseModel):
     engines: list[str] = Field(description="the engines that answered")
     degraded: bool = Field(description="true when Elasticsearch was down and PostgreSQL answered")
     next_cursor: str | None = None
+    query: QueryInfo | None = Field(None, description="how `q` was understood; null without q")
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -60,6 +74,9 @@ async def search(
     sort: Literal["relevance", "created", "updated"] = "relevance",
     limit: Annotated[int, Query(ge=1)] = 20,
     cursor: Annotated[str | None, Query(max_length=1000)] = None,
+    typos: Annotated[
+        bool, Query(description="also match longer words at one edit (ranked below exact)")
+    ] = False,
 ) -> SearchResponse:
     """Full text and structured filters, merged; `metadata.<field>=value` filters on metadata."""
     s = c.settings
@@ -101,12 +118,18 @@ async def search(
         ),
         sort=sort,
         limit=limit,
+        typos=typos,
     )
     page = await c.searcher.search(query, cursor)
     return SearchResponse(
         hits=[
             SearchHit(
-                id=h.id, title=h.title, score=h.score, version=h.version, highlights=h.highlights
+                id=h.id,
+                title=h.title,
+                score=h.score,
+                version=h.version,
+                highlights=h.highlights,
+                match=h.match,
             )
             for h in page.hits
         ],
@@ -116,4 +139,5 @@ async def search(
         engines=page.engines,
         degraded=page.degraded,
         next_cursor=page.next_cursor,
+        query=None if page.query is None else QueryInfo(**page.query),
     )
