@@ -54,6 +54,17 @@ _HTTP_TITLES = {
 }
 
 
+def _is_data_exception(exc: Exception) -> bool:
+    """SQLSTATE class 22 ("data exception", PostgreSQL appendix A)."""
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith("22")
+
+
+def _printable(text: str) -> str:
+    # Echoed input may hold lone surrogates, which no UTF-8 response body can carry.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into problem+json."""
 
@@ -72,7 +83,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            {
+                "loc": [_printable(p) if isinstance(p, str) else p for p in e.get("loc", ())],
+                "msg": _printable(str(e.get("msg", ""))),
+                "type": e.get("type", ""),
+            }
             for e in exc.errors()
         ]
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
@@ -95,6 +110,17 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(DBAPIError)
     @app.exception_handler(OSError)
     async def _db_down(request: Request, exc: Exception) -> JSONResponse:
+        if _is_data_exception(exc):
+            # The backstop behind validation at the door: a value the database cannot take
+            # (NUL in a path parameter, a number out of a column's range) is the caller's
+            # error. Nothing was written: the statement failed.
+            return problem(
+                422,
+                "Unprocessable Content",
+                "a value in this request cannot be stored or compared by the database "
+                "(NUL characters, lone surrogates and out-of-range numbers are refused)",
+                slug="invalid-input",
+            )
         if not is_database_down(exc):
             return await _unexpected(request, exc)
         log.warning("database unavailable", extra={"error": str(exc)})

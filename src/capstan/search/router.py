@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from capstan.api.deps import ContainerDep, PrincipalDep
 from capstan.errors import InvalidInput
 from capstan.search.port import Filters, SearchQuery
+from capstan.storable import to_utc
 
 router = APIRouter(prefix="/v1/search", tags=["search"])
 
@@ -40,10 +41,13 @@ class SearchResponse(BaseModel):
     next_cursor: str | None = None
 
 
-def _utc(value: datetime | None) -> datetime | None:
+def _utc(value: datetime | None, field: str) -> datetime | None:
     if value is None:
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return to_utc(value)
+    except ValueError as exc:  # e.g. 0001-01-01T00:00+05:00 is before year 1 in UTC
+        raise InvalidInput(f"{field}: {exc}", field=field) from exc
 
 
 @router.get("", response_model=SearchResponse)
@@ -85,7 +89,8 @@ async def search(
         metadata.append((name, value))
     if len(metadata) > MAX_METADATA_FILTERS:
         raise InvalidInput(f"at most {MAX_METADATA_FILTERS} metadata filters", field="metadata")
-    after, before = _utc(created_after), _utc(created_before)
+    after = _utc(created_after, "created_after")
+    before = _utc(created_before, "created_before")
     if after is not None and before is not None and after >= before:
         raise InvalidInput("created_after must be before created_before", field="created_after")
     query = SearchQuery(

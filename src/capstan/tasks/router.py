@@ -10,6 +10,8 @@ from sqlalchemy import select
 
 from capstan.api.deps import ContainerDep, PrincipalDep
 from capstan.db.schema import Task, WorkerRecord
+from capstan.errors import Conflict
+from capstan.tasks.idempotency import differences
 from capstan.tasks.schemas import (
     TaskPage,
     TaskRead,
@@ -30,9 +32,16 @@ async def submit_task(
 ) -> TaskRead:
     """Queue a task; answers at once. The same idempotency key returns the same task."""
     task, created = await c.tasks.submit(who.tenant_id, body)
-    response.headers["Location"] = f"/v1/tasks/{task.id}"
     if not created:
+        if differing := differences(task, body):
+            raise Conflict(
+                f"idempotency key {body.idempotency_key!r} was used for task {task.id} with a "
+                f"different {', '.join(differing)}; use a new key for a different request",
+                task_id=task.id,
+                fields=differing,
+            )
         response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/tasks/{task.id}"
     return to_read(task)
 
 

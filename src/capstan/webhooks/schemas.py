@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from capstan.storable import StorableInput
+
 MAX_URL_CHARS = 2000
 MAX_PATTERNS = 20
 WORD = r"(?:[a-z0-9_-]+|\*|#)"
@@ -48,7 +50,7 @@ Url = Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS), AfterValidat
 Pattern = Annotated[str, AfterValidator(check_pattern)]
 
 
-class WebhookCreate(BaseModel):
+class WebhookCreate(StorableInput):
     model_config = ConfigDict(extra="forbid")
 
     url: Url = Field(description="http(s) URL that receives POSTed CloudEvents")
