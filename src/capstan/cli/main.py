@@ -16,6 +16,7 @@ from rich.panel import Panel
 
 from capstan.backups.cli import app as backup_app
 from capstan.bench.read import app as bench_app
+from capstan.cli.data import data_app
 from capstan.container import build_container
 from capstan.search.cli import app as search_app
 from capstan.settings import Settings
@@ -30,6 +31,7 @@ app.add_typer(tasks_app, name="tasks")
 app.add_typer(bench_app, name="bench")
 app.add_typer(search_app, name="search")
 app.add_typer(backup_app, name="backup")
+app.add_typer(data_app, name="data")
 broker_app = typer.Typer(help="The RabbitMQ namespace Capstan uses.", no_args_is_help=True)
 app.add_typer(broker_app, name="broker")
 
