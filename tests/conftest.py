@@ -108,7 +108,15 @@ def redis_url() -> str:
 
 
 # Tests hammer one key; the rate-limit test sets its own low limits.
-UNLIMITED = {"rate_limit_per_minute": 1_000_000, "rate_limit_burst": 100_000, "log_json": False}
+UNLIMITED = {
+    "rate_limit_per_minute": 1_000_000,
+    "rate_limit_burst": 100_000,
+    # Every test client is 127.0.0.1 and production tests share one Redis: the auth-failure
+    # test uses its own limits and address.
+    "auth_failures_per_minute": 1_000_000,
+    "auth_failures_burst": 100_000,
+    "log_json": False,
+}
 
 
 def embedded_settings(tmp_path: Path) -> Settings:

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from capstan.auth.failures import FailedAuthLimiter
 from capstan.auth.service import Authenticator
 from capstan.broker.port import Broker
 from capstan.cache.port import RateLimiter, SessionStore, VersionedCache
@@ -37,6 +38,7 @@ class Container:
     broker: Broker
     search: SearchEngine
     auth: Authenticator
+    auth_failures: FailedAuthLimiter
     documents: DocumentStore
     # Set after each committed write: wakes an in-process relay without polling.
     outbox_wakeup: asyncio.Event
@@ -145,6 +147,11 @@ def build_container(settings: Settings) -> Container:
         broker=broker,
         search=search,
         auth=auth,
+        auth_failures=FailedAuthLimiter(
+            rate_limiter,
+            per_minute=settings.auth_failures_per_minute,
+            burst=settings.auth_failures_burst,
+        ),
         documents=DocumentStore(db, aside, settings.source, on_commit=outbox_wakeup.set),
         outbox_wakeup=outbox_wakeup,
         searcher=searcher,

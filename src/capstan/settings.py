@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = Field(30.0, ge=0)
     rate_limit_per_minute: int = Field(1200, ge=1)
     rate_limit_burst: int = Field(200, ge=1)
+    # Failed authentications per client address (then 429 for that address, whatever it sends).
+    auth_failures_per_minute: int = Field(30, ge=1)
+    auth_failures_burst: int = Field(10, ge=1)
 
     max_body_bytes: int = Field(1_048_576, ge=1024)
     max_title_chars: int = Field(1000, ge=1)

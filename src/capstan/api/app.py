@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 import capstan
 from capstan.api import problems
 from capstan.api.health import router as health_router
 from capstan.api.middleware import RequestContextMiddleware
+from capstan.auth.failures import refuse_blocked_clients
 from capstan.auth.router import router as sessions_router
 from capstan.container import Container, build_container
 from capstan.documents.router import router as documents_router
@@ -64,12 +65,17 @@ def create_app(
     app.state.container = the_container
     problems.install(app)
     app.include_router(health_router)
-    app.include_router(sessions_router)
-    app.include_router(documents_router)
-    app.include_router(events_router)
-    app.include_router(tasks_router)
-    app.include_router(webhooks_router)
-    app.include_router(search_router)
+    # Runs before authentication: an in-process lookup, no round trip (auth/failures.py).
+    guarded = [Depends(refuse_blocked_clients)]
+    for router in (
+        sessions_router,
+        documents_router,
+        events_router,
+        tasks_router,
+        webhooks_router,
+        search_router,
+    ):
+        app.include_router(router, dependencies=guarded)
     app.add_middleware(
         RequestContextMiddleware,
         metrics=the_container.metrics,

@@ -11,8 +11,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from capstan.auth.failures import client_address
 from capstan.db.errors import is_database_down
-from capstan.errors import CapstanError
+from capstan.errors import CapstanError, RateLimited
 from capstan.observability.context import current_request_id
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,19 @@ def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into problem+json."""
 
     @app.exception_handler(CapstanError)
-    async def _domain(_request: Request, exc: CapstanError) -> JSONResponse:
+    async def _domain(request: Request, exc: CapstanError) -> JSONResponse:
         headers = None
         if exc.status == 401:
-            headers = {"WWW-Authenticate": 'Bearer realm="capstan"'}
+            # Counted only here, on failure: the successful path never touches the limiter.
+            failures = request.app.state.container.auth_failures
+            retry_after = await failures.record(client_address(request))
+            if retry_after:
+                exc = RateLimited(
+                    "too many failed authentications from this address",
+                    retry_after=retry_after,
+                )
+            else:
+                headers = {"WWW-Authenticate": 'Bearer realm="capstan"'}
         retry_after = exc.extensions.get("retry_after")
         if retry_after is not None:
             headers = {"Retry-After": str(max(1, round(retry_after + 0.5)))}
