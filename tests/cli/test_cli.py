@@ -88,6 +88,8 @@ def test_dev_serves_embedded_and_shares_its_data_dir_with_other_commands(tmp_pat
         _out, err = dev.communicate(timeout=30)
     assert dev_key in err  # the banner shows the dev key and the docs URL
     assert f"{base}/docs" in err
+    # Dev mode turns the webhook address guard off, and says so.
+    assert "private and loopback targets ALLOWED" in " ".join(err.split())
     assert dev.returncode == 0
 
 

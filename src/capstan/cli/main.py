@@ -114,12 +114,19 @@ def dev(
     _ensure_data_dir(settings)
     key = asyncio.run(_dev_tenant(settings))
     base = f"http://{settings.host}:{settings.port}"
+    webhooks = (
+        "[yellow]private and loopback targets ALLOWED[/yellow] "
+        "(CAPSTAN_WEBHOOK_ALLOW_PRIVATE=false refuses them)"
+        if settings.webhook_allow_private
+        else "private and loopback targets refused"
+    )
     err.print(
         Panel.fit(
             f"[bold]Capstan[/bold] (embedded) on {base}\n"
             f"API docs:  {base}/docs\n"
             f"data dir:  {settings.data_dir.resolve()}\n"
-            f"dev key:   {key}\n\n"
+            f"dev key:   {key}\n"
+            f"webhooks:  {webhooks}\n\n"
             f'try:  curl -H "Authorization: Bearer {key}" {base}/v1/documents',
             title="capstan dev",
         )

@@ -19,6 +19,9 @@ PATTERN_RE = re.compile(rf"^{WORD}(?:\.{WORD})*$")
 
 def check_url(value: str) -> str:
     value = value.strip()
+    # C0 and C1 controls and DEL: header injection and parser confusion, never a real URL.
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value):
+        raise ValueError("must not contain control characters")
     try:
         parts = urlsplit(value)
         port = parts.port  # raises ValueError on a bad port
