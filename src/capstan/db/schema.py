@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -70,6 +71,8 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # A disabled tenant's keys and sessions stop working; its data stays (0005_security).
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class ApiKey(Base):
@@ -82,6 +85,23 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # 0005_security: expiry (also the end of a rotated key's overlap) and the operator scope.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class AuthRevocation(Base):
+    """A key that stops working at `effective_at`: revoked, expired by rotation, or its tenant
+    disabled or deleted. Every API instance polls this table to drop its cached key and the
+    key's sessions (auth/revocations.py); it outlives the key row, which a delete removes."""
+
+    __tablename__ = "auth_revocations"
+    __table_args__ = (Index("ix_auth_revocations_effective_at", "effective_at"),)
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
+    key_id: Mapped[str] = mapped_column(String(32))
+    tenant_id: Mapped[str] = mapped_column(String(36))
+    effective_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class Document(Base):
