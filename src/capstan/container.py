@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from capstan.auth.failures import FailedAuthLimiter
+from capstan.auth.revocations import RevocationWatcher
 from capstan.auth.service import Authenticator
 from capstan.broker.port import Broker
 from capstan.cache.port import RateLimiter, SessionStore, VersionedCache
@@ -39,6 +40,7 @@ class Container:
     search: SearchEngine
     auth: Authenticator
     auth_failures: FailedAuthLimiter
+    revocations: RevocationWatcher
     documents: DocumentStore
     # Set after each committed write: wakes an in-process relay without polling.
     outbox_wakeup: asyncio.Event
@@ -152,6 +154,7 @@ def build_container(settings: Settings) -> Container:
             per_minute=settings.auth_failures_per_minute,
             burst=settings.auth_failures_burst,
         ),
+        revocations=RevocationWatcher(db, auth, poll_seconds=settings.auth_revocation_poll_seconds),
         documents=DocumentStore(db, aside, settings.source, on_commit=outbox_wakeup.set),
         outbox_wakeup=outbox_wakeup,
         searcher=searcher,

@@ -33,8 +33,10 @@ class Settings(BaseSettings):
     cache_retry_seconds: float = Field(1.0, ge=0)
     cache_timeout_seconds: float = Field(0.5, gt=0)
     session_ttl_seconds: int = Field(3600, ge=60)
-    # Verified API keys are remembered in-process this long (revocation latency bound).
+    # Verified API keys are remembered in-process this long; a revocation reaches every
+    # instance's cache and the key's sessions within auth_revocation_poll_seconds.
     auth_cache_seconds: float = Field(30.0, ge=0)
+    auth_revocation_poll_seconds: float = Field(2.0, gt=0)
     rate_limit_per_minute: int = Field(1200, ge=1)
     rate_limit_burst: int = Field(200, ge=1)
     # Failed authentications per client address (then 429 for that address, whatever it sends).

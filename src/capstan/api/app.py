@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,6 +12,7 @@ import capstan
 from capstan.api import problems
 from capstan.api.health import router as health_router
 from capstan.api.middleware import RequestContextMiddleware
+from capstan.auth.admin_router import router as admin_router
 from capstan.auth.failures import refuse_blocked_clients
 from capstan.auth.router import router as sessions_router
 from capstan.container import Container, build_container
@@ -46,9 +48,14 @@ def create_app(
         if with_background:
             background = Background(the_container, relay=True, subscribers=["all"], worker=True)
             await background.start()
+        # Every API instance applies every key revocation (auth/revocations.py).
+        stopping = asyncio.Event()
+        watcher = asyncio.create_task(the_container.revocations.run(stopping))
         try:
             yield
         finally:
+            stopping.set()
+            await watcher
             if background is not None:
                 await background.stop()
             if own:
@@ -68,6 +75,7 @@ def create_app(
     # Runs before authentication: an in-process lookup, no round trip (auth/failures.py).
     guarded = [Depends(refuse_blocked_clients)]
     for router in (
+        admin_router,
         sessions_router,
         documents_router,
         events_router,

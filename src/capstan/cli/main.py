@@ -17,6 +17,7 @@ from rich.panel import Panel
 from capstan.backups.cli import app as backup_app
 from capstan.bench.read import app as bench_app
 from capstan.cli.data import data_app
+from capstan.cli.keys import keys_app, register_tenant_commands
 from capstan.container import build_container
 from capstan.search.cli import app as search_app
 from capstan.settings import Settings
@@ -25,6 +26,8 @@ from capstan.tasks.cli import tasks_app
 app = typer.Typer(help="Capstan: a self-hosted backend for AI applications.", no_args_is_help=True)
 tenants_app = typer.Typer(help="Tenants and their API keys.", no_args_is_help=True)
 app.add_typer(tenants_app, name="tenants")
+register_tenant_commands(tenants_app)
+app.add_typer(keys_app, name="keys")
 events_app = typer.Typer(help="Recover and inspect the event flow.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
 app.add_typer(tasks_app, name="tasks")

@@ -70,6 +70,7 @@ class TaskTypeRead(BaseModel):
     description: str
     queue: str
     input_schema: dict[str, Any]
+    admin_only: bool = Field(False, description="submitting it needs an admin API key")
 
 
 class WorkerTask(BaseModel):
