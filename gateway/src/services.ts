@@ -30,6 +30,7 @@ export class Services {
   readonly connections = new Set<Connection>();
   closing = false;
   private heartbeatTimer?: NodeJS.Timeout;
+  private revocationTimer?: NodeJS.Timeout;
 
   constructor(readonly settings: Settings, readonly log: Logger = pino({ level: settings.logLevel })) {
     this.db = new Pool({
@@ -64,6 +65,11 @@ export class Services {
       for (const c of this.connections) c.heartbeat();
     }, this.settings.heartbeatSeconds * 1000);
     this.heartbeatTimer.unref();
+    // Every revocation reaches this instance's key cache within the poll (auth/revocations.py).
+    this.revocationTimer = setInterval(() => {
+      this.auth.pollRevocations().catch((err: Error) => this.log.warn({ err: err.message }, 'revocation poll failed'));
+    }, this.settings.authRevocationPollSeconds * 1000);
+    this.revocationTimer.unref();
   }
 
   /** Authenticate and charge the caller's rate limit (the API's budget: same script and key). */
@@ -90,6 +96,7 @@ export class Services {
   async close(): Promise<void> {
     this.closing = true;
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    if (this.revocationTimer) clearInterval(this.revocationTimer);
     const hint = `the gateway is shutting down; reconnect in ${this.settings.reconnectMs} ms with your last seq`;
     for (const c of [...this.connections]) c.shutdown(hint);
     this.hub.stop();

@@ -64,6 +64,25 @@ describe('gateway', { skip }, () => {
     assert.equal((await get(`Bearer ${other.key}`)).status, 401);
   });
 
+  test('lifecycle: expired keys and disabled tenants are refused; a revocation ends a cached key at the next poll', async () => {
+    const get = (key: string) => fetch(`${h.url}/v1/documents/none`, { headers: { authorization: `Bearer ${key}` } });
+    const expired = await h.tenant();
+    await h.db.query("UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = $1", [expired.keyId]);
+    assert.equal((await get(expired.key)).status, 401);
+    const disabled = await h.tenant();
+    await h.db.query('UPDATE tenants SET disabled_at = now() WHERE id = $1', [disabled.id]);
+    assert.equal((await get(disabled.key)).status, 401);
+
+    const cached = await h.tenant();
+    assert.equal((await get(cached.key)).status, 404); // verified and cached
+    await h.db.query('UPDATE api_keys SET revoked_at = now() WHERE id = $1', [cached.keyId]);
+    assert.equal((await get(cached.key)).status, 404); // the cache does not know yet
+    await h.db.query('INSERT INTO auth_revocations (key_id, tenant_id, effective_at) VALUES ($1, $2, now())', [cached.keyId, cached.id]);
+    assert.ok((await h.services.auth.pollRevocations()).includes(cached.keyId));
+    assert.equal((await get(cached.key)).status, 401);
+    assert.deepEqual(await h.services.auth.pollRevocations(), []); // applied once
+  });
+
   test('document reads follow the cache contract: miss fills, hit serves, tombstones refuse old fills', async () => {
     const t = await h.tenant();
     const id = '01a21780-0000-7000-8000-000000000001';
