@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 import capstan
-from capstan.api import problems
+from capstan.api import openapi, problems
 from capstan.api.health import router as health_router
 from capstan.api.middleware import RequestContextMiddleware
 from capstan.auth.admin_router import router as admin_router
@@ -71,6 +71,7 @@ def create_app(
     )
     app.state.container = the_container
     problems.install(app)
+    openapi.install(app)
     app.include_router(health_router)
     # Runs before authentication: an in-process lookup, no round trip (auth/failures.py).
     guarded = [Depends(refuse_blocked_clients)]

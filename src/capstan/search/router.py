@@ -55,14 +55,16 @@ async def search(
     request: Request,
     c: ContainerDep,
     who: PrincipalDep,
-    q: Annotated[str | None, Query(max_length=2000, description="full-text query")] = None,
+    # Declared limits are the defaults of CAPSTAN_SEARCH_MAX_QUERY_CHARS and _MAX_PAGE_SIZE
+    # (settings may lower them; the checks below enforce the configured values).
+    q: Annotated[str | None, Query(max_length=500, description="full-text query")] = None,
     collection: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
     tag: Annotated[list[str] | None, Query(max_length=MAX_TAGS)] = None,
     tags_mode: Literal["all", "any"] = "all",
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     sort: Literal["relevance", "created", "updated"] = "relevance",
-    limit: Annotated[int, Query(ge=1)] = 20,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=1000)] = None,
 ) -> SearchResponse:
     """Full text and structured filters, merged; `metadata.<field>=value` filters on metadata."""
