@@ -64,6 +64,16 @@ class Settings(BaseSettings):
     event_retry_delays_ms: list[int] = [1000, 5000, 30000, 120000]
     processed_events_retention_days: float = Field(7.0, gt=0)
 
+    # Retention (the scheduler's `retention` job, docs/security.md): rows older than this are
+    # deleted, in batches; 0 keeps them forever. An event redelivered after its
+    # processed_events row is pruned would be applied again, so keep that one above any
+    # redelivery window.
+    retention_schedule: str = "30 3 * * *"  # 5-field cron, UTC
+    retention_batch_size: int = Field(5000, ge=1, le=100_000)
+    audit_retention_days: float = Field(365.0, ge=0)
+    webhook_delivery_retention_days: float = Field(30.0, ge=0)  # finished deliveries only
+    task_retention_days: float = Field(30.0, ge=0)  # finished tasks only
+
     # Webhooks (the notifier subscriber).
     webhook_timeout_seconds: float = Field(5.0, gt=0)
     webhook_max_attempts: int = Field(8, ge=1)

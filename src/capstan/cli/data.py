@@ -35,3 +35,13 @@ def data_check(
     err.print(f"{len(findings)} unreadable row(s)" + (", fixed" if fix and findings else ""))
     if findings and not fix:
         raise typer.Exit(1)
+
+
+@data_app.command("prune")
+def data_prune() -> None:
+    """Delete rows past their retention now (what the scheduler's retention job does)."""
+    from capstan.scheduler.retention import prune
+
+    deleted: dict[str, int] = asyncio.run(_with_container(prune))
+    for table, count in deleted.items():
+        typer.echo(f"{table}\t{count}")
