@@ -84,6 +84,10 @@ def test_dev_serves_embedded_and_shares_its_data_dir_with_other_commands(tmp_pat
                 time.sleep(0.05)
             assert [i["event"]["subject"] for i in feed["items"]] == [f"documents/{doc['id']}"]
 
+        # The dev key is the operator's too.
+        admin_only = httpx.get(f"{base}/v1/workers", headers={"Authorization": f"Bearer {dev_key}"})
+        assert admin_only.status_code == 200
+
         # A revocation from another process reaches the server's key cache and its in-memory
         # sessions through the revocation watcher.
         headers = {"Authorization": f"Bearer {dev_key}"}

@@ -87,9 +87,12 @@ def tenants_create(
         typer.echo(created[1])
 
 
-async def _create_tenant(settings: Settings, name: str) -> tuple[str, str]:
+async def _create_tenant(settings: Settings, name: str, *, admin: bool = False) -> tuple[str, str]:
+    from sqlalchemy import update
+
     from capstan.db.engine import create_engine, sessionmaker
     from capstan.db.migrate import upgrade
+    from capstan.db.schema import ApiKey
     from capstan.tenants.service import create_tenant
 
     await upgrade(settings.database_url)
@@ -97,6 +100,10 @@ async def _create_tenant(settings: Settings, name: str) -> tuple[str, str]:
     try:
         async with sessionmaker(engine).begin() as session:
             created = await create_tenant(session, name)
+            if admin:
+                await session.execute(
+                    update(ApiKey).where(ApiKey.tenant_id == created.tenant_id).values(admin=True)
+                )
     finally:
         await engine.dispose()
     return created.tenant_id, created.api_key
@@ -128,7 +135,7 @@ def dev(
             f"[bold]Capstan[/bold] (embedded) on {base}\n"
             f"API docs:  {base}/docs\n"
             f"data dir:  {settings.data_dir.resolve()}\n"
-            f"dev key:   {key}\n"
+            f"dev key:   {key} (admin scope)\n"
             f"webhooks:  {webhooks}\n\n"
             f'try:  curl -H "Authorization: Bearer {key}" {base}/v1/documents',
             title="capstan dev",
@@ -142,7 +149,8 @@ async def _dev_tenant(settings: Settings) -> str:
     key_file = settings.data_dir / DEV_KEY_FILE
     if key_file.exists():
         return key_file.read_text().strip()
-    _tenant_id, key = await _create_tenant(settings, DEV_TENANT)
+    # The developer is the operator too: the dev key has the admin scope (workers, reindex).
+    _tenant_id, key = await _create_tenant(settings, DEV_TENANT, admin=True)
     key_file.write_text(key + "\n")
     os.chmod(key_file, 0o600)
     return key
