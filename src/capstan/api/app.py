@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -55,7 +56,9 @@ def create_app(
             yield
         finally:
             stopping.set()
-            await watcher
+            # A poll stuck on an unreachable database must not hold up shutdown.
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(watcher, timeout=5)
             if background is not None:
                 await background.stop()
             if own:

@@ -54,14 +54,17 @@ class RevocationWatcher:
         keys = list(dict.fromkeys(key_id for _, key_id in fresh))
         if keys:
             self._auth.forget(keys)
+        pending = False
         for row_id, key_id in fresh:
             try:
                 await self._auth.close_key_sessions(key_id)
             except CacheUnavailable:
-                continue  # not marked applied: retried at the next poll
+                pending = True  # not marked applied: retried at the next poll
+                continue
             self._applied.add(row_id)
         self._applied.intersection_update(row_id for row_id, _ in rows)
-        self._since = now
+        if not pending:  # else the window stays open until the sessions are deleted
+            self._since = now
         return keys
 
     async def run(self, stopping: asyncio.Event) -> None:
