@@ -25,6 +25,8 @@ export class Services {
   readonly auth: Authenticator;
   readonly reader: DocumentReader;
   readonly limiter: RateLimiter;
+  readonly failures: RateLimiter; // failed authentications per client address
+  private blockedUntil = new Map<string, number>();
   readonly hub: Hub;
   readonly consumer: RealtimeConsumer;
   readonly connections = new Set<Connection>();
@@ -45,6 +47,7 @@ export class Services {
     this.auth = new Authenticator(this.db, this.redis, settings.authCacheSeconds);
     this.reader = new DocumentReader(this.db, new DocumentCache(this.redis, settings.cacheTtlSeconds), this.metrics);
     this.limiter = new RateLimiter(this.redis, settings.rateLimitPerMinute, settings.rateLimitBurst);
+    this.failures = new RateLimiter(this.redis, settings.authFailuresPerMinute, settings.authFailuresBurst);
     this.hub = new Hub(this.db, this.metrics, this.log, Math.max(1, settings.dbPool - 2));
     this.consumer = new RealtimeConsumer(
       settings.brokerUrl,
@@ -72,9 +75,23 @@ export class Services {
     this.revocationTimer.unref();
   }
 
-  /** Authenticate and charge the caller's rate limit (the API's budget: same script and key). */
-  async principal(token: string | null): Promise<Principal> {
-    const who = await this.auth.authenticate(token);
+  /** Authenticate and charge the caller's rate limit (the API's budget: same script and key).
+   * Failed authentications are limited per client address, as in the API: counted only on a
+   * 401, then that address gets 429 for everything until the block ends (an in-process check). */
+  async principal(token: string | null, address = 'unknown'): Promise<Principal> {
+    const until = this.blockedUntil.get(address);
+    if (until !== undefined) {
+      const left = (until - Date.now()) / 1000;
+      if (left > 0) throw tooManyFailures(left);
+      this.blockedUntil.delete(address);
+    }
+    let who: Principal;
+    try {
+      who = await this.auth.authenticate(token);
+    } catch (err) {
+      if (err instanceof Problem && err.status === 401) await this.countFailure(address, err);
+      throw err;
+    }
     try {
       const decision = await this.limiter.hit(who.keyId);
       if (!decision.allowed) {
@@ -92,6 +109,21 @@ export class Services {
     return who;
   }
 
+  /** Charge one failed authentication to `address`; throws 429 once it is over its limit. */
+  private async countFailure(address: string, original: Problem): Promise<void> {
+    let decision;
+    try {
+      decision = await this.failures.hit(`authfail:${address}`);
+    } catch (err) {
+      if (err instanceof CacheUnavailable) throw original; // fail open
+      throw err;
+    }
+    if (decision.allowed) return;
+    if (this.blockedUntil.size > 10_000) this.blockedUntil.clear();
+    this.blockedUntil.set(address, Date.now() + decision.retryAfter * 1000);
+    throw tooManyFailures(decision.retryAfter);
+  }
+
   /** Close every client with a reconnect hint, then the clients of the servers. */
   async close(): Promise<void> {
     this.closing = true;
@@ -104,4 +136,13 @@ export class Services {
     await this.redis.close();
     await this.db.end().catch(() => {});
   }
+}
+
+function tooManyFailures(retryAfter: number): Problem {
+  return new Problem(
+    429,
+    'too many failed authentications from this address',
+    { retry_after: retryAfter },
+    { 'retry-after': String(Math.max(1, Math.round(retryAfter + 0.5))) },
+  );
 }

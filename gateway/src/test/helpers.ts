@@ -66,6 +66,9 @@ export async function harness(env: Record<string, string> = {}): Promise<Harness
     CAPSTAN_GATEWAY_PORT: '0',
     CAPSTAN_RATE_LIMIT_PER_MINUTE: '1000000',
     CAPSTAN_RATE_LIMIT_BURST: '100000',
+    // Every test client is 127.0.0.1 and Redis is shared: the failure-limit test sets its own.
+    CAPSTAN_AUTH_FAILURES_PER_MINUTE: '1000000',
+    CAPSTAN_AUTH_FAILURES_BURST: '100000',
     ...env,
   });
   const services = new Services(settings, pino({ level: 'warn' }));

@@ -1,5 +1,6 @@
 /** The gateway against real PostgreSQL, Redis and RabbitMQ (scripts/services env). */
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { Redis } from 'ioredis';
 import WebSocket from 'ws';
@@ -62,6 +63,40 @@ describe('gateway', { skip }, () => {
     const other = await h.tenant();
     await h.db.query('UPDATE api_keys SET revoked_at = now() WHERE id = $1', [other.keyId]);
     assert.equal((await get(`Bearer ${other.key}`)).status, 401);
+  });
+
+  test('failed authentication is limited per client address; successes never count', async () => {
+    const limited = await harness({ CAPSTAN_AUTH_FAILURES_PER_MINUTE: '1', CAPSTAN_AUTH_FAILURES_BURST: '3' });
+    try {
+      const t = await limited.tenant();
+      // Redis is shared with other runs: a loopback source address of this test's own.
+      const octet = () => 1 + Math.floor(Math.random() * 250);
+      const attacker = `127.${octet()}.${octet()}.${octet()}`;
+      const bystander = `127.${octet()}.${octet()}.${octet()}`;
+      const get = (from: string, key: string) =>
+        new Promise<{ status: number; retryAfter?: string }>((resolve, reject) => {
+          const req = http.get(
+            `${limited.url}/v1/documents/none`,
+            { localAddress: from, headers: { authorization: `Bearer ${key}` } },
+            (res) => {
+              res.resume();
+              resolve({ status: res.statusCode ?? 0, retryAfter: res.headers['retry-after'] as string | undefined });
+            },
+          );
+          req.on('error', reject);
+        });
+      for (let i = 0; i < 10; i++) assert.equal((await get(attacker, t.key)).status, 404); // successes are free
+      const bad = 'cst_0123456789abcdef_wrong';
+      const codes = [];
+      for (let i = 0; i < 4; i++) codes.push((await get(attacker, bad)).status);
+      assert.deepEqual(codes, [401, 401, 401, 429]);
+      const blocked = await get(attacker, t.key); // refused before any key lookup
+      assert.equal(blocked.status, 429);
+      assert.ok(Number(blocked.retryAfter) >= 1);
+      assert.equal((await get(bystander, t.key)).status, 404);
+    } finally {
+      await limited.close();
+    }
   });
 
   test('lifecycle: expired keys and disabled tenants are refused; a revocation ends a cached key at the next poll', async () => {
