@@ -201,3 +201,13 @@ def test_admin_api_is_in_the_openapi_document(tmp_path: Path) -> None:
 
     paths = create_app(embedded_settings(tmp_path)).openapi()["paths"]
     assert {"/v1/admin/tenants", "/v1/admin/keys", "/v1/admin/keys/{key_id}/rotate"} <= set(paths)
+
+
+async def test_a_tenant_named_like_another_tenants_id_is_not_confused(api: Api) -> None:
+    target, admin = await api.tenant(), await api.tenant(admin=True)
+    impostor = await api.tenant(name=target.id)
+    async with api.client(admin.key) as http:
+        disabled = await http.post(f"/v1/admin/tenants/{target.id}/disable")
+    assert disabled.status_code == 200 and disabled.json()["id"] == target.id
+    async with api.client(impostor.key) as http:
+        assert await status(http) == 200

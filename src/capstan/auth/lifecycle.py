@@ -261,13 +261,15 @@ async def _stage_revocations(
 
 
 async def _tenant(session: AsyncSession, id_or_name: str, *, lock: bool = False) -> Tenant:
-    stmt = select(Tenant).where((Tenant.id == id_or_name) | (Tenant.name == id_or_name))
-    if lock:
-        stmt = stmt.with_for_update()
-    tenant = await session.scalar(stmt)
-    if tenant is None:
-        raise NotFound(f"no tenant {id_or_name!r}")
-    return tenant
+    # By id first: a tenant may be named like another one's id.
+    for column in (Tenant.id, Tenant.name):
+        stmt = select(Tenant).where(column == id_or_name)
+        if lock:
+            stmt = stmt.with_for_update()
+        tenant = await session.scalar(stmt)
+        if tenant is not None:
+            return tenant
+    raise NotFound(f"no tenant {id_or_name!r}")
 
 
 async def _key(session: AsyncSession, key_id: str) -> ApiKey:
