@@ -8,6 +8,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from capstan.auth.failures import FailedAuthLimiter
+from capstan.auth.revocations import RevocationWatcher
 from capstan.auth.service import Authenticator
 from capstan.broker.port import Broker
 from capstan.cache.port import RateLimitedReader, RateLimiter, SessionStore, VersionedCache
@@ -41,6 +43,8 @@ class Container:
     broker: Broker
     search: SearchEngine
     auth: Authenticator
+    auth_failures: FailedAuthLimiter
+    revocations: RevocationWatcher
     documents: DocumentStore
     documents_cache: CacheAside  # the store's; the lean read route serves its hits
     # Set after each committed write: wakes an in-process relay without polling.
@@ -184,6 +188,12 @@ def build_container(settings: Settings) -> Container:
         broker=broker,
         search=search,
         auth=auth,
+        auth_failures=FailedAuthLimiter(
+            rate_limiter,
+            per_minute=settings.auth_failures_per_minute,
+            burst=settings.auth_failures_burst,
+        ),
+        revocations=RevocationWatcher(db, auth, poll_seconds=settings.auth_revocation_poll_seconds),
         documents=DocumentStore(db, aside, settings.source, on_commit=outbox_wakeup.set),
         documents_cache=aside,
         outbox_wakeup=outbox_wakeup,

@@ -46,3 +46,7 @@ class RateLimited(CapstanError):
 
 class Unavailable(CapstanError):
     status, title, slug = 503, "Service Unavailable", "unavailable"
+
+
+class Forbidden(CapstanError):
+    status, title, slug = 403, "Forbidden", "forbidden"

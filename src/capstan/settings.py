@@ -37,10 +37,15 @@ class Settings(BaseSettings):
     cache_retry_seconds: float = Field(1.0, ge=0)
     cache_timeout_seconds: float = Field(0.5, gt=0)
     session_ttl_seconds: int = Field(3600, ge=60)
-    # Verified API keys are remembered in-process this long (revocation latency bound).
+    # Verified API keys are remembered in-process this long; a revocation reaches every
+    # instance's cache and the key's sessions within auth_revocation_poll_seconds.
     auth_cache_seconds: float = Field(30.0, ge=0)
+    auth_revocation_poll_seconds: float = Field(2.0, gt=0)
     rate_limit_per_minute: int = Field(1200, ge=1)
     rate_limit_burst: int = Field(200, ge=1)
+    # Failed authentications per client address (then 429 for that address, whatever it sends).
+    auth_failures_per_minute: int = Field(30, ge=1)
+    auth_failures_burst: int = Field(10, ge=1)
 
     max_body_bytes: int = Field(1_048_576, ge=1024)
     max_title_chars: int = Field(1000, ge=1)
@@ -62,6 +67,16 @@ class Settings(BaseSettings):
     event_max_attempts: int = Field(5, ge=1)
     event_retry_delays_ms: list[int] = [1000, 5000, 30000, 120000]
     processed_events_retention_days: float = Field(7.0, gt=0)
+
+    # Retention (the scheduler's `retention` job, docs/security.md): rows older than this are
+    # deleted, in batches; 0 keeps them forever. An event redelivered after its
+    # processed_events row is pruned would be applied again, so keep that one above any
+    # redelivery window.
+    retention_schedule: str = "30 3 * * *"  # 5-field cron, UTC
+    retention_batch_size: int = Field(5000, ge=1, le=100_000)
+    audit_retention_days: float = Field(365.0, ge=0)
+    webhook_delivery_retention_days: float = Field(30.0, ge=0)  # finished deliveries only
+    task_retention_days: float = Field(30.0, ge=0)  # finished tasks only
 
     # Webhooks (the notifier subscriber).
     webhook_timeout_seconds: float = Field(5.0, gt=0)

@@ -127,6 +127,26 @@ async def test_a_session_is_stored_read_and_revoked(adapters: dict[str, Any]) ->
     assert not await store.delete(token_hash)
 
 
+async def test_deleting_a_keys_sessions_leaves_other_keys_sessions(
+    adapters: dict[str, Any],
+) -> None:
+    store: SessionStore = adapters["sessions"]
+    key, other = uuid.uuid4().hex[:16], uuid.uuid4().hex[:16]
+    mine = [uuid.uuid4().hex for _ in range(3)]
+    theirs = uuid.uuid4().hex
+    for token_hash in mine:
+        await store.put(token_hash, Session("t", key, 0.0), 60)
+        await store.index_for_key(key, token_hash, 60)
+    await store.put(theirs, Session("t", other, 0.0), 60)
+    await store.index_for_key(other, theirs, 60)
+    await store.delete(mine[0])  # closed by its holder already
+
+    assert await store.delete_for_key(key) == 2
+    assert [await store.get(h) for h in mine] == [None, None, None]
+    assert await store.get(theirs) == Session("t", other, 0.0)
+    assert await store.delete_for_key(key) == 0
+
+
 async def test_a_session_expires(adapters: dict[str, Any]) -> None:
     store: SessionStore = adapters["sessions"]
     token_hash = uuid.uuid4().hex

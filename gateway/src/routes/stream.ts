@@ -51,7 +51,7 @@ export async function streamRoutes(app: FastifyInstance): Promise<void> {
   const s = app.services;
   app.get<{ Querystring: { types?: string | string[]; after?: string } }>('/v1/stream', async (request, reply) => {
     if (s.closing) throw new Problem(503, 'the gateway is shutting down; reconnect shortly', {}, { 'retry-after': '1' });
-    const who = await s.principal(bearer(request.headers, request.query));
+    const who = await s.principal(bearer(request.headers, request.query), request.ip);
     let cursor: number | null;
     let matcher;
     try {

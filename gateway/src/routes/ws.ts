@@ -73,7 +73,7 @@ export async function wsRoutes(app: FastifyInstance): Promise<void> {
     websocket: true,
     preValidation: async (request) => {
       if (s.closing) throw new Problem(503, 'the gateway is shutting down; reconnect shortly', {}, { 'retry-after': '1' });
-      (request as unknown as { principal: unknown }).principal = await s.principal(bearer(request.headers, request.query));
+      (request as unknown as { principal: unknown }).principal = await s.principal(bearer(request.headers, request.query), request.ip);
     },
   }, (socket, request) => {
     const who = (request as unknown as { principal: { tenantId: string } }).principal;

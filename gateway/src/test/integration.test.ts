@@ -1,5 +1,6 @@
 /** The gateway against real PostgreSQL, Redis and RabbitMQ (scripts/services env). */
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { Redis } from 'ioredis';
 import { randomUUID } from 'node:crypto';
@@ -63,6 +64,59 @@ describe('gateway', { skip }, () => {
     const other = await h.tenant();
     await h.db.query('UPDATE api_keys SET revoked_at = now() WHERE id = $1', [other.keyId]);
     assert.equal((await get(`Bearer ${other.key}`)).status, 401);
+  });
+
+  test('failed authentication is limited per client address; successes never count', async () => {
+    const limited = await harness({ CAPSTAN_AUTH_FAILURES_PER_MINUTE: '1', CAPSTAN_AUTH_FAILURES_BURST: '3' });
+    try {
+      const t = await limited.tenant();
+      // Redis is shared with other runs: a loopback source address of this test's own.
+      const octet = () => 1 + Math.floor(Math.random() * 250);
+      const attacker = `127.${octet()}.${octet()}.${octet()}`;
+      const bystander = `127.${octet()}.${octet()}.${octet()}`;
+      const get = (from: string, key: string) =>
+        new Promise<{ status: number; retryAfter?: string }>((resolve, reject) => {
+          const req = http.get(
+            `${limited.url}/v1/documents/none`,
+            { localAddress: from, headers: { authorization: `Bearer ${key}` } },
+            (res) => {
+              res.resume();
+              resolve({ status: res.statusCode ?? 0, retryAfter: res.headers['retry-after'] as string | undefined });
+            },
+          );
+          req.on('error', reject);
+        });
+      for (let i = 0; i < 10; i++) assert.equal((await get(attacker, t.key)).status, 404); // successes are free
+      const bad = 'cst_0123456789abcdef_wrong';
+      const codes = [];
+      for (let i = 0; i < 4; i++) codes.push((await get(attacker, bad)).status);
+      assert.deepEqual(codes, [401, 401, 401, 429]);
+      const blocked = await get(attacker, t.key); // refused before any key lookup
+      assert.equal(blocked.status, 429);
+      assert.ok(Number(blocked.retryAfter) >= 1);
+      assert.equal((await get(bystander, t.key)).status, 404);
+    } finally {
+      await limited.close();
+    }
+  });
+
+  test('lifecycle: expired keys and disabled tenants are refused; a revocation ends a cached key at the next poll', async () => {
+    const get = (key: string) => fetch(`${h.url}/v1/documents/none`, { headers: { authorization: `Bearer ${key}` } });
+    const expired = await h.tenant();
+    await h.db.query("UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = $1", [expired.keyId]);
+    assert.equal((await get(expired.key)).status, 401);
+    const disabled = await h.tenant();
+    await h.db.query('UPDATE tenants SET disabled_at = now() WHERE id = $1', [disabled.id]);
+    assert.equal((await get(disabled.key)).status, 401);
+
+    const cached = await h.tenant();
+    assert.equal((await get(cached.key)).status, 404); // verified and cached
+    await h.db.query('UPDATE api_keys SET revoked_at = now() WHERE id = $1', [cached.keyId]);
+    assert.equal((await get(cached.key)).status, 404); // the cache does not know yet
+    await h.db.query('INSERT INTO auth_revocations (key_id, tenant_id, effective_at) VALUES ($1, $2, now())', [cached.keyId, cached.id]);
+    assert.ok((await h.services.auth.pollRevocations()).includes(cached.keyId));
+    assert.equal((await get(cached.key)).status, 401);
+    assert.deepEqual(await h.services.auth.pollRevocations(), []); // applied once
   });
 
   test('document reads follow the cache contract: miss fills, hit serves, tombstones refuse old fills', async () => {

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.routing import APIRoute
 from starlette.routing import Route
 
 import capstan
-from capstan.api import problems
+from capstan.api import openapi, problems
 from capstan.api.health import router as health_router
 from capstan.api.middleware import RequestContextMiddleware
+from capstan.auth.admin_router import router as admin_router
+from capstan.auth.failures import refuse_blocked_clients
 from capstan.auth.router import router as sessions_router
 from capstan.container import Container, build_container
 from capstan.documents.read_route import document_read_route
@@ -50,9 +54,16 @@ def create_app(
         if with_background:
             background = Background(the_container, relay=True, subscribers=["all"], worker=True)
             await background.start()
+        # Every API instance applies every key revocation (auth/revocations.py).
+        stopping = asyncio.Event()
+        watcher = asyncio.create_task(the_container.revocations.run(stopping))
         try:
             yield
         finally:
+            stopping.set()
+            # A poll stuck on an unreachable database must not hold up shutdown.
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(watcher, timeout=5)
             if background is not None:
                 await background.stop()
             if own:
@@ -68,13 +79,20 @@ def create_app(
     )
     app.state.container = the_container
     problems.install(app)
+    openapi.install(app)
     app.include_router(health_router)
-    app.include_router(sessions_router)
-    app.include_router(documents_router)
-    app.include_router(events_router)
-    app.include_router(tasks_router)
-    app.include_router(webhooks_router)
-    app.include_router(search_router)
+    # Runs before authentication: an in-process lookup, no round trip (auth/failures.py).
+    guarded = [Depends(refuse_blocked_clients)]
+    for router in (
+        admin_router,
+        sessions_router,
+        documents_router,
+        events_router,
+        tasks_router,
+        webhooks_router,
+        search_router,
+    ):
+        app.include_router(router, dependencies=guarded)
     if lean_document_read:
         _shadow(app, document_read_route(the_container), documents_router)
     app.add_middleware(

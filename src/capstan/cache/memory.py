@@ -67,6 +67,7 @@ class MemoryCache:
 class MemorySessionStore:
     def __init__(self) -> None:
         self._sessions: dict[str, tuple[Session, float]] = {}
+        self._by_key: dict[str, set[str]] = {}  # key id → its sessions' token hashes
 
     async def put(self, token_hash: str, session: Session, ttl_seconds: int) -> None:
         self._sessions[token_hash] = (session, time.monotonic() + ttl_seconds)
@@ -83,6 +84,17 @@ class MemorySessionStore:
 
     async def delete(self, token_hash: str) -> bool:
         return self._sessions.pop(token_hash, None) is not None
+
+    # --- per-key index (issue 14) ---
+    async def index_for_key(self, key_id: str, token_hash: str, ttl_seconds: int) -> None:
+        hashes = self._by_key.setdefault(key_id, set())
+        if len(hashes) >= 1024:  # forget sessions that expired since: bounded per key
+            hashes.intersection_update(self._sessions)
+        hashes.add(token_hash)
+
+    async def delete_for_key(self, key_id: str) -> int:
+        hashes = self._by_key.pop(key_id, set())
+        return sum(self._sessions.pop(h, None) is not None for h in hashes)
 
 
 class MemoryRateLimiter:

@@ -53,6 +53,15 @@ class SessionStore(Protocol):
 
     async def delete(self, token_hash: str) -> bool: ...
 
+    # The per-key index (issue 14): revoking a key deletes every session opened with it.
+    async def index_for_key(self, key_id: str, token_hash: str, ttl_seconds: int) -> None:
+        """Remember that session `token_hash` belongs to `key_id` (for `delete_for_key`)."""
+        ...
+
+    async def delete_for_key(self, key_id: str) -> int:
+        """Delete every session opened with `key_id`; how many there were."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class RateDecision:

@@ -141,6 +141,35 @@ class RedisSessionStore:
         removed = await self._link.call(lambda c: c.delete(self.key(token_hash)))
         return bool(removed)
 
+    # --- per-key index (issue 14): a set of token hashes per API key ---
+    @staticmethod
+    def index_key(key_id: str) -> str:
+        return f"capstan:session-index:{key_id}"
+
+    async def index_for_key(self, key_id: str, token_hash: str, ttl_seconds: int) -> None:
+        async def add(c: aioredis.Redis) -> None:
+            async with c.pipeline(transaction=False) as pipe:
+                pipe.sadd(self.index_key(key_id), token_hash)
+                # Sessions share one TTL, so the newest one's outlives all the others.
+                pipe.expire(self.index_key(key_id), ttl_seconds)
+                await pipe.execute()
+
+        await self._link.call(add)
+
+    async def delete_for_key(self, key_id: str) -> int:
+        async def drop(c: aioredis.Redis) -> int:
+            members = list(await c.smembers(self.index_key(key_id)))
+            if not members:
+                return 0
+            async with c.pipeline(transaction=False) as pipe:
+                pipe.delete(*(self.key(m.decode() if isinstance(m, bytes) else m) for m in members))
+                # SREM, not DEL: a session indexed meanwhile stays findable.
+                pipe.srem(self.index_key(key_id), *members)
+                removed, _ = await pipe.execute()
+            return int(removed)
+
+        return await self._link.call(drop)
+
 
 class RedisRateLimiter:
     def __init__(self, link: RedisLink) -> None:

@@ -16,6 +16,8 @@ from rich.panel import Panel
 
 from capstan.backups.cli import app as backup_app
 from capstan.bench.read import app as bench_app
+from capstan.cli.data import data_app
+from capstan.cli.keys import keys_app, register_tenant_commands
 from capstan.container import build_container
 from capstan.search.cli import app as search_app
 from capstan.settings import Settings
@@ -24,12 +26,15 @@ from capstan.tasks.cli import tasks_app
 app = typer.Typer(help="Capstan: a self-hosted backend for AI applications.", no_args_is_help=True)
 tenants_app = typer.Typer(help="Tenants and their API keys.", no_args_is_help=True)
 app.add_typer(tenants_app, name="tenants")
+register_tenant_commands(tenants_app)
+app.add_typer(keys_app, name="keys")
 events_app = typer.Typer(help="Recover and inspect the event flow.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(bench_app, name="bench")
 app.add_typer(search_app, name="search")
 app.add_typer(backup_app, name="backup")
+app.add_typer(data_app, name="data")
 broker_app = typer.Typer(help="The RabbitMQ namespace Capstan uses.", no_args_is_help=True)
 app.add_typer(broker_app, name="broker")
 
@@ -82,9 +87,12 @@ def tenants_create(
         typer.echo(created[1])
 
 
-async def _create_tenant(settings: Settings, name: str) -> tuple[str, str]:
+async def _create_tenant(settings: Settings, name: str, *, admin: bool = False) -> tuple[str, str]:
+    from sqlalchemy import update
+
     from capstan.db.engine import create_engine, sessionmaker
     from capstan.db.migrate import upgrade
+    from capstan.db.schema import ApiKey
     from capstan.tenants.service import create_tenant
 
     await upgrade(settings.database_url)
@@ -92,6 +100,10 @@ async def _create_tenant(settings: Settings, name: str) -> tuple[str, str]:
     try:
         async with sessionmaker(engine).begin() as session:
             created = await create_tenant(session, name)
+            if admin:
+                await session.execute(
+                    update(ApiKey).where(ApiKey.tenant_id == created.tenant_id).values(admin=True)
+                )
     finally:
         await engine.dispose()
     return created.tenant_id, created.api_key
@@ -112,12 +124,19 @@ def dev(
     _ensure_data_dir(settings)
     key = asyncio.run(_dev_tenant(settings))
     base = f"http://{settings.host}:{settings.port}"
+    webhooks = (
+        "[yellow]private and loopback targets ALLOWED[/yellow] "
+        "(CAPSTAN_WEBHOOK_ALLOW_PRIVATE=false refuses them)"
+        if settings.webhook_allow_private
+        else "private and loopback targets refused"
+    )
     err.print(
         Panel.fit(
             f"[bold]Capstan[/bold] (embedded) on {base}\n"
             f"API docs:  {base}/docs\n"
             f"data dir:  {settings.data_dir.resolve()}\n"
-            f"dev key:   {key}\n\n"
+            f"dev key:   {key} (admin scope)\n"
+            f"webhooks:  {webhooks}\n\n"
             f'try:  curl -H "Authorization: Bearer {key}" {base}/v1/documents',
             title="capstan dev",
         )
@@ -130,7 +149,8 @@ async def _dev_tenant(settings: Settings) -> str:
     key_file = settings.data_dir / DEV_KEY_FILE
     if key_file.exists():
         return key_file.read_text().strip()
-    _tenant_id, key = await _create_tenant(settings, DEV_TENANT)
+    # The developer is the operator too: the dev key has the admin scope (workers, reindex).
+    _tenant_id, key = await _create_tenant(settings, DEV_TENANT, admin=True)
     key_file.write_text(key + "\n")
     os.chmod(key_file, 0o600)
     return key

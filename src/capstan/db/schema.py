@@ -20,6 +20,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     event,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -33,9 +34,12 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTCDateTime column")
-        return value
+        # SQLite stores the wall time and drops the offset: store the UTC instant on both.
+        return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -68,6 +72,8 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # A disabled tenant's keys and sessions stop working; its data stays (0005_security).
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class ApiKey(Base):
@@ -80,6 +86,23 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # 0005_security: expiry (also the end of a rotated key's overlap) and the operator scope.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class AuthRevocation(Base):
+    """A key that stops working at `effective_at`: revoked, expired by rotation, or its tenant
+    disabled or deleted. Every API instance polls this table to drop its cached key and the
+    key's sessions (auth/revocations.py); it outlives the key row, which a delete removes."""
+
+    __tablename__ = "auth_revocations"
+    __table_args__ = (Index("ix_auth_revocations_effective_at", "effective_at"),)
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
+    key_id: Mapped[str] = mapped_column(String(32))
+    tenant_id: Mapped[str] = mapped_column(String(36))
+    effective_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 _analyzed: list[Any] = [None, None]  # the last (source, columns): one analysis per row

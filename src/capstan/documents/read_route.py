@@ -27,7 +27,7 @@ from capstan.cache.port import CacheUnavailable
 from capstan.container import Container
 from capstan.documents.cache import document_key
 from capstan.documents.router import etag, none_match
-from capstan.errors import Unauthorized
+from capstan.errors import RateLimited, Unauthorized
 
 PATH = "/v1/documents/{doc_id}"
 _JSON = b"application/json"
@@ -71,6 +71,11 @@ class DocumentReadEndpoint:
                 cache_control = value.decode("latin-1")
             elif name == b"if-none-match" and if_none_match is None:
                 if_none_match = value.decode("latin-1")
+        # As refuse_blocked_clients does for the FastAPI routes: a dictionary read.
+        client = scope.get("client")
+        left = self._container.auth_failures.blocked_for(client[0] if client else "unknown")
+        if left:
+            raise RateLimited("too many failed authentications from this address", retry_after=left)
         principal = await self._authenticate(authorization)
         bypass = cache_control is not None and "no-cache" in cache_control.lower()
         doc_id: str = scope["path_params"]["doc_id"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
@@ -14,6 +15,7 @@ from capstan.errors import InvalidInput
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
 
 JSON = "application/json"
+VERSION_TAG = re.compile(r"[0-9]{1,18}")
 
 
 def etag(version: int) -> str:
@@ -25,7 +27,8 @@ def parse_if_match(value: str | None) -> int | None:
     if value is None or value.strip() == "*":
         return None
     tag = value.strip().removeprefix("W/").strip('"')
-    if not tag.isdigit():
+    # ASCII digits only: "²".isdigit() is true and int("²") raises.
+    if not VERSION_TAG.fullmatch(tag):
         raise InvalidInput('If-Match must be an ETag this API returned, like "3"', field="If-Match")
     return int(tag)
 

@@ -8,6 +8,12 @@ import sys
 from pythonjsonlogger.json import JsonFormatter
 
 from capstan.observability.context import current_request_id
+from capstan.observability.redaction import RedactSecrets
+
+# Libraries whose INFO/DEBUG lines carry secrets: httpx logs every request's full URL (webhook
+# URLs hold credentials and tokens), aiosqlite every statement with its parameters (signing
+# secrets, key hashes). Quiet at any CAPSTAN_LOG_LEVEL; the redaction filter is the backstop.
+QUIET = ("httpx", "httpcore", "aiosqlite", "asyncpg")
 
 
 class _RequestIdFilter(logging.Filter):
@@ -20,6 +26,7 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
     """Route every logger (uvicorn's too) through one JSON handler on stderr."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RequestIdFilter())
+    handler.addFilter(RedactSecrets())
     if json:
         handler.setFormatter(
             JsonFormatter(
@@ -37,3 +44,5 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
         logging.getLogger(name).propagate = True
     # Our middleware logs each request with its id; uvicorn's access log would repeat it.
     logging.getLogger("uvicorn.access").disabled = True
+    for name in QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)

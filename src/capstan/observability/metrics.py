@@ -75,6 +75,18 @@ class Metrics:
         self.backup_failures = Counter(
             "capstan_backup_failures_total", "Scheduled backup runs that failed.", registry=r
         )
+        # --- Retention (the scheduler's retention job).
+        self.retention_deleted = Counter(
+            "capstan_retention_deleted_total",
+            "Rows deleted by retention, per table.",
+            ["table"],
+            registry=r,
+        )
+        self.retention_last_run = Gauge(
+            "capstan_retention_last_run_timestamp_seconds",
+            "Unix time the last retention run finished.",
+            registry=r,
+        )
         self.outbox_backlog = Gauge(
             "capstan_outbox_backlog", "Committed events not yet published.", registry=r
         )

@@ -33,6 +33,8 @@ class TaskType:
     queue: str = "default"
     max_attempts: int | None = None
     time_limit_seconds: float | None = None
+    # Operator work (e.g. rebuilding the shared search index): needs an admin API key.
+    admin_only: bool = False
 
 
 class TaskRegistry:

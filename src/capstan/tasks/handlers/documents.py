@@ -112,6 +112,7 @@ def register(registry: TaskRegistry) -> None:
             "Rebuild the search index from the database behind its alias, with zero downtime.",
             time_limit_seconds=6 * 3600,
             max_attempts=1,
+            admin_only=True,  # rebuilds the index every tenant shares
         )
     )
     registry.register(
