@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import capstan
-from capstan.api import problems
+from capstan.api import docs, problems
 from capstan.api.health import router as health_router
 from capstan.api.middleware import RequestContextMiddleware
 from capstan.auth.router import router as sessions_router
@@ -58,11 +58,13 @@ def create_app(
         version=capstan.__version__,
         summary="A self-hosted backend for AI applications.",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # served by capstan.api.docs from local assets
+        redoc_url=None,
         openapi_url="/openapi.json",
     )
     app.state.container = the_container
     problems.install(app)
+    docs.install(app)
     app.include_router(health_router)
     app.include_router(sessions_router)
     app.include_router(documents_router)

@@ -48,15 +48,22 @@ async def get_document(
     c: ContainerDep,
     who: PrincipalDep,
     cache_control: Annotated[str | None, Header()] = None,
+    if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """Read one document through the cache; `Cache-Control: no-cache` reads the database."""
+    """Read one document through the cache; `Cache-Control: no-cache` reads the database;
+    `If-None-Match` with the current ETag answers 304 without a body."""
     bypass = cache_control is not None and "no-cache" in cache_control.lower()
     view = await c.documents.read(who.tenant_id, doc_id, bypass_cache=bypass)
-    return Response(
-        view.payload,
-        media_type=JSON,
-        headers={"ETag": etag(view.version), "X-Cache": view.cache},
-    )
+    headers = {"ETag": etag(view.version), "X-Cache": view.cache}
+    if if_none_match is not None and _matches(if_none_match, headers["ETag"]):
+        return Response(status_code=304, headers=headers)
+    return Response(view.payload, media_type=JSON, headers=headers)
+
+
+def _matches(if_none_match: str, current: str) -> bool:
+    """RFC 9110 13.1.2: `*` or any listed tag equal to `current` by weak comparison."""
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or current in tags
 
 
 @router.patch("/{doc_id}", response_model=DocumentRead)
