@@ -17,6 +17,7 @@ from capstan.cli.running import running_server
 from capstan.container import Container, build_container
 from capstan.db.schema import OutboxEvent, Task
 from capstan.settings import Settings
+from capstan.tasks.registry import check_submit
 from capstan.tasks.schemas import TaskSubmit
 from capstan.tasks.service import FINISHED, reset_for_retry, to_read
 
@@ -100,6 +101,7 @@ def submit(
         try:
             async with c.db() as session:
                 owner = await tenant_by_name(session, tenant)
+            await check_submit(c.task_registry, c, owner.id, body)
             task, _created = await c.tasks.submit(owner.id, body)
         except CapstanError as exc:
             err.print(f"[red]{exc.detail}[/red]")

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from capstan.api.deps import ContainerDep, PrincipalDep
 from capstan.db.schema import Task, WorkerRecord
+from capstan.tasks.registry import check_submit
 from capstan.tasks.schemas import (
     TaskPage,
     TaskRead,
@@ -29,6 +30,7 @@ async def submit_task(
     body: TaskSubmit, c: ContainerDep, who: PrincipalDep, response: Response
 ) -> TaskRead:
     """Queue a task; answers at once. The same idempotency key returns the same task."""
+    await check_submit(c.task_registry, c, who.tenant_id, body)
     task, created = await c.tasks.submit(who.tenant_id, body)
     response.headers["Location"] = f"/v1/tasks/{task.id}"
     if not created:
