@@ -237,9 +237,11 @@ async def _elasticsearch(url: str) -> Check:
         return Check("search", "ok", "SQLite FTS5 (embedded)")
     try:
         async with httpx.AsyncClient(timeout=TIMEOUT) as http:
-            answer = await http.get(url)
+            # The nodes API, not GET /: a proxy or a locked-down cluster may refuse the root.
+            base = url.rstrip("/")
+            answer = await http.get(f"{base}/_nodes", params={"filter_path": "nodes.*.version"})
             answer.raise_for_status()
-            version = str(answer.json()["version"]["number"])
+            version = min(str(n["version"]) for n in answer.json()["nodes"].values())
     except Exception as exc:
         return Check(
             "search",

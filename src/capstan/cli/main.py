@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -38,7 +39,7 @@ broker_app = typer.Typer(help="The RabbitMQ namespace Capstan uses.", no_args_is
 app.add_typer(broker_app, name="broker")
 app.command()(doctor)
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # paths and URLs stay whole
 
 
 def _print_version(value: bool) -> None:
@@ -399,7 +400,9 @@ def _serve(settings: Settings, listener: socket.socket, *, with_background: bool
         proxy_headers=True,
         timeout_graceful_shutdown=10,
     )
-    uvicorn.Server(config).run(sockets=[listener])
+    # uvicorn re-raises the SIGINT it drained on; like uvicorn.run, ^C is a clean exit.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run(sockets=[listener])
 
 
 def _ensure_data_dir(settings: Settings, *, quiet: bool = False) -> None:

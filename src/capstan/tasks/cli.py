@@ -22,7 +22,7 @@ from capstan.tasks.schemas import TaskSubmit
 from capstan.tasks.service import FINISHED, reset_for_retry, to_read
 
 tasks_app = typer.Typer(help="Submit, inspect and recover tasks.", no_args_is_help=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # paths and URLs stay whole
 
 
 async def _with_container(work: Any) -> Any:
