@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 from datetime import UTC, datetime
@@ -399,6 +400,10 @@ def _serve(settings: Settings, listener: socket.socket, *, with_background: bool
         access_log=False,
         proxy_headers=True,
         timeout_graceful_shutdown=10,
+    )
+    # uvicorn announces only the sockets it binds itself; this one was bound by _listen.
+    logging.getLogger("capstan.api").info(
+        "listening on http://%s:%d (docs: /docs)", settings.host, settings.port
     )
     # uvicorn re-raises the SIGINT it drained on; like uvicorn.run, ^C is a clean exit.
     with contextlib.suppress(KeyboardInterrupt):
