@@ -1,9 +1,10 @@
 /** The gateway's clients and services, built once from the settings (the composition root). */
 import { Pool } from 'pg';
-import pino, { type Logger } from 'pino';
+import type { Logger } from 'pino';
 import { Authenticator, type Principal } from './auth';
 import { CacheUnavailable, DocumentCache, RateLimiter, RedisLink } from './cache';
 import { DocumentReader } from './documents';
+import { createLogger } from './logging';
 import { Metrics } from './metrics';
 import { Problem } from './problems';
 import { RealtimeConsumer } from './realtime/broker';
@@ -36,7 +37,7 @@ export class Services {
   private heartbeatTimer?: NodeJS.Timeout;
   private revocationTimer?: NodeJS.Timeout;
 
-  constructor(readonly settings: Settings, readonly log: Logger = pino({ level: settings.logLevel })) {
+  constructor(readonly settings: Settings, readonly log: Logger = createLogger(settings.logLevel)) {
     this.db = new Pool({
       connectionString: settings.databaseUrl,
       max: settings.dbPool,

@@ -16,6 +16,10 @@ class CapstanError(Exception):
         self.extensions = extensions
 
 
+class BadRequest(CapstanError):
+    status, title, slug = 400, "Bad Request", "bad-request"
+
+
 class Unauthorized(CapstanError):
     status, title, slug = 401, "Unauthorized", "unauthorized"
 

@@ -8,13 +8,16 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from capstan.datadir import default_data_dir
+
 
 class Settings(BaseSettings):
     """Capstan's configuration; backends are chosen by URL (embedded by default)."""
 
     model_config = SettingsConfigDict(env_prefix="CAPSTAN_", env_file=None, extra="ignore")
 
-    data_dir: Path = Path(".capstan")
+    # Unset: the nearest `.capstan` here or above, else the last `capstan dev`'s (datadir.py).
+    data_dir: Path = Field(default_factory=default_data_dir)
     # Empty means "embedded": a SQLite file inside data_dir.
     database_url: str = ""
     # Connections per process (as many again may overflow under bursts).
@@ -124,8 +127,9 @@ class Settings(BaseSettings):
     search_reconcile_seconds: float = Field(300.0, ge=0)  # 0: no periodic reconciliation
     search_reconcile_grace_seconds: float = Field(30.0, ge=0)
 
-    # Port for /metrics of roles other than the API (worker, relay, subscribers, scheduler).
-    metrics_port: int = Field(9400, ge=0)
+    # Port for /metrics and /healthz of roles other than the API; 0 turns it off. Unset: each
+    # role its own (worker 9401, relay 9402, subscriber 9403, scheduler 9404; roles.py).
+    metrics_port: int | None = Field(None, ge=0, le=65535)
 
     # Backups (`capstan backup`, and the scheduler role). Empty backup_dir means data_dir/backups.
     backup_dir: Path | None = None
@@ -135,7 +139,8 @@ class Settings(BaseSettings):
     broker_management_url: str = ""
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_json: bool = True
+    # JSON lines; unset: JSON unless stderr is a terminal (then readable, coloured lines).
+    log_json: bool | None = None
 
     @model_validator(mode="after")
     def _fill_database_url(self) -> Settings:

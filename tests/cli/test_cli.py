@@ -20,6 +20,7 @@ CAPSTAN = [sys.executable, "-m", "capstan.cli.main"]
 def _env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAPSTAN_")}
     env["CAPSTAN_DATA_DIR"] = str(data_dir)
+    env["XDG_STATE_HOME"] = str(data_dir.parent / "state")  # `capstan dev` records its data dir
     return env
 
 

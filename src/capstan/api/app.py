@@ -12,7 +12,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import Route
 
 import capstan
-from capstan.api import openapi, problems
+from capstan.api import docs, openapi, problems
 from capstan.api.health import router as health_router
 from capstan.api.middleware import RequestContextMiddleware
 from capstan.auth.admin_router import router as admin_router
@@ -74,12 +74,14 @@ def create_app(
         version=capstan.__version__,
         summary="A self-hosted backend for AI applications.",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # served by capstan.api.docs from local assets
+        redoc_url=None,
         openapi_url="/openapi.json",
     )
     app.state.container = the_container
     problems.install(app)
     openapi.install(app)
+    docs.install(app)
     app.include_router(health_router)
     # Runs before authentication: an in-process lookup, no round trip (auth/failures.py).
     guarded = [Depends(refuse_blocked_clients)]

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from capstan.auth.tokens import api_key_id, digest, is_session_token, new_session_token
 from capstan.cache.port import CacheUnavailable, Session, SessionStore
 from capstan.db.schema import ApiKey, Tenant
-from capstan.errors import Unauthorized, Unavailable
+from capstan.errors import BadRequest, Unauthorized, Unavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +149,11 @@ class Authenticator:
 
     async def close_session(self, principal: Principal) -> None:
         if principal.session_hash is None:
-            raise Unauthorized("this request did not use a session token")
+            # Authenticated, so not a 401: the request names no session to revoke.
+            raise BadRequest(
+                "this request was made with an API key, not a session token: "
+                "DELETE /v1/sessions/current revokes the session token it is called with"
+            )
         try:
             await self._sessions.delete(principal.session_hash)
         except CacheUnavailable as exc:

@@ -18,7 +18,7 @@ from alembic import op
 from capstan.search.analysis import search_columns
 
 revision = "0006"
-down_revision = "0004_tasks"
+down_revision = "0005"
 branch_labels = None
 depends_on = "0003_search"
 
