@@ -22,13 +22,14 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import text, update
 from sqlalchemy.engine import make_url
 
 from capstan.api.app import create_app
 from capstan.container import Container, build_container
 from capstan.db.engine import create_engine
 from capstan.db.migrate import upgrade
+from capstan.db.schema import ApiKey
 from capstan.settings import Settings
 from capstan.tenants.service import create_tenant
 
@@ -108,7 +109,15 @@ def redis_url() -> str:
 
 
 # Tests hammer one key; the rate-limit test sets its own low limits.
-UNLIMITED = {"rate_limit_per_minute": 1_000_000, "rate_limit_burst": 100_000, "log_json": False}
+UNLIMITED = {
+    "rate_limit_per_minute": 1_000_000,
+    "rate_limit_burst": 100_000,
+    # Every test client is 127.0.0.1 and production tests share one Redis: the auth-failure
+    # test uses its own limits and address.
+    "auth_failures_per_minute": 1_000_000,
+    "auth_failures_burst": 100_000,
+    "log_json": False,
+}
 
 
 def embedded_settings(tmp_path: Path) -> Settings:
@@ -150,9 +159,14 @@ class Api:
             headers=headers,
         )
 
-    async def tenant(self, name: str | None = None) -> Tenant:
+    async def tenant(self, name: str | None = None, *, admin: bool = False) -> Tenant:
+        """A new tenant; with `admin`, its key has the admin (operator) scope."""
         async with self.container.db.begin() as session:
             created = await create_tenant(session, name or f"t-{uuid.uuid4().hex[:12]}")
+            if admin:
+                await session.execute(
+                    update(ApiKey).where(ApiKey.tenant_id == created.tenant_id).values(admin=True)
+                )
         return Tenant(created.tenant_id, created.api_key)
 
 

@@ -10,6 +10,8 @@ export interface Principal {
 }
 
 const API_KEY_PREFIX = 'cst_';
+// Revocation rows are read again this far back: commits land after their effective time.
+const REVOCATION_MARGIN_MS = 30_000;
 const SESSION_PREFIX = 'csts_';
 
 export const digest = (secret: string) => createHash('sha256').update(secret, 'utf8').digest('hex');
@@ -39,8 +41,40 @@ export function bearer(headers: Record<string, unknown>, query: unknown): string
 
 export class Authenticator {
   private verified = new Map<string, [Principal, number]>();
+  // Keys revoked lately (key id → when learned), checked on every use: an entry cached from a
+  // read that raced the revocation still cannot be used (as the Python API does).
+  private revoked = new Map<string, number>();
+  private revocationsSince = new Date(Date.now() - REVOCATION_MARGIN_MS);
+  private appliedRevocations = new Set<string>();
 
   constructor(private readonly db: Pool, private readonly redis: RedisLink, private readonly keyCacheSeconds: number) {}
+
+  /** Apply the revocations that took effect since the last poll (auth_revocations, written by
+   * the Python API and CLI): drop the keys from the cache. Sessions are deleted in Redis by
+   * whoever revoked, so the gateway sees them gone at once. Returns the key ids. */
+  async pollRevocations(): Promise<string[]> {
+    const now = new Date();
+    const { rows } = await this.db.query<{ id: string; key_id: string }>(
+      'SELECT id::text AS id, key_id FROM auth_revocations WHERE effective_at >= $1 AND effective_at <= $2',
+      [new Date(this.revocationsSince.getTime() - REVOCATION_MARGIN_MS), now],
+    );
+    const fresh = rows.filter((r) => !this.appliedRevocations.has(r.id));
+    const keys = [...new Set(fresh.map((r) => r.key_id))];
+    this.forget(keys);
+    this.appliedRevocations = new Set(rows.map((r) => r.id));
+    this.revocationsSince = now;
+    return keys;
+  }
+
+  /** Stop accepting `keyIds` now; remembered for twice the cache lifetime. */
+  forget(keyIds: string[]): void {
+    const now = Date.now();
+    const horizon = now - 2 * Math.max(this.keyCacheSeconds, 1) * 1000;
+    for (const [id, seen] of this.revoked) if (seen < horizon) this.revoked.delete(id);
+    if (keyIds.length === 0) return;
+    for (const id of keyIds) this.revoked.set(id, now);
+    for (const [hash, [principal]] of this.verified) if (this.revoked.has(principal.keyId)) this.verified.delete(hash);
+  }
 
   /** The principal behind a bearer token; throws a 401 (or 503) Problem. */
   async authenticate(token: string | null): Promise<Principal> {
@@ -52,19 +86,27 @@ export class Authenticator {
   private async fromApiKey(token: string): Promise<Principal> {
     const hash = digest(token);
     const cached = this.verified.get(hash);
-    if (cached && cached[1] > Date.now()) return cached[0];
+    if (cached && cached[1] > Date.now() && !this.revoked.has(cached[0].keyId)) return cached[0];
     const keyId = apiKeyId(token);
     if (keyId === null) throw unauthorized('the bearer token is not a Capstan API key or session token');
-    const { rows } = await this.db.query<{ tenant_id: string; key_hash: string; revoked: boolean }>(
-      'SELECT tenant_id, key_hash, revoked_at IS NOT NULL AS revoked FROM api_keys WHERE id = $1',
+    // Revoked, expired, or its tenant disabled: all refused (docs/contracts/auth.md).
+    const { rows } = await this.db.query<{ tenant_id: string; key_hash: string; revoked: boolean; expires_ms: string | null }>(
+      `SELECT k.tenant_id, k.key_hash,
+              (k.revoked_at IS NOT NULL OR t.disabled_at IS NOT NULL OR k.expires_at <= now()) IS TRUE AS revoked,
+              (extract(epoch FROM k.expires_at) * 1000)::bigint::text AS expires_ms
+         FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.id = $1`,
       [keyId],
     );
     const row = rows[0];
-    if (!row || row.revoked || !sameHex(row.key_hash, hash)) throw unauthorized('the API key is unknown or revoked');
+    if (!row || row.revoked || this.revoked.has(keyId) || !sameHex(row.key_hash, hash)) {
+      throw unauthorized('the API key is unknown or revoked');
+    }
     const principal = { tenantId: row.tenant_id, keyId };
     if (this.keyCacheSeconds > 0) {
       if (this.verified.size > 10_000) this.verified.clear();
-      this.verified.set(hash, [principal, Date.now() + this.keyCacheSeconds * 1000]);
+      const until = Date.now() + this.keyCacheSeconds * 1000;
+      // A cached key never outlives its expiry.
+      this.verified.set(hash, [principal, row.expires_ms === null ? until : Math.min(until, Number(row.expires_ms))]);
     }
     return principal;
   }
@@ -79,6 +121,7 @@ export class Authenticator {
     }
     if (raw === null) throw unauthorized('the session token is unknown, expired or revoked');
     const data = JSON.parse(raw) as { tenant_id: string; key_id: string };
+    if (this.revoked.has(data.key_id)) throw unauthorized('the session token is unknown, expired or revoked');
     return { tenantId: data.tenant_id, keyId: data.key_id };
   }
 }

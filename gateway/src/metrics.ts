@@ -15,6 +15,9 @@ export class Metrics {
   readonly disconnects: Counter<'transport' | 'reason'>;
   readonly received: Counter<'outcome'>;
   readonly catchUps: Counter<'trigger'>;
+  readonly signalsReceived: Counter<'outcome'>;
+  readonly signalsSent: Counter<'transport'>;
+  readonly signalsDropped: Counter<'transport' | 'reason'>;
   readonly brokerConnected: Gauge;
   readonly deliveryLag: Histogram;
   readonly httpRequests: Counter<'route' | 'method' | 'status'>;
@@ -49,6 +52,9 @@ export class Metrics {
     this.disconnects = new Counter({ name: 'capstan_gateway_disconnects_total', help: 'connections closed, by reason', labelNames: ['transport', 'reason'], registers });
     this.received = new Counter({ name: 'capstan_gateway_events_received_total', help: 'messages consumed from the realtime exchange', labelNames: ['outcome'], registers });
     this.catchUps = new Counter({ name: 'capstan_gateway_catch_ups_total', help: 'audit-log catch-ups run for clients, by trigger', labelNames: ['trigger'], registers });
+    this.signalsReceived = new Counter({ name: 'capstan_gateway_signals_received_total', help: 'ephemeral signals received from Redis Pub/Sub: ok, malformed', labelNames: ['outcome'], registers });
+    this.signalsSent = new Counter({ name: 'capstan_gateway_signals_sent_total', help: 'ephemeral signals pushed to clients', labelNames: ['transport'], registers });
+    this.signalsDropped = new Counter({ name: 'capstan_gateway_signals_dropped_total', help: 'ephemeral signals not pushed: catching_up (the client was being caught up from the audit log)', labelNames: ['transport', 'reason'], registers });
     this.brokerConnected = new Gauge({ name: 'capstan_gateway_broker_connected', help: '1 while consuming the realtime exchange', registers });
     this.deliveryLag = new Histogram({ name: 'capstan_gateway_delivery_lag_seconds', help: 'event time to live push (once per event, when it is handed to its clients)', buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers });
     this.httpRequests = new Counter({ name: 'capstan_http_requests_total', help: 'requests answered', labelNames: ['route', 'method', 'status'], registers });

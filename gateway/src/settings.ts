@@ -15,6 +15,9 @@ const schema = {
     CAPSTAN_RATE_LIMIT_PER_MINUTE: { type: 'integer', minimum: 1, default: 1200 },
     CAPSTAN_RATE_LIMIT_BURST: { type: 'integer', minimum: 1, default: 200 },
     CAPSTAN_AUTH_CACHE_SECONDS: { type: 'number', minimum: 0, default: 30 },
+    CAPSTAN_AUTH_REVOCATION_POLL_SECONDS: { type: 'number', exclusiveMinimum: 0, default: 2 },
+    CAPSTAN_AUTH_FAILURES_PER_MINUTE: { type: 'integer', minimum: 1, default: 30 },
+    CAPSTAN_AUTH_FAILURES_BURST: { type: 'integer', minimum: 1, default: 10 },
     CAPSTAN_GATEWAY_HOST: { type: 'string', default: '127.0.0.1' },
     CAPSTAN_GATEWAY_PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 3001 },
     CAPSTAN_GATEWAY_INSTANCE: { type: 'string', pattern: '^[A-Za-z0-9_.\\-]{1,64}$' },
@@ -41,6 +44,9 @@ export interface Settings {
   rateLimitPerMinute: number;
   rateLimitBurst: number;
   authCacheSeconds: number;
+  authRevocationPollSeconds: number;
+  authFailuresPerMinute: number;
+  authFailuresBurst: number;
   host: string;
   port: number;
   instanceId: string;
@@ -69,6 +75,9 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     rateLimitPerMinute: e.CAPSTAN_RATE_LIMIT_PER_MINUTE,
     rateLimitBurst: e.CAPSTAN_RATE_LIMIT_BURST,
     authCacheSeconds: e.CAPSTAN_AUTH_CACHE_SECONDS,
+    authRevocationPollSeconds: e.CAPSTAN_AUTH_REVOCATION_POLL_SECONDS,
+    authFailuresPerMinute: e.CAPSTAN_AUTH_FAILURES_PER_MINUTE,
+    authFailuresBurst: e.CAPSTAN_AUTH_FAILURES_BURST,
     host: e.CAPSTAN_GATEWAY_HOST,
     port: e.CAPSTAN_GATEWAY_PORT,
     instanceId: e.CAPSTAN_GATEWAY_INSTANCE ?? randomBytes(6).toString('hex'),

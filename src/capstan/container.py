@@ -8,9 +8,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from capstan.auth.failures import FailedAuthLimiter
+from capstan.auth.revocations import RevocationWatcher
 from capstan.auth.service import Authenticator
 from capstan.broker.port import Broker
-from capstan.cache.port import RateLimiter, SessionStore, VersionedCache
+from capstan.cache.port import RateLimitedReader, RateLimiter, SessionStore, VersionedCache
 from capstan.db.engine import create_engine, sessionmaker
 from capstan.db.fastpath import FastPath
 from capstan.db.replica import ReadRouter
@@ -23,6 +25,7 @@ from capstan.search.port import SearchEngine
 from capstan.search.service import SearchService
 from capstan.search.sql import DatabaseSearch
 from capstan.settings import Settings, host_list_as_params
+from capstan.signals.port import SignalBus
 from capstan.tasks.registry import TaskRegistry, build_registry
 from capstan.tasks.service import TaskService
 
@@ -38,10 +41,15 @@ class Container:
     cache: VersionedCache
     sessions: SessionStore
     rate_limiter: RateLimiter
+    # The rate limit and the cache read of GET /v1/documents/{id} in one round trip.
+    limited_reader: RateLimitedReader
     broker: Broker
     search: SearchEngine
     auth: Authenticator
+    auth_failures: FailedAuthLimiter
+    revocations: RevocationWatcher
     documents: DocumentStore
+    documents_cache: CacheAside  # the store's; the lean read route serves its hits
     # Set after each committed write: wakes an in-process relay without polling.
     outbox_wakeup: asyncio.Event
     # The search flow: the database engine always, Elasticsearch when configured (`search`).
@@ -49,6 +57,8 @@ class Container:
     task_registry: TaskRegistry
     tasks: TaskService
     topology: Topology
+    # Ephemeral signals (task progress): Redis Pub/Sub, or in-process when embedded.
+    signals: SignalBus
     # PostgreSQL's single-statement hot paths; None on SQLite or when turned off.
     fast: FastPath | None = None
     _closers: list[Any] = field(default_factory=list)
@@ -59,6 +69,7 @@ class Container:
     async def close(self) -> None:
         await self.broker.close()
         await self.search.close()
+        await self.signals.close()
         for closer in self._closers:
             await closer()
         if self.fast is not None:
@@ -92,12 +103,30 @@ def build_container(settings: Settings) -> Container:
     cache: VersionedCache
     sessions: SessionStore
     rate_limiter: RateLimiter
+    limited_reader: RateLimitedReader
+    signals: SignalBus
     if settings.cache_url.startswith("memory"):
-        from capstan.cache.memory import MemoryCache, MemoryRateLimiter, MemorySessionStore
+        from capstan.cache.memory import (
+            MemoryCache,
+            MemoryRateLimitedReader,
+            MemoryRateLimiter,
+            MemorySessionStore,
+        )
 
-        cache, sessions, rate_limiter = MemoryCache(), MemorySessionStore(), MemoryRateLimiter()
+        memory_cache, memory_limiter = MemoryCache(), MemoryRateLimiter()
+        cache, sessions, rate_limiter = memory_cache, MemorySessionStore(), memory_limiter
+        limited_reader = MemoryRateLimitedReader(memory_limiter, memory_cache)
+        from capstan.signals.memory import MemorySignals
+
+        signals = MemorySignals(metrics)
     else:
-        from capstan.cache.redis import RedisCache, RedisLink, RedisRateLimiter, RedisSessionStore
+        from capstan.cache.redis import (
+            RedisCache,
+            RedisLink,
+            RedisRateLimitedReader,
+            RedisRateLimiter,
+            RedisSessionStore,
+        )
 
         link = RedisLink(
             settings.cache_url,
@@ -110,6 +139,10 @@ def build_container(settings: Settings) -> Container:
             RedisSessionStore(link),
             RedisRateLimiter(link),
         )
+        limited_reader = RedisRateLimitedReader(link)
+        from capstan.signals.redis import RedisSignals
+
+        signals = RedisSignals(link, settings.cache_url, metrics)
 
     broker: Broker
     if settings.broker_url.startswith("memory"):
@@ -168,12 +201,20 @@ def build_container(settings: Settings) -> Container:
         cache=cache,
         sessions=sessions,
         rate_limiter=rate_limiter,
+        limited_reader=limited_reader,
         broker=broker,
         search=search,
         auth=auth,
+        auth_failures=FailedAuthLimiter(
+            rate_limiter,
+            per_minute=settings.auth_failures_per_minute,
+            burst=settings.auth_failures_burst,
+        ),
+        revocations=RevocationWatcher(db, auth, poll_seconds=settings.auth_revocation_poll_seconds),
         documents=DocumentStore(
             db, aside, settings.source, on_commit=outbox_wakeup.set, reads=reads
         ),
+        documents_cache=aside,
         outbox_wakeup=outbox_wakeup,
         searcher=searcher,
         task_registry=task_registry,
@@ -188,5 +229,6 @@ def build_container(settings: Settings) -> Container:
         ),
         topology=topology,
         fast=fast,
+        signals=signals,
         _closers=closers,
     )

@@ -16,6 +16,10 @@ class CapstanError(Exception):
         self.extensions = extensions
 
 
+class BadRequest(CapstanError):
+    status, title, slug = 400, "Bad Request", "bad-request"
+
+
 class Unauthorized(CapstanError):
     status, title, slug = 401, "Unauthorized", "unauthorized"
 
@@ -46,3 +50,7 @@ class RateLimited(CapstanError):
 
 class Unavailable(CapstanError):
     status, title, slug = 503, "Service Unavailable", "unavailable"
+
+
+class Forbidden(CapstanError):
+    status, title, slug = 403, "Forbidden", "forbidden"

@@ -36,6 +36,21 @@ log = logging.getLogger(__name__)
 
 MONITOR_SECONDS = 10.0
 
+# /metrics and /healthz of each non-API role when CAPSTAN_METRICS_PORT is unset: one port per
+# role, so every role runs side by side on one host (compose gives each container 9400).
+ROLE_METRICS_PORTS = {"worker": 9401, "relay": 9402, "subscriber": 9403, "scheduler": 9404}
+
+
+class RoleError(Exception):
+    """A role cannot start for a reason its operator can fix (said in the message)."""
+
+
+def with_metrics_port(settings: Settings, role: str) -> Settings:
+    """`settings` with the role's default metrics port when CAPSTAN_METRICS_PORT is unset."""
+    if settings.metrics_port is not None:
+        return settings
+    return settings.model_copy(update={"metrics_port": ROLE_METRICS_PORTS[role]})
+
 
 def build_relay(c: Container) -> OutboxRelay:
     s = c.settings
@@ -238,8 +253,21 @@ async def run_background(
     scheduler: bool = False,
 ) -> None:
     """Run background roles until SIGINT/SIGTERM, exposing /metrics and /healthz on
-    settings.metrics_port."""
+    settings.metrics_port (unset: no metrics server; the CLI fills in the role's default)."""
     container = build_container(settings)
+    metrics_server = None
+    if settings.metrics_port:  # first: a busy port stops the role before it connects anywhere
+        try:
+            metrics_server = serve_metrics(
+                settings.metrics_port, settings.host, container.metrics.registry
+            )
+        except OSError as exc:
+            await container.close()
+            raise RoleError(
+                f"cannot serve /metrics on {settings.host}:{settings.metrics_port} "
+                f"({exc.strerror}; another role on this host?): give each role its own port "
+                "with CAPSTAN_METRICS_PORT=N (0 turns /metrics off)"
+            ) from exc
     await container.start()
     background = Background(
         container,
@@ -248,11 +276,6 @@ async def run_background(
         worker=worker,
         worker_queues=worker_queues,
         worker_concurrency=worker_concurrency,
-    )
-    metrics_server = (
-        serve_metrics(settings.metrics_port, settings.host, container.metrics.registry)
-        if settings.metrics_port
-        else None
     )
     if scheduler:
         from capstan.scheduler.jobs import build_scheduler

@@ -9,13 +9,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from capstan.datadir import default_data_dir
+
 
 class Settings(BaseSettings):
     """Capstan's configuration; backends are chosen by URL (embedded by default)."""
 
     model_config = SettingsConfigDict(env_prefix="CAPSTAN_", env_file=None, extra="ignore")
 
-    data_dir: Path = Path(".capstan")
+    # Unset: the nearest `.capstan` here or above, else the last `capstan dev`'s (datadir.py).
+    data_dir: Path = Field(default_factory=default_data_dir)
     # Empty means "embedded": a SQLite file inside data_dir.
     database_url: str = ""
     # Connections per process (as many again may overflow under bursts).
@@ -50,10 +53,15 @@ class Settings(BaseSettings):
     cache_retry_seconds: float = Field(1.0, ge=0)
     cache_timeout_seconds: float = Field(0.5, gt=0)
     session_ttl_seconds: int = Field(3600, ge=60)
-    # Verified API keys are remembered in-process this long (revocation latency bound).
+    # Verified API keys are remembered in-process this long; a revocation reaches every
+    # instance's cache and the key's sessions within auth_revocation_poll_seconds.
     auth_cache_seconds: float = Field(30.0, ge=0)
+    auth_revocation_poll_seconds: float = Field(2.0, gt=0)
     rate_limit_per_minute: int = Field(1200, ge=1)
     rate_limit_burst: int = Field(200, ge=1)
+    # Failed authentications per client address (then 429 for that address, whatever it sends).
+    auth_failures_per_minute: int = Field(30, ge=1)
+    auth_failures_burst: int = Field(10, ge=1)
 
     max_body_bytes: int = Field(1_048_576, ge=1024)
     max_title_chars: int = Field(1000, ge=1)
@@ -75,6 +83,16 @@ class Settings(BaseSettings):
     event_max_attempts: int = Field(5, ge=1)
     event_retry_delays_ms: list[int] = [1000, 5000, 30000, 120000]
     processed_events_retention_days: float = Field(7.0, gt=0)
+
+    # Retention (the scheduler's `retention` job, docs/security.md): rows older than this are
+    # deleted, in batches; 0 keeps them forever. An event redelivered after its
+    # processed_events row is pruned would be applied again, so keep that one above any
+    # redelivery window.
+    retention_schedule: str = "30 3 * * *"  # 5-field cron, UTC
+    retention_batch_size: int = Field(5000, ge=1, le=100_000)
+    audit_retention_days: float = Field(365.0, ge=0)
+    webhook_delivery_retention_days: float = Field(30.0, ge=0)  # finished deliveries only
+    task_retention_days: float = Field(30.0, ge=0)  # finished tasks only
 
     # Webhooks (the notifier subscriber).
     webhook_timeout_seconds: float = Field(5.0, gt=0)
@@ -102,6 +120,9 @@ class Settings(BaseSettings):
     # A running task whose worker has not beaten for this long goes back to the queue.
     worker_heartbeat_ttl_seconds: float = Field(15.0, gt=0)
     worker_shutdown_grace_seconds: float = Field(10.0, ge=0)
+    # A running task's row keeps its latest progress, written at most this often (every tick
+    # is also published as an ephemeral signal; docs/contracts/signals.md). 0: every tick.
+    task_progress_write_seconds: float = Field(1.0, ge=0)
     tasks_enable_test_handlers: bool = False
 
     # Search (issue 5; docs/search.md). search_index is the read alias; indices are <alias>-<ms>.
@@ -119,8 +140,9 @@ class Settings(BaseSettings):
     search_reconcile_seconds: float = Field(300.0, ge=0)  # 0: no periodic reconciliation
     search_reconcile_grace_seconds: float = Field(30.0, ge=0)
 
-    # Port for /metrics of roles other than the API (worker, relay, subscribers, scheduler).
-    metrics_port: int = Field(9400, ge=0)
+    # Port for /metrics and /healthz of roles other than the API; 0 turns it off. Unset: each
+    # role its own (worker 9401, relay 9402, subscriber 9403, scheduler 9404; roles.py).
+    metrics_port: int | None = Field(None, ge=0, le=65535)
 
     # Backups (`capstan backup`, and the scheduler role). Empty backup_dir means data_dir/backups.
     backup_dir: Path | None = None
@@ -130,7 +152,8 @@ class Settings(BaseSettings):
     broker_management_url: str = ""
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_json: bool = True
+    # JSON lines; unset: JSON unless stderr is a terminal (then readable, coloured lines).
+    log_json: bool | None = None
 
     @model_validator(mode="after")
     def _fill_database_url(self) -> Settings:

@@ -64,7 +64,10 @@ async def test_a_session_token_works_like_the_key_until_revoked(api: Api) -> Non
 
     async with api.client(tenant.key) as http:
         revoke_with_key = await http.delete("/v1/sessions/current")
-    assert revoke_with_key.status_code == 401
+    # Authenticated, but there is no session to revoke: a 400 that says why, not a 401.
+    assert revoke_with_key.status_code == 400
+    assert revoke_with_key.headers["content-type"] == "application/problem+json"
+    assert "API key, not a session token" in revoke_with_key.json()["detail"]
 
 
 async def test_exceeding_the_rate_limit_is_429_with_retry_after(api: Api) -> None:

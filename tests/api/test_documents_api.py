@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from sqlalchemy import func, select
+
+from capstan.db.schema import OutboxEvent
 from tests.conftest import Api
 
 
@@ -69,6 +72,44 @@ async def test_patch_changes_only_the_given_fields(api: Api) -> None:
         ).json()
     assert updated["tags"] == ["x", "y"]
     assert (updated["title"], updated["body"], updated["metadata"]) == ("t", "b", {"k": 1})
+
+
+async def test_if_none_match_with_the_current_etag_is_304_without_a_body(api: Api) -> None:
+    tenant = await api.tenant()
+    async with api.client(tenant.key) as http:
+        doc = (await http.post("/v1/documents", json={"body": "b"})).json()
+        url = f"/v1/documents/{doc['id']}"
+        fresh = await http.get(url, headers={"If-None-Match": 'W/"1"'})
+        listed = await http.get(url, headers={"If-None-Match": '"7", "1"'})
+        await http.patch(url, json={"body": "b2"})
+        moved_on = await http.get(url, headers={"If-None-Match": '"1"'})
+    assert (fresh.status_code, fresh.content, fresh.headers["etag"]) == (304, b"", '"1"')
+    assert listed.status_code == 304
+    assert moved_on.status_code == 200 and moved_on.json()["body"] == "b2"
+
+
+async def _events_about(api: Api, doc_id: str) -> int:
+    async with api.container.db() as session:
+        count = await session.scalar(
+            select(func.count())
+            .select_from(OutboxEvent)
+            .where(OutboxEvent.subject == f"documents/{doc_id}")
+        )
+    return int(count or 0)
+
+
+async def test_an_empty_or_unchanged_patch_makes_no_version_and_no_event(api: Api) -> None:
+    tenant = await api.tenant()
+    async with api.client(tenant.key) as http:
+        doc = (await http.post("/v1/documents", json={"title": "t", "body": "b"})).json()
+        url = f"/v1/documents/{doc['id']}"
+        empty = await http.patch(url, json={})
+        same = await http.patch(url, json={"title": "t"}, headers={"If-Match": '"1"'})
+        real = await http.patch(url, json={"title": "t2"})
+    assert (empty.status_code, empty.json()["version"], empty.headers["etag"]) == (200, 1, '"1"')
+    assert same.json()["version"] == 1
+    assert real.json()["version"] == 2
+    assert await _events_about(api, doc["id"]) == 2  # created, then one real update
 
 
 async def test_delete_then_read_is_404_even_after_it_was_cached(api: Api) -> None:

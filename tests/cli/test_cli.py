@@ -20,6 +20,7 @@ CAPSTAN = [sys.executable, "-m", "capstan.cli.main"]
 def _env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAPSTAN_")}
     env["CAPSTAN_DATA_DIR"] = str(data_dir)
+    env["XDG_STATE_HOME"] = str(data_dir.parent / "state")  # `capstan dev` records its data dir
     return env
 
 
@@ -83,11 +84,40 @@ def test_dev_serves_embedded_and_shares_its_data_dir_with_other_commands(tmp_pat
                     break
                 time.sleep(0.05)
             assert [i["event"]["subject"] for i in feed["items"]] == [f"documents/{doc['id']}"]
+
+        # The dev key is the operator's too.
+        admin_only = httpx.get(f"{base}/v1/workers", headers={"Authorization": f"Bearer {dev_key}"})
+        assert admin_only.status_code == 200
+
+        # A revocation from another process reaches the server's key cache and its in-memory
+        # sessions through the revocation watcher.
+        headers = {"Authorization": f"Bearer {dev_key}"}
+        session = httpx.post(f"{base}/v1/sessions", headers=headers).json()["token"]
+        as_session = {"Authorization": f"Bearer {session}"}
+        assert httpx.get(f"{base}/v1/documents", headers=as_session).status_code == 200
+        revoke = subprocess.run(
+            [*CAPSTAN, "keys", "revoke", dev_key.split("_")[1]],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert revoke.returncode == 0, revoke.stderr
+        for _ in range(300):
+            codes = {
+                httpx.get(f"{base}/v1/documents", headers=h).status_code
+                for h in (headers, as_session)
+            }
+            if codes == {401}:
+                break
+            time.sleep(0.1)
+        assert codes == {401}
     finally:
         dev.send_signal(signal.SIGINT)
         _out, err = dev.communicate(timeout=30)
     assert dev_key in err  # the banner shows the dev key and the docs URL
     assert f"{base}/docs" in err
+    # Dev mode turns the webhook address guard off, and says so.
+    assert "private and loopback targets ALLOWED" in " ".join(err.split())
     assert dev.returncode == 0
 
 
@@ -131,3 +161,32 @@ def test_module_entry_point_has_every_command(tmp_path: Path) -> None:
     )
     assert listed.returncode == 0, listed.stderr
     assert "remove-namespace" in listed.stdout
+
+
+def test_keys_and_tenants_lifecycle_from_the_command_line(tmp_path: Path) -> None:
+    env = _env(tmp_path / "data")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([*CAPSTAN, *args], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, (args, done.stderr)
+        return done
+
+    first = json.loads(run("tenants", "create", "acme", "--json").stdout)
+    admin = json.loads(run("keys", "create", "--tenant", "acme", "--admin", "--json").stdout)
+    assert admin["admin"] is True and admin["api_key"].startswith("cst_")
+    first_id = first["api_key"].split("_")[1]
+    rotated = json.loads(run("keys", "rotate", first_id, "--overlap-seconds", "0", "--json").stdout)
+    assert rotated["old"]["id"] == first_id and rotated["old"]["status"] == "expired"
+    run("keys", "revoke", admin["id"])
+    listed = {k["id"]: k["status"] for k in json.loads(run("keys", "list", "--json").stdout)}
+    assert listed == {first_id: "expired", admin["id"]: "revoked", rotated["new"]["id"]: "active"}
+
+    run("tenants", "disable", "acme")
+    assert json.loads(run("tenants", "list", "--json").stdout)[0]["status"] == "disabled"
+    run("tenants", "enable", "acme")
+    run("tenants", "delete", "acme", "--yes")
+    assert json.loads(run("tenants", "list", "--json").stdout) == []
+    missing = subprocess.run(
+        [*CAPSTAN, "keys", "revoke", "0123456789abcdef"], env=env, capture_output=True, text=True
+    )
+    assert missing.returncode == 1 and "no API key" in missing.stderr

@@ -9,8 +9,19 @@ from typing import Any
 
 import pytest
 
-from capstan.cache.memory import MemoryCache, MemoryRateLimiter, MemorySessionStore
-from capstan.cache.port import RateLimiter, Session, SessionStore, VersionedCache
+from capstan.cache.memory import (
+    MemoryCache,
+    MemoryRateLimitedReader,
+    MemoryRateLimiter,
+    MemorySessionStore,
+)
+from capstan.cache.port import (
+    RateLimitedReader,
+    RateLimiter,
+    Session,
+    SessionStore,
+    VersionedCache,
+)
 
 ADAPTERS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
 
@@ -18,19 +29,28 @@ ADAPTERS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
 @pytest.fixture(params=ADAPTERS)
 async def adapters(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
     if request.param == "memory":
+        memory_cache, memory_limiter = MemoryCache(), MemoryRateLimiter()
         yield {
-            "cache": MemoryCache(),
+            "cache": memory_cache,
             "sessions": MemorySessionStore(),
-            "limiter": MemoryRateLimiter(),
+            "limiter": memory_limiter,
+            "reader": MemoryRateLimitedReader(memory_limiter, memory_cache),
         }
         return
-    from capstan.cache.redis import RedisCache, RedisLink, RedisRateLimiter, RedisSessionStore
+    from capstan.cache.redis import (
+        RedisCache,
+        RedisLink,
+        RedisRateLimitedReader,
+        RedisRateLimiter,
+        RedisSessionStore,
+    )
 
     link = RedisLink(request.getfixturevalue("redis_url"))
     yield {
         "cache": RedisCache(link),
         "sessions": RedisSessionStore(link),
         "limiter": RedisRateLimiter(link),
+        "reader": RedisRateLimitedReader(link),
     }
     await link.close()
 
@@ -107,6 +127,26 @@ async def test_a_session_is_stored_read_and_revoked(adapters: dict[str, Any]) ->
     assert not await store.delete(token_hash)
 
 
+async def test_deleting_a_keys_sessions_leaves_other_keys_sessions(
+    adapters: dict[str, Any],
+) -> None:
+    store: SessionStore = adapters["sessions"]
+    key, other = uuid.uuid4().hex[:16], uuid.uuid4().hex[:16]
+    mine = [uuid.uuid4().hex for _ in range(3)]
+    theirs = uuid.uuid4().hex
+    for token_hash in mine:
+        await store.put(token_hash, Session("t", key, 0.0), 60)
+        await store.index_for_key(key, token_hash, 60)
+    await store.put(theirs, Session("t", other, 0.0), 60)
+    await store.index_for_key(other, theirs, 60)
+    await store.delete(mine[0])  # closed by its holder already
+
+    assert await store.delete_for_key(key) == 2
+    assert [await store.get(h) for h in mine] == [None, None, None]
+    assert await store.get(theirs) == Session("t", other, 0.0)
+    assert await store.delete_for_key(key) == 0
+
+
 async def test_a_session_expires(adapters: dict[str, Any]) -> None:
     store: SessionStore = adapters["sessions"]
     token_hash = uuid.uuid4().hex
@@ -134,14 +174,91 @@ async def test_limits_are_per_key(adapters: dict[str, Any]) -> None:
     assert (await limiter.hit(b, 60, 1)).allowed
 
 
+# --- RateLimitedReader: the limiter's decision and the cache's read, in one call ----------
+
+
+async def test_the_combined_read_decides_like_the_limiter(adapters: dict[str, Any]) -> None:
+    reader: RateLimitedReader = adapters["reader"]
+    limiter: RateLimiter = adapters["limiter"]
+    alone, combined = uuid.uuid4().hex, uuid.uuid4().hex
+    doc = f"capstan:test:{uuid.uuid4().hex}"
+    by_limiter = [await limiter.hit(alone, rate_per_minute=6, burst=3) for _ in range(4)]
+    by_reader = [(await reader.hit_and_get(combined, 6, 3, doc)).decision for _ in range(4)]
+    assert [(d.allowed, d.remaining) for d in by_reader] == [
+        (d.allowed, d.remaining) for d in by_limiter
+    ]
+    assert [d.allowed for d in by_reader] == [True, True, True, False]
+    assert 0 < by_reader[3].retry_after <= 10.0
+
+
+async def test_the_combined_read_spends_the_same_budget_as_the_limiter(
+    adapters: dict[str, Any],
+) -> None:
+    """Both paths of one API key draw on one cell: a key cannot double its rate by mixing."""
+    reader: RateLimitedReader = adapters["reader"]
+    limiter: RateLimiter = adapters["limiter"]
+    name, doc = uuid.uuid4().hex, f"capstan:test:{uuid.uuid4().hex}"
+    assert (await limiter.hit(name, 6, 3)).remaining == 2
+    assert (await reader.hit_and_get(name, 6, 3, doc)).decision.remaining == 1
+    assert (await limiter.hit(name, 6, 3)).remaining == 0
+    assert not (await reader.hit_and_get(name, 6, 3, doc)).decision.allowed
+    assert not (await limiter.hit(name, 6, 3)).allowed
+
+
+async def test_the_combined_read_sees_hits_misses_and_tombstones(
+    adapters: dict[str, Any], key: str
+) -> None:
+    reader: RateLimitedReader = adapters["reader"]
+    cache: VersionedCache = adapters["cache"]
+    name = uuid.uuid4().hex
+    assert (await reader.hit_and_get(name, 600, 100, key)).entry is None  # missing
+    await cache.fill(key, 4, b'{"v":4}', 60)
+    got = await reader.hit_and_get(name, 600, 100, key)
+    assert got.decision.allowed and got.entry == await cache.get(key)
+    assert got.entry is not None and (got.entry.version, got.entry.payload) == (4, b'{"v":4}')
+    await cache.invalidate(key, 5, 60)
+    assert (await reader.hit_and_get(name, 600, 100, key)).entry is None  # tombstone
+
+
+async def test_concurrent_combined_reads_are_each_decided_exactly(
+    adapters: dict[str, Any], key: str
+) -> None:
+    """Fifty at once (the Redis adapter sends them pipelined): exactly the burst is allowed,
+    and every allowed call reads its own key's entry."""
+    reader: RateLimitedReader = adapters["reader"]
+    other = f"capstan:test:{uuid.uuid4().hex}"
+    await adapters["cache"].fill(key, 1, b"one", 60)
+    await adapters["cache"].fill(other, 2, b"two", 60)
+    name = uuid.uuid4().hex
+    reads = await asyncio.gather(
+        *(reader.hit_and_get(name, 1, 10, key if n % 2 else other) for n in range(50))
+    )
+    allowed = [(n, r) for n, r in enumerate(reads) if r.decision.allowed]
+    assert len(allowed) == 10
+    for n, read in allowed:
+        assert read.entry is not None
+        assert read.entry.payload == (b"one" if n % 2 else b"two")
+    assert sorted(r.decision.remaining for _, r in allowed) == list(range(10))
+
+
+async def test_a_refused_combined_read_returns_no_entry(adapters: dict[str, Any], key: str) -> None:
+    reader: RateLimitedReader = adapters["reader"]
+    await adapters["cache"].fill(key, 1, b"one", 60)
+    name = uuid.uuid4().hex
+    assert (await reader.hit_and_get(name, 60, 1, key)).entry is not None
+    refused = await reader.hit_and_get(name, 60, 1, key)
+    assert (refused.decision.allowed, refused.entry) == (False, None)
+
+
 @pytest.mark.redis
 async def test_scripts_survive_a_redis_that_forgot_them(redis_url: str, key: str) -> None:
     """A restarted (or SCRIPT FLUSHed) Redis has no scripts: the adapters load them again."""
-    from capstan.cache.redis import RedisCache, RedisLink, RedisRateLimiter
+    from capstan.cache.redis import RedisCache, RedisLink, RedisRateLimitedReader, RedisRateLimiter
 
     link = RedisLink(redis_url)
     try:
         cache, limiter = RedisCache(link), RedisRateLimiter(link)
+        reader = RedisRateLimitedReader(link)
         await link.client.script_flush()
         assert await cache.fill(key, 1, b"v1", 60)
         assert (await cache.get(key)) is not None
@@ -149,5 +266,7 @@ async def test_scripts_survive_a_redis_that_forgot_them(redis_url: str, key: str
         await cache.invalidate(key, 2, 60)
         await link.client.script_flush()
         assert (await limiter.hit(uuid.uuid4().hex, 60, 1)).allowed
+        await link.client.script_flush()
+        assert (await reader.hit_and_get(uuid.uuid4().hex, 60, 1, key)).entry is None
     finally:
         await link.close()

@@ -54,9 +54,15 @@ async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     await engine.dispose()
 
 
-async def test_text_matches_every_term_and_ranks_title_matches(harness: Harness) -> None:
+async def test_all_term_matches_rank_first_and_title_matches_outrank_body(
+    harness: Harness,
+) -> None:
     assert set(await harness.keys("moon")) == {"apollo", "cheese", "soil"}
-    assert await harness.keys("moon cheese") == ["cheese"]
+    # Two terms: one is enough (minimum should match), but the document with both comes first.
+    result = await harness.ask("moon cheese")
+    assert harness.name_of(result.hits[0].id) == "cheese"
+    assert [h.match for h in result.hits] == ["all", "most", "most"]
+    assert {harness.name_of(h.id) for h in result.hits[1:]} == {"apollo", "soil"}
     assert await harness.keys("MARS") == ["mars"]
     assert await harness.keys("nothing-matches-this") == []
     result = await harness.ask("moon")
@@ -154,3 +160,66 @@ async def test_deleted_documents_stay_deleted(harness: Harness) -> None:
         assert report.stale == 1
         await harness.remove(apollo)  # deleting twice is fine
     assert set(await harness.keys("moon")) == {"cheese", "soil"}
+
+
+async def test_inflected_words_match_through_stemming(harness: Harness) -> None:
+    assert await harness.keys("files") == ["code"]
+    assert await harness.keys("formatting serializers") == ["code"]
+    assert (await harness.ask("formatting serializers")).hits[0].match == "all"
+    # "landings" and "moons": the document that says "landing"/"landed" and "moon".
+    assert (await harness.keys("landings moons"))[0] == "apollo"
+
+
+async def test_case_and_accents_fold(harness: Harness) -> None:
+    assert await harness.keys("CAFE") == ["code"]
+    assert await harness.keys("café") == ["code"]
+
+
+async def test_identifiers_match_whole_and_by_their_parts(harness: Harness) -> None:
+    for typed in ("parseDocument", "parse_document", "json_tools.parseDocument"):
+        assert await harness.keys(typed) == ["code"], typed
+    assert await harness.keys("json_tools.parsedocument") == ["code"]
+    # The whole identifier typed as one lower-case word.
+    assert await harness.keys("jsontoolsparsedocument") == ["code"]
+    # Parts that do not stand together in the text are not the identifier.
+    assert await harness.keys("documentParse") == []
+
+
+async def test_phrases_need_their_words_in_order(harness: Harness) -> None:
+    assert await harness.keys('"red planet"') == ["mars"]
+    assert await harness.keys('"planet red"') == []
+    assert await harness.keys('"apollo program" moon') == ["apollo"]
+
+
+async def test_excluded_terms_remove_documents(harness: Harness) -> None:
+    assert set(await harness.keys("moon -cheese")) == {"apollo", "soil"}
+    assert set(await harness.keys('moon -"made of cheese"')) == {"apollo", "soil"}
+    assert await harness.keys("-moon") == []  # nothing positive: nothing found
+
+
+async def test_minimum_should_match_keeps_most_terms_and_says_which_rule(
+    harness: Harness,
+) -> None:
+    # Three terms: two are needed. "rover" + "mars" match, "bicycle" is in no document.
+    result = await harness.ask("mars rover bicycle")
+    assert [harness.name_of(h.id) for h in result.hits] == ["mars"]
+    assert result.hits[0].match == "most"
+    # One of three is not enough.
+    assert await harness.keys("mars bicycle unicycle") == []
+
+
+async def test_title_and_tag_matches_outrank_body_matches(harness: Harness) -> None:
+    # "gardening" is the title of "garden" and in the body of "soil".
+    assert await harness.keys("gardening") == ["garden", "soil"]
+    # "history" is a tag of "apollo" only; "robots" a tag of "mars".
+    assert await harness.keys("robots") == ["mars"]
+
+
+async def test_typo_tolerance_is_an_option_and_ranks_below_exact(harness: Harness) -> None:
+    assert await harness.keys("perserverance curiosty") == []
+    result = await harness.ask("curiosty", typos=True)
+    assert [(harness.name_of(h.id), h.match) for h in result.hits] == [("mars", "typo")]
+    # Short words are not fuzzed: "mars" is not "bars".
+    assert await harness.keys("bars", typos=True) == []
+    exact_first = await harness.ask("rover rovers", typos=True)
+    assert exact_first.hits[0].match == "all"

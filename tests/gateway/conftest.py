@@ -68,6 +68,8 @@ async def start_gateway(stack: Stack, log: Path, **extra: str) -> Gateway:
         "CAPSTAN_CACHE_TTL_SECONDS": str(s.cache_ttl_seconds),
         "CAPSTAN_RATE_LIMIT_PER_MINUTE": str(s.rate_limit_per_minute),
         "CAPSTAN_RATE_LIMIT_BURST": str(s.rate_limit_burst),
+        "CAPSTAN_AUTH_FAILURES_PER_MINUTE": str(s.auth_failures_per_minute),
+        "CAPSTAN_AUTH_FAILURES_BURST": str(s.auth_failures_burst),
         "CAPSTAN_GATEWAY_PORT": str(port),
         "CAPSTAN_GATEWAY_MAX_MESSAGE_BYTES": "4096",
         "CAPSTAN_LOG_LEVEL": "WARNING",

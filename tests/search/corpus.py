@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from capstan.db.schema import Document
 from capstan.ids import uuid7
+from capstan.search.analysis import search_columns
 from capstan.search.port import IndexDoc, Removal, SearchEngine, SearchQuery, SearchResult
 from capstan.tenants.service import create_tenant
 
@@ -58,6 +59,15 @@ CORPUS: dict[str, tuple[str, str, str, list[str], dict[str, Any], int]] = {
         ["nasa", "howto"],
         {},
         5,
+    ),
+    "code": (
+        "Parsing helpers",
+        "Call json_tools.parseDocument to read a file; the serializer formatted the output "
+        "as JSON for the Café menu.",
+        "code",
+        ["python-api"],
+        {},
+        7,
     ),
 }
 FOREIGN = ("Moon secrets of the other tenant", "moon moon moon", "secret", ["nasa"], {}, 6)
@@ -119,6 +129,8 @@ class Harness:
                         "version": d.version,
                         "created_at": d.created_at,
                         "updated_at": d.updated_at,
+                        # A Core update sets the analyzed terms itself (no ORM event runs).
+                        **search_columns(d.title, d.body, d.tags),
                     }
                     changed = await session.execute(
                         update(Document)

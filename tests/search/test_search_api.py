@@ -174,3 +174,33 @@ async def test_metadata_filters(search_stack: Stack) -> None:
             result = await search(client, **params)
             assert [h["id"] for h in result["hits"]] == [en["id"]], params
         await asyncio.sleep(0)
+
+
+async def test_stemming_rules_and_typos_through_the_api(search_stack: Stack) -> None:
+    api = search_stack.api
+    tenant = await api.tenant()
+    async with api.client(tenant.key) as client:
+        docs = {k: await create(client, *v) for k, v in WORDS.items()}
+        # "landings" and "cheeses" are in no document as such: stemming finds them.
+        result = await found(search_stack, client, "moon landings cheeses", 2)
+        assert result["query"] == {
+            "terms": ["moon", "land", "chees"],
+            "phrases": [],
+            "excluded": [],
+            "min_should_match": 2,
+            "typos": False,
+        }
+        # Two of three terms each: both found, by the minimum-should-match rule.
+        assert {(h["id"], h["match"]) for h in result["hits"]} == {
+            (docs["apollo"]["id"], "most"),
+            (docs["cheese"]["id"], "most"),
+        }
+        marks = [f for h in result["hits"] for f in h["highlights"]]
+        assert any("<em>landing</em>" in f for f in marks), marks
+        phrase = await search(client, q='"made of cheese" -apollo')
+        assert [(h["id"], h["match"]) for h in phrase["hits"]] == [(docs["cheese"]["id"], "all")]
+        assert (await search(client, q="gardning"))["hits"] == []
+        typo = await search(client, q="gardning", typos="true")
+        assert [(h["id"], h["match"]) for h in typo["hits"]] == [(docs["garden"]["id"], "typo")]
+        assert typo["query"]["typos"] is True
+        assert (await search(client, q="-moon"))["hits"] == []

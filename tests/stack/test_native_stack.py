@@ -3,7 +3,9 @@ process and exporter is scraped and `up`, every PromQL expression of every dashb
 alert rule evaluates without error, and the core panels show data after real traffic.
 
 The stack is brought up once for this module (or reused when it is already up, and then left
-running) and stopped at the end when this module started it.
+running) and stopped at the end when this module started it. It starts on free ports
+(CAPSTAN_STACK_PORTS=auto), so a `capstan dev` on :8000 or anything else on the machine's usual
+ports is no obstacle; its URLs come from `scripts/stack env`.
 """
 
 from __future__ import annotations
@@ -77,9 +79,16 @@ def _preview() -> ModuleType:
 rp = _preview()
 
 
-def _stack(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def _stack(
+    *args: str, timeout: float = 900, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(STACK), *args], capture_output=True, text=True, timeout=timeout, check=False
+        [str(STACK), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=os.environ | (env or {}),
     )
 
 
@@ -102,7 +111,7 @@ def stack() -> Iterator[dict[str, str]]:
     was_up = _stack("status", timeout=60).returncode == 0
     if not was_up:
         started = time.monotonic()
-        up = _stack("up")
+        up = _stack("up", env={"CAPSTAN_STACK_PORTS": "auto"})
         assert up.returncode == 0, f"scripts/stack up failed:\n{up.stderr[-4000:]}"
         print(f"scripts/stack up: {time.monotonic() - started:.0f}s")
     env = dict(re.findall(r"^export (\w+)=(.*)$", _stack("env", timeout=60).stdout, flags=re.M))

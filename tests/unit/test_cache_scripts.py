@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from capstan.cache.redis import RedisCache, RedisLink, RedisRateLimiter
+from capstan.cache.redis import RedisCache, RedisLink, RedisRateLimitedReader, RedisRateLimiter
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT / "src" / "capstan" / "cache" / "lua"
@@ -19,11 +19,16 @@ def _text(script: str | bytes) -> str:
 async def test_python_adapters_register_the_shared_files() -> None:
     link = RedisLink("redis://127.0.0.1:1")  # never connects: registering is local
     try:
-        cache, limiter = RedisCache(link), RedisRateLimiter(link)
+        cache, limiter, reader = (
+            RedisCache(link),
+            RedisRateLimiter(link),
+            RedisRateLimitedReader(link),
+        )
         registered = {
             "cache_fill.lua": cache._fill.script,
             "cache_invalidate.lua": cache._invalidate.script,
             "rate_limit.lua": limiter._gcra.script,
+            "rate_limited_read.lua": reader._script.script,
         }
     finally:
         await link.close()
@@ -33,6 +38,8 @@ async def test_python_adapters_register_the_shared_files() -> None:
 
 
 def test_gateway_reads_the_shared_files() -> None:
+    # rate_limited_read.lua is the API's alone (its lean document read); the gateway's build
+    # copies it along with the others.
     cache_ts = (ROOT / "gateway" / "src" / "cache.ts").read_text()
     for name in ("cache_fill.lua", "cache_invalidate.lua", "rate_limit.lua"):
         assert f"loadScript('{name}')" in cache_ts, name

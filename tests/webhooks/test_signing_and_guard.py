@@ -64,6 +64,22 @@ def test_verify() -> None:
         "ff02::1",
         "::ffff:127.0.0.1",
         "::ffff:10.0.0.1",
+        # Every IPv6 range that embeds or translates to IPv4, and the special-purpose ones:
+        "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254
+        "2002:0808:0808::1",  # 6to4 even of a public IPv4: a relay decides where it lands
+        "fec0::1",  # site-local
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+        "64:ff9b::808:808",  # NAT64 of 8.8.8.8: the translator is inside the network
+        "64:ff9b:1::a00:1",  # local-use translation prefix
+        "::ffff:8.8.8.8",  # IPv4-mapped, even of a public address
+        "::ffff:0:a00:1",  # IPv4-translated
+        "::a00:1",  # IPv4-compatible
+        "2001::1",  # Teredo
+        "2001:db8::1",  # documentation
+        "3fff::1",  # documentation
+        "100::1",  # discard-only
+        "5f00::1",  # SRv6
+        "fe80::1%eth0",  # link-local with a zone
     ],
 )
 def test_non_public_addresses_are_blocked(address: str) -> None:

@@ -59,6 +59,10 @@ async def test_validation(hooks: Hooks) -> None:
         {"url": "https://example.com/", "patterns": [f"p{i}" for i in range(21)]},
         {"url": "https://example.com/", "secret": "mine"},
         {},
+        {"url": "https://example.com/a\x00b"},
+        {"url": "https://example.com/a\rX-Injected: 1"},
+        {"url": "https://exa\x7fmple.com/"},
+        {"url": "https://example.com/a\x85b"},
     ]
     async with hooks.client(tenant.key, strict=True) as http:
         for body in bad_bodies:
@@ -79,6 +83,10 @@ async def test_validation(hooks: Hooks) -> None:
             "http://[::1]/",
             "http://[::ffff:127.0.0.1]/",
             "http://0.0.0.0/",
+            "http://[2002:a9fe:a9fe::1]/latest/meta-data",
+            "http://[fec0::1]/",
+            "http://[64:ff9b::a9fe:a9fe]/",
+            "http://[2001::1]/",
         ):
             refused = await http.post("/v1/webhooks", json={"url": url})
             assert refused.status_code == 422, (url, refused.text)

@@ -14,6 +14,7 @@
 import type { Pool } from 'pg';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics';
+import type { RtSignal } from './signals';
 import { Subscriber, type RtEvent } from './subscriber';
 
 const PAGE = 500;
@@ -135,6 +136,26 @@ export class Hub {
       setImmediate(this.flush);
     }
     if (ev.time) this.metrics.deliveryLag.observe(Math.max(0, (Date.now() - ev.time) / 1000));
+  }
+
+  /** An ephemeral signal from Redis: to every matching subscriber of its tenant, corked like
+   * events. Never buffered or replayed (docs/contracts/signals.md). */
+  signal(s: RtSignal): void {
+    const set = this.byTenant.get(s.tenantId);
+    if (!set) return;
+    for (const sub of set) {
+      if (!this.corked.has(sub)) {
+        sub.sink.cork();
+        this.corked.add(sub);
+      }
+      const outcome = sub.signal(s);
+      if (outcome === 'sent') this.metrics.signalsSent.inc({ transport: sub.transport });
+      else if (outcome === 'held') this.metrics.signalsDropped.inc({ transport: sub.transport, reason: 'catching_up' });
+    }
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(this.flush);
+    }
   }
 
   private readonly flush = (): void => {

@@ -6,6 +6,7 @@
  * once, in seq order. While a catch-up from the audit log runs, live events are buffered
  * (bounded) and flushed after it. */
 import type { Matcher } from './patterns';
+import type { RtSignal } from './signals';
 
 export interface RtEvent {
   seq: number;
@@ -23,6 +24,8 @@ export interface Sink {
   readonly transport: Transport;
   /** Write one event; the sink serializes it for its wire format. */
   write(ev: RtEvent): void;
+  /** Write one ephemeral signal (no seq: WS sends it as is, SSE as `event: signal`). */
+  writeSignal(s: RtSignal): void;
   /** Bytes written but not yet handed to the kernel. */
   buffered(): number;
   /** Close the connection with a reason the client can read. */
@@ -114,6 +117,20 @@ export class Subscriber {
       this.shut('slow_consumer', `the client reads too slowly: more than ${this.limits.bufferBytes} bytes are waiting; reconnect with your last seq`);
     }
     return true;
+  }
+
+  /** An ephemeral signal: sent at once if it matches, outside the seq order. Dropped while a
+   * catch-up holds the subscriber (the client has not seen `subscribed`/`ready` yet, and the
+   * next tick follows soon). */
+  signal(s: RtSignal): 'sent' | 'unmatched' | 'held' {
+    if (this.closed || !this.matcher.matches(s.key)) return 'unmatched';
+    if (this.holding > 0) return 'held';
+    this.sink.writeSignal(s);
+    if (this.sink.buffered() > this.limits.bufferBytes) {
+      this.counters.dropped(this.transport, 'overflow');
+      this.shut('slow_consumer', `the client reads too slowly: more than ${this.limits.bufferBytes} bytes are waiting; reconnect with your last seq`);
+    }
+    return 'sent';
   }
 
   /** Advance the position over events that were checked and did not match. */

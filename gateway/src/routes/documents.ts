@@ -6,7 +6,7 @@ import { Problem } from '../problems';
 export async function documentRoutes(app: FastifyInstance): Promise<void> {
   const s = app.services;
   app.get<{ Params: { id: string } }>('/v1/documents/:id', async (request, reply) => {
-    const who = await s.principal(bearer(request.headers, request.query));
+    const who = await s.principal(bearer(request.headers, request.query), request.ip);
     const docId = request.params.id;
     const cacheControl = request.headers['cache-control'];
     const bypass = typeof cacheControl === 'string' && cacheControl.toLowerCase().includes('no-cache');

@@ -6,6 +6,7 @@ import { bearer } from '../auth';
 import { Problem, invalid } from '../problems';
 import { aheadOfFeed, BadSubscription, parseCursor, parsePatterns } from '../realtime/request';
 import { splitTypes } from '../realtime/patterns';
+import type { RtSignal } from '../realtime/signals';
 import { Subscriber, type CloseReason, type Counters, type RtEvent, type Sink } from '../realtime/subscriber';
 import type { Connection } from '../services';
 
@@ -18,6 +19,12 @@ class SseSink implements Sink {
     if (this.ended) return;
     const wire = (ev.wire ??= {});
     this.res.write((wire.sse ??= `id: ${ev.seq}\ndata: ${ev.json}\n\n`));
+  }
+  /** No `id:` line: the browser keeps the last seq as Last-Event-ID, so resume is unaffected. */
+  writeSignal(s: RtSignal): void {
+    if (this.ended) return;
+    const wire = (s.wire ??= {});
+    this.res.write((wire.sse ??= `event: signal\ndata: ${s.json}\n\n`));
   }
   cork(): void {
     this.res.cork();
@@ -44,7 +51,7 @@ export async function streamRoutes(app: FastifyInstance): Promise<void> {
   const s = app.services;
   app.get<{ Querystring: { types?: string | string[]; after?: string } }>('/v1/stream', async (request, reply) => {
     if (s.closing) throw new Problem(503, 'the gateway is shutting down; reconnect shortly', {}, { 'retry-after': '1' });
-    const who = await s.principal(bearer(request.headers, request.query));
+    const who = await s.principal(bearer(request.headers, request.query), request.ip);
     let cursor: number | null;
     let matcher;
     try {

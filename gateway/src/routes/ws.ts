@@ -10,6 +10,7 @@ import { bearer } from '../auth';
 import { Problem } from '../problems';
 import { splitTypes } from '../realtime/patterns';
 import { aheadOfFeed, BadSubscription, parseCursor, parsePatterns } from '../realtime/request';
+import type { RtSignal } from '../realtime/signals';
 import { Subscriber, type CloseReason, type RtEvent, type Sink } from '../realtime/subscriber';
 import type { Connection } from '../services';
 import { counters } from './stream';
@@ -33,6 +34,11 @@ class WsSink implements Sink {
     const wire = (ev.wire ??= {});
     // One buffer per event for every client (ws frames it without copying: servers don't mask).
     this.ws.send((wire.ws ??= Buffer.from(ev.json)), { binary: false });
+  }
+  writeSignal(s: RtSignal): void {
+    if (this.ws.readyState !== this.ws.OPEN) return;
+    const wire = (s.wire ??= {});
+    this.ws.send((wire.ws ??= Buffer.from(s.json)), { binary: false });
   }
   cork(): void {
     this.socket.cork();
@@ -67,7 +73,7 @@ export async function wsRoutes(app: FastifyInstance): Promise<void> {
     websocket: true,
     preValidation: async (request) => {
       if (s.closing) throw new Problem(503, 'the gateway is shutting down; reconnect shortly', {}, { 'retry-after': '1' });
-      (request as unknown as { principal: unknown }).principal = await s.principal(bearer(request.headers, request.query));
+      (request as unknown as { principal: unknown }).principal = await s.principal(bearer(request.headers, request.query), request.ip);
     },
   }, (socket, request) => {
     const who = (request as unknown as { principal: { tenantId: string } }).principal;

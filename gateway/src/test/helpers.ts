@@ -20,9 +20,13 @@ export function servers(): { db: string; redis: string; amqp: string } | null {
 }
 
 const DDL = `
-CREATE TABLE tenants (id varchar(36) PRIMARY KEY, name varchar(200) UNIQUE NOT NULL, created_at timestamptz NOT NULL);
+CREATE TABLE tenants (id varchar(36) PRIMARY KEY, name varchar(200) UNIQUE NOT NULL, created_at timestamptz NOT NULL,
+  disabled_at timestamptz);
 CREATE TABLE api_keys (id varchar(32) PRIMARY KEY, tenant_id varchar(36) NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
-  name varchar(200) NOT NULL, key_hash varchar(64) NOT NULL, created_at timestamptz NOT NULL, revoked_at timestamptz);
+  name varchar(200) NOT NULL, key_hash varchar(64) NOT NULL, created_at timestamptz NOT NULL, revoked_at timestamptz,
+  expires_at timestamptz, admin boolean NOT NULL DEFAULT false);
+CREATE TABLE auth_revocations (id bigserial PRIMARY KEY, key_id varchar(32) NOT NULL, tenant_id varchar(36) NOT NULL,
+  effective_at timestamptz NOT NULL);
 CREATE TABLE documents (id varchar(36) PRIMARY KEY, tenant_id varchar(36) NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
   collection varchar(100) NOT NULL, title text NOT NULL, body text NOT NULL, tags jsonb NOT NULL, metadata jsonb NOT NULL,
   version integer NOT NULL, created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL);
@@ -62,11 +66,15 @@ export async function harness(env: Record<string, string> = {}): Promise<Harness
     CAPSTAN_GATEWAY_PORT: '0',
     CAPSTAN_RATE_LIMIT_PER_MINUTE: '1000000',
     CAPSTAN_RATE_LIMIT_BURST: '100000',
+    // Every test client is 127.0.0.1 and Redis is shared: the failure-limit test sets its own.
+    CAPSTAN_AUTH_FAILURES_PER_MINUTE: '1000000',
+    CAPSTAN_AUTH_FAILURES_BURST: '100000',
     ...env,
   });
   const services = new Services(settings, pino({ level: 'warn' }));
   await services.start();
   await services.consumer.ready;
+  await services.signals.ready;
   const app = await buildApp(services);
   await app.listen({ host: '127.0.0.1', port: 0 });
   const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
@@ -81,8 +89,10 @@ export async function harness(env: Record<string, string> = {}): Promise<Harness
       const id = randomUUID();
       const keyId = randomBytes(8).toString('hex');
       const key = `cst_${keyId}_${randomBytes(32).toString('base64url')}`;
-      await db.query('INSERT INTO tenants VALUES ($1, $2, now())', [id, `t-${id}`]);
-      await db.query('INSERT INTO api_keys VALUES ($1, $2, $3, $4, now(), NULL)', [keyId, id, 'test', createHash('sha256').update(key).digest('hex')]);
+      await db.query('INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, now())', [id, `t-${id}`]);
+      await db.query('INSERT INTO api_keys (id, tenant_id, name, key_hash, created_at) VALUES ($1, $2, $3, $4, now())', [
+        keyId, id, 'test', createHash('sha256').update(key).digest('hex'),
+      ]);
       return { id, key, keyId };
     },
     async emit(tenantId, type, data = {}, publish = true) {

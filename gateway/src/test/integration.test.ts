@@ -1,7 +1,9 @@
 /** The gateway against real PostgreSQL, Redis and RabbitMQ (scripts/services env). */
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { Redis } from 'ioredis';
+import { randomUUID } from 'node:crypto';
 import WebSocket from 'ws';
 import { documentKey, FILL, INVALIDATE } from '../cache';
 import { harness, servers, SseReader, type Harness } from './helpers';
@@ -62,6 +64,59 @@ describe('gateway', { skip }, () => {
     const other = await h.tenant();
     await h.db.query('UPDATE api_keys SET revoked_at = now() WHERE id = $1', [other.keyId]);
     assert.equal((await get(`Bearer ${other.key}`)).status, 401);
+  });
+
+  test('failed authentication is limited per client address; successes never count', async () => {
+    const limited = await harness({ CAPSTAN_AUTH_FAILURES_PER_MINUTE: '1', CAPSTAN_AUTH_FAILURES_BURST: '3' });
+    try {
+      const t = await limited.tenant();
+      // Redis is shared with other runs: a loopback source address of this test's own.
+      const octet = () => 1 + Math.floor(Math.random() * 250);
+      const attacker = `127.${octet()}.${octet()}.${octet()}`;
+      const bystander = `127.${octet()}.${octet()}.${octet()}`;
+      const get = (from: string, key: string) =>
+        new Promise<{ status: number; retryAfter?: string }>((resolve, reject) => {
+          const req = http.get(
+            `${limited.url}/v1/documents/none`,
+            { localAddress: from, headers: { authorization: `Bearer ${key}` } },
+            (res) => {
+              res.resume();
+              resolve({ status: res.statusCode ?? 0, retryAfter: res.headers['retry-after'] as string | undefined });
+            },
+          );
+          req.on('error', reject);
+        });
+      for (let i = 0; i < 10; i++) assert.equal((await get(attacker, t.key)).status, 404); // successes are free
+      const bad = 'cst_0123456789abcdef_wrong';
+      const codes = [];
+      for (let i = 0; i < 4; i++) codes.push((await get(attacker, bad)).status);
+      assert.deepEqual(codes, [401, 401, 401, 429]);
+      const blocked = await get(attacker, t.key); // refused before any key lookup
+      assert.equal(blocked.status, 429);
+      assert.ok(Number(blocked.retryAfter) >= 1);
+      assert.equal((await get(bystander, t.key)).status, 404);
+    } finally {
+      await limited.close();
+    }
+  });
+
+  test('lifecycle: expired keys and disabled tenants are refused; a revocation ends a cached key at the next poll', async () => {
+    const get = (key: string) => fetch(`${h.url}/v1/documents/none`, { headers: { authorization: `Bearer ${key}` } });
+    const expired = await h.tenant();
+    await h.db.query("UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = $1", [expired.keyId]);
+    assert.equal((await get(expired.key)).status, 401);
+    const disabled = await h.tenant();
+    await h.db.query('UPDATE tenants SET disabled_at = now() WHERE id = $1', [disabled.id]);
+    assert.equal((await get(disabled.key)).status, 401);
+
+    const cached = await h.tenant();
+    assert.equal((await get(cached.key)).status, 404); // verified and cached
+    await h.db.query('UPDATE api_keys SET revoked_at = now() WHERE id = $1', [cached.keyId]);
+    assert.equal((await get(cached.key)).status, 404); // the cache does not know yet
+    await h.db.query('INSERT INTO auth_revocations (key_id, tenant_id, effective_at) VALUES ($1, $2, now())', [cached.keyId, cached.id]);
+    assert.ok((await h.services.auth.pollRevocations()).includes(cached.keyId));
+    assert.equal((await get(cached.key)).status, 401);
+    assert.deepEqual(await h.services.auth.pollRevocations(), []); // applied once
   });
 
   test('document reads follow the cache contract: miss fills, hit serves, tombstones refuse old fills', async () => {
@@ -167,6 +222,48 @@ describe('gateway', { skip }, () => {
     const [code] = await c.closed;
     assert.equal(code, 1009);
     await assert.rejects(wsClient(h.url), /HTTP 401/);
+  });
+
+  test('signals: progress published on Redis reaches WS and SSE clients of its tenant only, without seq', async () => {
+    const t = await h.tenant();
+    const other = await h.tenant();
+    const signal = (tenant: string, progress: number) =>
+      JSON.stringify({ specversion: '1.0', id: randomUUID(), source: 'capstan', type: 'capstan.task.progress', time: new Date().toISOString(), subject: 'tasks/x', datacontenttype: 'application/json', tenantid: tenant, ephemeral: true, data: { id: 'x', progress, message: 'working' } });
+    const ws = await wsClient(h.url, t.key);
+    assert.equal((await ws.next()).op, 'hello');
+    ws.ws.send(JSON.stringify({ op: 'subscribe', types: ['task.*'] }));
+    const subscribed = await ws.next();
+    assert.equal(subscribed.op, 'subscribed');
+    const wsOther = await wsClient(h.url, other.key);
+    assert.equal((await wsOther.next()).op, 'hello');
+    wsOther.ws.send(JSON.stringify({ op: 'subscribe', types: ['#'] }));
+    assert.equal((await wsOther.next()).op, 'subscribed');
+    const r = await fetch(`${h.url}/v1/stream?types=task.progress`, { headers: { authorization: `Bearer ${t.key}` } });
+    const sse = new SseReader(r.body!);
+    assert.equal((await sse.next()).event, 'ready');
+
+    // The other tenant's signal goes first: had it leaked, t's clients would see it first.
+    assert.equal(await redis.publish(`capstan:${other.id}:signals`, signal(other.id, 0.1)), 1);
+    const mine = signal(t.id, 0.5);
+    assert.equal(await redis.publish(`capstan:${t.id}:signals`, mine), 1); // one gateway listens
+    const pushed = await ws.next();
+    assert.deepEqual(pushed, JSON.parse(mine)); // forwarded as published
+    assert.equal(pushed.ephemeral, true);
+    assert.equal('seq' in pushed, false);
+    const frame = await sse.next();
+    assert.deepEqual([frame.event, frame.id, frame.data], ['signal', undefined, mine]);
+    assert.equal((await wsOther.next()).tenantid, other.id);
+
+    // Durable events keep their seq order around signals; a signal moves no cursor.
+    const seq = await h.emit(t.id, 'task.succeeded');
+    const ev = await ws.next();
+    assert.deepEqual([ev.seq, ev.type], [seq, 'capstan.task.succeeded']);
+    const metrics = await (await fetch(`${h.url}/metrics`)).text();
+    assert.match(metrics, /capstan_gateway_signals_sent_total\{transport="ws"\} [1-9]/);
+    assert.match(metrics, /capstan_gateway_signals_sent_total\{transport="sse"\} 1/);
+    ws.ws.close();
+    wsOther.ws.close();
+    await sse.cancel();
   });
 
   test('ops: healthz, readyz, metrics', async () => {

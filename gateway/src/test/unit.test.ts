@@ -12,6 +12,7 @@ import { checkPattern, Matcher } from '../realtime/patterns';
 import { parseCursor } from '../realtime/request';
 import { Subscriber, type RtEvent, type Sink } from '../realtime/subscriber';
 import { Hub } from '../realtime/hub';
+import { parseSignal, type RtSignal } from '../realtime/signals';
 import { Metrics } from '../metrics';
 import type { Pool } from 'pg';
 import pino from 'pino';
@@ -20,7 +21,12 @@ test('the Redis scripts are the shared contract files, byte for byte, and nothin
   // dist/test -> the repository's Python package data, the scripts' only copy.
   const shared = resolve(__dirname, '../../../src/capstan/cache/lua');
   const files = readdirSync(shared).filter((name) => name.endsWith('.lua')).sort();
-  assert.deepEqual(files, ['cache_fill.lua', 'cache_invalidate.lua', 'rate_limit.lua']);
+  assert.deepEqual(files, [
+    'cache_fill.lua',
+    'cache_invalidate.lua',
+    'rate_limit.lua',
+    'rate_limited_read.lua', // the API's cached read (rate limit + HMGET); unused here
+  ]);
   const link = new RedisLink('redis://127.0.0.1:1'); // lazy: never connects
   try {
     const registered = link.client.scriptsSet as Record<string, { lua: string }>;
@@ -99,9 +105,13 @@ class FakeSink implements Sink {
   /** Writes made while corked, per flush. */
   flushes: number[][] = [];
   private held: number[] = [];
+  signals: string[] = [];
   write(ev: RtEvent) {
     this.sent.push(ev.seq);
     if (this.corks > 0) this.held.push(ev.seq);
+  }
+  writeSignal(s: RtSignal) {
+    this.signals.push(s.json);
   }
   buffered() { return this.bytes; }
   close(reason: string) { this.closed = reason; }
@@ -188,4 +198,45 @@ test('a libpq host list becomes one connection string per host; a plain URL is l
   });
   assert.deepEqual(hostList('postgres://h1,h2/db'), { urls: ['postgres://h1/db', 'postgres://h2/db'], readWrite: false });
   assert.equal(hostList('postgresql://u:p@h1:5432/capstan'), null);
+});
+
+const signalJson = (tenant: string, extra: Record<string, unknown> = {}) =>
+  JSON.stringify({ specversion: '1.0', id: 'x', source: 'capstan', type: 'capstan.task.progress', time: '2026-01-01T00:00:00Z', subject: 'tasks/1', tenantid: tenant, ephemeral: true, data: { id: '1', progress: 0.5, message: null }, ...extra });
+
+test('a signal is taken only from its own tenant\'s channel, marked ephemeral, without seq', () => {
+  const ok = parseSignal('capstan:t1:signals', signalJson('t1'));
+  assert.deepEqual(ok && { key: ok.key, tenantId: ok.tenantId }, { key: 'task.progress', tenantId: 't1' });
+  assert.equal(ok?.json, signalJson('t1')); // forwarded byte for byte
+  assert.equal(parseSignal('capstan:t2:signals', signalJson('t1')), null); // claims another tenant
+  assert.equal(parseSignal('capstan:t1:signals', signalJson('t1', { ephemeral: undefined })), null);
+  assert.equal(parseSignal('capstan:t1:signals', signalJson('t1', { seq: 4 })), null);
+  assert.equal(parseSignal('capstan:t1:signals', signalJson('t1', { type: 'task.progress' })), null);
+  assert.equal(parseSignal('capstan:t1:signals', 'not json'), null);
+  assert.equal(parseSignal('other:t1:signals', signalJson('t1')), null);
+  const pretty = parseSignal('capstan:t1:signals', JSON.stringify(JSON.parse(signalJson('t1')), null, 2));
+  assert.ok(pretty && !pretty.json.includes('\n')); // one SSE data line
+});
+
+test('signals reach the matching live subscribers of their tenant only, outside the seq order', async () => {
+  const db = { query: async () => ({ rows: [{ m: '7' }] }) } as unknown as Pool;
+  const metrics = new Metrics();
+  const hub = new Hub(db, metrics, pino({ level: 'silent' }), 1);
+  const tasks = new FakeSink();
+  const docs = new FakeSink();
+  const other = new FakeSink();
+  const held = new FakeSink();
+  const subTasks = new Subscriber('t', new Matcher(['task.*']), tasks, { bufferBytes: 1e6, bufferEvents: 10 }, counters);
+  await hub.start(subTasks, null);
+  await hub.start(new Subscriber('t', new Matcher(['document.*']), docs, { bufferBytes: 1e6, bufferEvents: 10 }, counters), null);
+  await hub.start(new Subscriber('u', new Matcher(['#']), other, { bufferBytes: 1e6, bufferEvents: 10 }, counters), null);
+  const catchingUp = new Subscriber('t', new Matcher(['task.progress']), held, { bufferBytes: 1e6, bufferEvents: 10 }, counters);
+  await hub.start(catchingUp, null);
+  catchingUp.hold();
+  hub.signal(parseSignal('capstan:t:signals', signalJson('t'))!);
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(tasks.signals, [signalJson('t')]);
+  assert.deepEqual([docs.signals, other.signals, held.signals], [[], [], []]);
+  assert.equal(subTasks.position, 7); // a signal moves no cursor
+  assert.deepEqual(tasks.sent, []);
+  assert.equal((await metrics.signalsDropped.get()).values[0]?.labels.reason, 'catching_up');
 });

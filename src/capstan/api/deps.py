@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from capstan.auth.service import Principal
-from capstan.cache.port import CacheUnavailable
+from capstan.cache.port import CacheUnavailable, RateDecision
 from capstan.container import Container
 from capstan.errors import RateLimited, Unauthorized
 
@@ -33,8 +33,17 @@ async def get_principal(
 ) -> Principal:
     """The caller, authenticated and within its rate limit."""
     if credentials is None:
-        raise Unauthorized("send `Authorization: Bearer <api key or session token>`")
+        raise Unauthorized(NO_CREDENTIALS)
     principal = await container.auth.authenticate(credentials.credentials)
+    await check_rate(container, principal)
+    return principal
+
+
+NO_CREDENTIALS = "send `Authorization: Bearer <api key or session token>`"
+
+
+async def check_rate(container: Container, principal: Principal) -> None:
+    """Count one request against the caller's limit; RateLimited when it is exceeded."""
     settings = container.settings
     try:
         decision = await container.rate_limiter.hit(
@@ -42,14 +51,18 @@ async def get_principal(
         )
     except CacheUnavailable:
         # Failing open: an unavailable limiter must not take the API down with it.
-        return principal
+        return
+    enforce(container, decision)
+
+
+def enforce(container: Container, decision: RateDecision) -> None:
+    """Raise RateLimited (429, Retry-After) when the limiter said no."""
     if not decision.allowed:
         container.metrics.rate_limited.inc()
         raise RateLimited(
-            f"rate limit of {settings.rate_limit_per_minute}/min exceeded for this key",
+            f"rate limit of {container.settings.rate_limit_per_minute}/min exceeded for this key",
             retry_after=decision.retry_after,
         )
-    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -11,8 +11,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from capstan.auth.failures import client_address
 from capstan.db.errors import is_database_down
-from capstan.errors import CapstanError
+from capstan.errors import CapstanError, RateLimited
 from capstan.observability.context import current_request_id
 
 log = logging.getLogger(__name__)
@@ -54,14 +55,34 @@ _HTTP_TITLES = {
 }
 
 
+def _is_data_exception(exc: Exception) -> bool:
+    """SQLSTATE class 22 ("data exception", PostgreSQL appendix A)."""
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith("22")
+
+
+def _printable(text: str) -> str:
+    # Echoed input may hold lone surrogates, which no UTF-8 response body can carry.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into problem+json."""
 
     @app.exception_handler(CapstanError)
-    async def _domain(_request: Request, exc: CapstanError) -> JSONResponse:
+    async def _domain(request: Request, exc: CapstanError) -> JSONResponse:
         headers = None
         if exc.status == 401:
-            headers = {"WWW-Authenticate": 'Bearer realm="capstan"'}
+            # Counted only here, on failure: the successful path never touches the limiter.
+            failures = request.app.state.container.auth_failures
+            retry_after = await failures.record(client_address(request))
+            if retry_after:
+                exc = RateLimited(
+                    "too many failed authentications from this address",
+                    retry_after=retry_after,
+                )
+            else:
+                headers = {"WWW-Authenticate": 'Bearer realm="capstan"'}
         retry_after = exc.extensions.get("retry_after")
         if retry_after is not None:
             headers = {"Retry-After": str(max(1, round(retry_after + 0.5)))}
@@ -72,7 +93,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            {
+                "loc": [_printable(p) if isinstance(p, str) else p for p in e.get("loc", ())],
+                "msg": _printable(str(e.get("msg", ""))),
+                "type": e.get("type", ""),
+            }
             for e in exc.errors()
         ]
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
@@ -95,6 +120,17 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(DBAPIError)
     @app.exception_handler(OSError)
     async def _db_down(request: Request, exc: Exception) -> JSONResponse:
+        if _is_data_exception(exc):
+            # The backstop behind validation at the door: a value the database cannot take
+            # (NUL in a path parameter, a number out of a column's range) is the caller's
+            # error. Nothing was written: the statement failed.
+            return problem(
+                422,
+                "Unprocessable Content",
+                "a value in this request cannot be stored or compared by the database "
+                "(NUL characters, lone surrogates and out-of-range numbers are refused)",
+                slug="invalid-input",
+            )
         if not is_database_down(exc):
             return await _unexpected(request, exc)
         log.warning("database unavailable", extra={"error": str(exc)})

@@ -58,12 +58,14 @@ from capstan.bench.report import (
     publish,
     result_header,
 )
+from capstan.bench.soak import soak as soak_command
 from capstan.bench.tasks import tasks as tasks_command
 from capstan.bench.wrk import WrkOutputError, WrkResult, parse_wrk, wrk_command, wrk_path
 
 app = typer.Typer(help="Benchmarks against the production backends on this machine.")
 app.command("events")(events_command)  # `capstan bench events`: src/capstan/bench/events.py
 app.command("tasks")(tasks_command)  # `capstan bench tasks`: src/capstan/bench/tasks.py
+app.command("soak")(soak_command)  # `capstan bench soak`: src/capstan/bench/soak.py
 
 # Design targets from the issue; informational: missing one does not fail the command.
 TARGET_HIT_VS_TRIVIAL = 0.70

@@ -7,7 +7,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from capstan.cache.gcra import gcra
-from capstan.cache.port import CachedEntry, RateDecision, Session
+from capstan.cache.port import CachedEntry, LimitedRead, RateDecision, Session
 
 
 @dataclass(slots=True)
@@ -67,6 +67,7 @@ class MemoryCache:
 class MemorySessionStore:
     def __init__(self) -> None:
         self._sessions: dict[str, tuple[Session, float]] = {}
+        self._by_key: dict[str, set[str]] = {}  # key id → its sessions' token hashes
 
     async def put(self, token_hash: str, session: Session, ttl_seconds: int) -> None:
         self._sessions[token_hash] = (session, time.monotonic() + ttl_seconds)
@@ -84,6 +85,17 @@ class MemorySessionStore:
     async def delete(self, token_hash: str) -> bool:
         return self._sessions.pop(token_hash, None) is not None
 
+    # --- per-key index (issue 14) ---
+    async def index_for_key(self, key_id: str, token_hash: str, ttl_seconds: int) -> None:
+        hashes = self._by_key.setdefault(key_id, set())
+        if len(hashes) >= 1024:  # forget sessions that expired since: bounded per key
+            hashes.intersection_update(self._sessions)
+        hashes.add(token_hash)
+
+    async def delete_for_key(self, key_id: str) -> int:
+        hashes = self._by_key.pop(key_id, set())
+        return sum(self._sessions.pop(h, None) is not None for h in hashes)
+
 
 class MemoryRateLimiter:
     def __init__(self) -> None:
@@ -95,3 +107,19 @@ class MemoryRateLimiter:
         if decision.allowed:
             self._tat[key] = new_tat
         return decision
+
+
+class MemoryRateLimitedReader:
+    """The limiter's and the cache's own calls: in one process there is no round trip to save."""
+
+    def __init__(self, limiter: MemoryRateLimiter, cache: MemoryCache) -> None:
+        self._limiter = limiter
+        self._cache = cache
+
+    async def hit_and_get(
+        self, rate_key: str, rate_per_minute: int, burst: int, cache_key: str
+    ) -> LimitedRead:
+        decision = await self._limiter.hit(rate_key, rate_per_minute, burst)
+        if not decision.allowed:
+            return LimitedRead(decision, None)
+        return LimitedRead(decision, await self._cache.get(cache_key))

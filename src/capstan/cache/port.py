@@ -53,6 +53,15 @@ class SessionStore(Protocol):
 
     async def delete(self, token_hash: str) -> bool: ...
 
+    # The per-key index (issue 14): revoking a key deletes every session opened with it.
+    async def index_for_key(self, key_id: str, token_hash: str, ttl_seconds: int) -> None:
+        """Remember that session `token_hash` belongs to `key_id` (for `delete_for_key`)."""
+        ...
+
+    async def delete_for_key(self, key_id: str) -> int:
+        """Delete every session opened with `key_id`; how many there were."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class RateDecision:
@@ -65,3 +74,21 @@ class RateLimiter(Protocol):
     """A GCRA limiter: `rate_per_minute` sustained, bursts up to `burst` requests."""
 
     async def hit(self, key: str, rate_per_minute: int, burst: int) -> RateDecision: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LimitedRead:
+    decision: RateDecision
+    entry: CachedEntry | None  # None when refused, missing or a tombstone
+
+
+class RateLimitedReader(Protocol):
+    """A RateLimiter hit and then, if allowed, a VersionedCache get: one round trip on Redis.
+
+    Decides exactly as the RateLimiter of the same backend (same cells, same clock), and reads
+    exactly what that backend's VersionedCache.get would; the cached document read's hot path.
+    """
+
+    async def hit_and_get(
+        self, rate_key: str, rate_per_minute: int, burst: int, cache_key: str
+    ) -> LimitedRead: ...

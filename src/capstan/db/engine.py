@@ -14,7 +14,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """An async engine for a `postgresql://` or `sqlite://` URL."""
     async_url = to_async_url(url)
     if async_url.startswith("sqlite"):
-        engine = create_async_engine(async_url, connect_args={"timeout": 30})
+        engine = create_async_engine(async_url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
@@ -26,6 +26,9 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         # found dead fails its statement instead (503 to API clients, retried by workers and
         # subscribers) and SQLAlchemy then drops every pooled connection of that generation.
         pool_recycle=1800,
+        # Parameters are user data and secrets (webhook signing secrets, key hashes): never
+        # in an exception's text, so never in a logged traceback (docs/security.md).
+        hide_parameters=True,
     )
     event.listen(engine.sync_engine, "handle_error", _broken_protocol_is_a_disconnect)
     return engine

@@ -19,6 +19,8 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    event,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -32,9 +34,12 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTCDateTime column")
-        return value
+        # SQLite stores the wall time and drops the offset: store the UTC instant on both.
+        return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -67,6 +72,8 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # A disabled tenant's keys and sessions stop working; its data stays (0005_security).
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class ApiKey(Base):
@@ -79,6 +86,41 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # 0005_security: expiry (also the end of a rotated key's overlap) and the operator scope.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class AuthRevocation(Base):
+    """A key that stops working at `effective_at`: revoked, expired by rotation, or its tenant
+    disabled or deleted. Every API instance polls this table to drop its cached key and the
+    key's sessions (auth/revocations.py); it outlives the key row, which a delete removes."""
+
+    __tablename__ = "auth_revocations"
+    __table_args__ = (Index("ix_auth_revocations_effective_at", "effective_at"),)
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
+    key_id: Mapped[str] = mapped_column(String(32))
+    tenant_id: Mapped[str] = mapped_column(String(36))
+    effective_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+_analyzed: list[Any] = [None, None]  # the last (source, columns): one analysis per row
+
+
+def _terms(column: str) -> Any:
+    """An insert default that analyzes the row's own title, body and tags."""
+
+    def default(context: Any) -> Any:
+        from capstan.search.analysis import search_columns
+
+        row = context.get_current_parameters()
+        source = (row.get("title") or "", row.get("body") or "", tuple(row.get("tags") or ()))
+        if _analyzed[0] != source:
+            _analyzed[:] = [source, search_columns(*source)]
+        return _analyzed[1][column]
+
+    return default
 
 
 class Document(Base):
@@ -97,10 +139,32 @@ class Document(Base):
     title: Mapped[str] = mapped_column(Text)
     body: Mapped[str] = mapped_column(Text)
     tags: Mapped[list[str]] = mapped_column(JSONType)
+    # The analyzed terms (capstan.search.analysis) the full-text index is built from
+    # (migration 0006): set on insert from the row's values and on every ORM update below.
+    terms_title: Mapped[str] = mapped_column(Text, default=_terms("terms_title"), server_default="")
+    terms_tags: Mapped[str] = mapped_column(Text, default=_terms("terms_tags"), server_default="")
+    terms_body: Mapped[str] = mapped_column(Text, default=_terms("terms_body"), server_default="")
+    terms_norm: Mapped[float] = mapped_column(
+        Float, default=_terms("terms_norm"), server_default="1"
+    )
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType)
     version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+@event.listens_for(Document, "before_update")
+def _reanalyze(_mapper: Any, _connection: Any, doc: Document) -> None:
+    """An ORM update of the title, body or tags re-analyzes the row's terms (Core `update()`
+    statements must set `terms_*` themselves, with capstan.search.analysis.search_columns)."""
+    from sqlalchemy import inspect as sa_inspect
+
+    state = sa_inspect(doc)
+    if any(state.attrs[name].history.has_changes() for name in ("title", "body", "tags")):
+        from capstan.search.analysis import search_columns
+
+        for name, value in search_columns(doc.title, doc.body, doc.tags).items():
+            setattr(doc, name, value)
 
 
 class OutboxEvent(Base):

@@ -15,7 +15,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from capstan.cache.port import CacheUnavailable, VersionedCache
+from prometheus_client import Counter
+
+from capstan.cache.port import CachedEntry, CacheUnavailable, VersionedCache
 from capstan.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ class CacheAside:
         self._name = name
         self._inflight: dict[str, asyncio.Future[Loaded | None]] = {}
         self._pending: dict[str, int] = {}  # key -> version of invalidations not yet delivered
+        self._counters: dict[str, Counter] = {}  # result -> its labelled counter (labels() is slow)
 
     async def read(
         self, key: str, load: Callable[[], Awaitable[Loaded | None]], *, bypass: bool = False
@@ -73,6 +76,21 @@ class CacheAside:
             return ReadResult(await load(), "degraded")
         self._count("miss")
         return ReadResult(await self._load_once(key, load), "miss")
+
+    @property
+    def trusted(self) -> bool:
+        """False while an invalidation is undelivered: the cache must not be read until then.
+
+        A caller that fetches an entry itself (see `hit`) checks this *before* its fetch: an
+        entry fetched while an invalidation was pending may be the very one it should remove.
+        """
+        return not self._pending
+
+    def hit(self, entry: CachedEntry) -> Loaded:
+        """Serve an entry the caller fetched itself (with the rate limit, in one round trip)
+        after `trusted` said yes; anything else (a miss, the cache down) goes through `read`."""
+        self._count("hit")
+        return Loaded(entry.version, entry.payload)
 
     async def _load_once(
         self, key: str, load: Callable[[], Awaitable[Loaded | None]]
@@ -147,4 +165,8 @@ class CacheAside:
         return True
 
     def _count(self, result: str) -> None:
-        self._metrics.cache_requests.labels(self._name, result).inc()
+        counter = self._counters.get(result)
+        if counter is None:
+            counter = self._metrics.cache_requests.labels(self._name, result)
+            self._counters[result] = counter
+        counter.inc()

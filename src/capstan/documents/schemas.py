@@ -7,24 +7,30 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from capstan.storable import MAX_JSON_DEPTH, StorableInput
+
 # Limits here are the defaults; Settings may lower them (checked in the service).
 Collection = Annotated[
     str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 ]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
+METADATA_RULES = (
+    f"a JSON object nesting at most {MAX_JSON_DEPTH} levels; no string (key or value, here or "
+    "in any field) may hold NUL or a lone UTF-16 surrogate; NaN and infinities are refused"
+)
 
 
-class DocumentCreate(BaseModel):
+class DocumentCreate(StorableInput):
     model_config = ConfigDict(extra="forbid")
 
     collection: Collection = "default"
     title: str = Field("", max_length=1000)
     body: str = Field(..., max_length=500_000)
     tags: list[Tag] = Field(default_factory=list, max_length=64)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict, description=METADATA_RULES)
 
 
-class DocumentUpdate(BaseModel):
+class DocumentUpdate(StorableInput):
     """A partial update: only the fields present change."""
 
     model_config = ConfigDict(extra="forbid")
@@ -33,7 +39,7 @@ class DocumentUpdate(BaseModel):
     title: str | None = Field(None, max_length=1000)
     body: str | None = Field(None, max_length=500_000)
     tags: list[Tag] | None = Field(None, max_length=64)
-    metadata: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = Field(None, description=METADATA_RULES)
 
 
 class DocumentRead(BaseModel):

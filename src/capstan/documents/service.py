@@ -136,12 +136,18 @@ class DocumentStore:
         async with self._db.begin() as session:
             doc = await self._locked(session, tenant_id, doc_id, if_match)
             changes = patch.model_dump(exclude_unset=True)
+            changed = False
             for field, value in changes.items():
                 if value is None:
                     raise InvalidInput(f"{field} cannot be null", field=field)
                 if field == "tags":
                     value = _unique(value)
-                setattr(doc, "metadata_" if field == "metadata" else field, value)
+                attribute = "metadata_" if field == "metadata" else field
+                if getattr(doc, attribute) != value:
+                    setattr(doc, attribute, value)
+                    changed = True
+            if not changed:  # `PATCH {}` or the same values: no new version, no event
+                return doc
             doc.version += 1
             doc.updated_at = datetime.now(UTC)
             self._event(session, doc, "updated")

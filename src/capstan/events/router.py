@@ -12,6 +12,9 @@ from capstan.api.deps import ContainerDep, PrincipalDep
 from capstan.db.schema import AuditEntry
 from capstan.events.envelope import TYPE_PREFIX
 
+# seq is a signed 64-bit column: a larger `after` is a 422, not an overflow in the driver.
+MAX_SEQ = 2**63 - 1
+
 router = APIRouter(prefix="/v1/events", tags=["events"])
 
 
@@ -31,7 +34,7 @@ async def list_events(
     who: PrincipalDep,
     type: Annotated[str | None, Query(max_length=200, description="e.g. document.created")] = None,
     subject: Annotated[str | None, Query(max_length=200, description="e.g. documents/<id>")] = None,
-    after: Annotated[int, Query(ge=0, description="only events after this seq")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="only events after this seq")] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> EventPage:
     """The tenant's events in the order they were recorded."""

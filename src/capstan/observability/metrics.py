@@ -75,6 +75,18 @@ class Metrics:
         self.backup_failures = Counter(
             "capstan_backup_failures_total", "Scheduled backup runs that failed.", registry=r
         )
+        # --- Retention (the scheduler's retention job).
+        self.retention_deleted = Counter(
+            "capstan_retention_deleted_total",
+            "Rows deleted by retention, per table.",
+            ["table"],
+            registry=r,
+        )
+        self.retention_last_run = Gauge(
+            "capstan_retention_last_run_timestamp_seconds",
+            "Unix time the last retention run finished.",
+            registry=r,
+        )
         self.outbox_backlog = Gauge(
             "capstan_outbox_backlog", "Committed events not yet published.", registry=r
         )
@@ -189,6 +201,25 @@ class Metrics:
             "capstan_tasks_redispatched_total",
             "Queued tasks dispatched again: dispatched long ago, never claimed, and their queue "
             "empty (their message was lost).",
+            registry=r,
+        )
+        # Ephemeral signals (Redis Pub/Sub or in-process; docs/contracts/signals.md).
+        self.signals_published = Counter(
+            "capstan_signals_published_total",
+            "Ephemeral signals handed to the signal bus, by type (task.progress).",
+            ["type"],
+            registry=r,
+        )
+        self.signals_dropped = Counter(
+            "capstan_signals_dropped_total",
+            "Ephemeral signals not delivered, by type and reason: unavailable (Redis down), "
+            "error, slow_subscriber (an in-process subscriber's queue was full).",
+            ["type", "reason"],
+            registry=r,
+        )
+        self.task_progress_writes = Counter(
+            "capstan_task_progress_writes_total",
+            "Task rows updated with their latest progress (at most once a second per task).",
             registry=r,
         )
         self.worker_heartbeat = Gauge(

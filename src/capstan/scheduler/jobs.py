@@ -1,6 +1,7 @@
 """The scheduler's jobs and how the scheduler is built from a container.
 
-backup (CAPSTAN_BACKUP_SCHEDULE, default 02:00 UTC daily): create → verify → prune. The
+backup (CAPSTAN_BACKUP_SCHEDULE, default 02:00 UTC daily): create → verify → prune.
+retention (CAPSTAN_RETENTION_SCHEDULE, default 03:30 UTC daily): scheduler/retention.py. The
 last-success gauge moves only when verify passed; it starts from the newest good backup on
 disk, so a restarted scheduler does not look as if it never backed up.
 """
@@ -21,6 +22,7 @@ from capstan.backups.progress import BackupError
 from capstan.container import Container
 from capstan.observability.metrics import Metrics
 from capstan.scheduler.core import Clock, Job, JobLock, LocalLock, PostgresLock, Scheduler, utc_now
+from capstan.scheduler.retention import RetentionJob
 from capstan.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,11 @@ def job_lock(c: Container) -> JobLock:
 def build_scheduler(c: Container, *, clock: Clock = utc_now) -> Scheduler:
     backup = BackupJob(c.settings, c.metrics, clock=clock)
     backup.init_gauge()
-    return Scheduler([Job("backup", c.settings.backup_schedule, backup)], job_lock(c), clock=clock)
+    jobs = [
+        Job("backup", c.settings.backup_schedule, backup),
+        Job("retention", c.settings.retention_schedule, RetentionJob(c)),
+    ]
+    return Scheduler(jobs, job_lock(c), clock=clock)
 
 
 def attach_scheduler(app: Any) -> None:

@@ -18,6 +18,8 @@ from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError, Transport
 from elasticsearch import ConnectionError as EsConnectionError
 
 from capstan.node_urls import node_urls
+from capstan.search.analysis import ANALYSIS_VERSION, search_columns
+from capstan.search.highlight import highlight
 from capstan.search.port import (
     Hit,
     IndexDoc,
@@ -28,9 +30,23 @@ from capstan.search.port import (
     SearchUnavailable,
     metadata_text,
 )
+from capstan.search.query import FIELD_WEIGHTS, TIER, ParsedQuery, idf, parse
 
 FACET_SIZE = 20
 BULK_TIMEOUT_SECONDS = 60.0
+ANALYZED_CHECK_SECONDS = 30.0
+
+
+# The analyzed fields (search/analysis.py): the `whitespace` analyzer, a core one, only splits
+# the terms Python made, so this index matches exactly what the database engines match.
+TERMS_FIELDS = ("title_terms", "tags_terms", "body_terms")
+ES_FIELD = {
+    "terms_title": "title_terms",
+    "terms_tags": "tags_terms",
+    "terms_body": "body_terms",
+    "terms_norm": "terms_norm",
+}
+RANKED_FIELDS = ["title_terms^3", "tags_terms^2", "body_terms"]
 
 
 def document_source(doc: IndexDoc) -> dict[str, Any]:
@@ -46,6 +62,10 @@ def document_source(doc: IndexDoc) -> dict[str, Any]:
         "title": doc.title,
         "body": doc.body,
         "tags": list(doc.tags),
+        **{
+            ES_FIELD[name]: value
+            for name, value in search_columns(doc.title, doc.body, doc.tags).items()
+        },
         "meta": meta,
         "version": doc.version,
         "created_at": doc.created_at.isoformat(),
@@ -84,6 +104,7 @@ class ElasticsearchEngine:
         self._ready = False
         self._lock = asyncio.Lock()
         self._targets: tuple[float, list[str]] = (0.0, [])
+        self._analyzed: tuple[float, bool] = (float("-inf"), False)
 
     # --- management ------------------------------------------------------------------------
 
@@ -105,6 +126,9 @@ class ElasticsearchEngine:
                 "index.gc_deletes": "1h",
             },
             "mappings": {
+                # Which analysis built this index: only an index built whole with the current
+                # one (created by this code, filled by reindex or the indexer) answers queries.
+                "_meta": {"analysis": ANALYSIS_VERSION},
                 "dynamic": "strict",
                 "properties": {
                     "doc_id": {"type": "keyword"},
@@ -113,6 +137,8 @@ class ElasticsearchEngine:
                     "title": text,
                     "body": text,
                     "tags": {"type": "keyword"},
+                    **{name: {"type": "text", "analyzer": "whitespace"} for name in TERMS_FIELDS},
+                    "terms_norm": {"type": "double"},
                     "meta": {"type": "keyword"},
                     "version": {"type": "long"},
                     "created_at": {"type": "date"},
@@ -149,7 +175,37 @@ class ElasticsearchEngine:
                 except SearchUnavailable as exc:
                     if not isinstance(exc.__cause__, ApiError) or exc.__cause__.status_code != 400:
                         raise
+            await self._add_analysis_fields()
             self._ready = True
+
+    async def _add_analysis_fields(self) -> None:
+        """Indices made before the analysis fields existed get them (adding fields to a
+        mapping is allowed in place), so the indexer's writes are accepted; their older
+        documents lack the terms until `capstan search reindex` rebuilds the index, and until
+        then `analyzed()` is false and text queries are answered by the database."""
+        found = await self._call(self.client.indices.get_mapping(index=self.write_alias))
+        added = self.body()["mappings"]["properties"]
+        for name, index in found.body.items():
+            have = index.get("mappings", {}).get("properties", {})
+            missing = {f: added[f] for f in (*TERMS_FIELDS, "terms_norm") if f not in have}
+            if missing:
+                await self._call(self.client.indices.put_mapping(index=name, properties=missing))
+
+    async def analyzed(self) -> bool:
+        """Whether the read index was built with the analysis (search/analysis.py); checked
+        at most every `ANALYZED_CHECK_SECONDS`."""
+        at, ok = self._analyzed
+        if ok and time.monotonic() - at < ANALYZED_CHECK_SECONDS:
+            return True
+        if not ok and time.monotonic() - at < self.alias_cache_seconds:
+            return False
+        found = await self._call(self.client.indices.get_mapping(index=self.alias))
+        ok = bool(found.body) and all(
+            index.get("mappings", {}).get("_meta", {}).get("analysis") == ANALYSIS_VERSION
+            for index in found.body.values()
+        )
+        self._analyzed = (time.monotonic(), ok)
+        return ok
 
     async def read_index(self) -> str | None:
         try:
@@ -175,6 +231,7 @@ class ElasticsearchEngine:
     async def update_aliases(self, actions: list[dict[str, Any]]) -> None:
         await self._call(self.client.indices.update_aliases(actions=actions))
         self._targets = (0.0, [])
+        self._analyzed = (float("-inf"), False)
 
     async def delete_index(self, name: str) -> None:
         await self._call(self.client.indices.delete(index=name, ignore_unavailable=True))
@@ -273,7 +330,133 @@ class ElasticsearchEngine:
 
     # --- reads -----------------------------------------------------------------------------
 
-    def build_query(self, q: SearchQuery) -> dict[str, Any]:
+    @staticmethod
+    def text_clauses(parsed: ParsedQuery, idfs: Sequence[float]) -> dict[str, list[Any]]:
+        """The bool clauses of a parsed query (search/query.py), `idfs` one per ranked item.
+
+        Per term, an exact match scores `2 * TIER` and a typo match `TIER` (named `t<i>` /
+        `f<i>`, so each hit tells which rule let it in), `minimum_should_match` over the terms;
+        relevance is built from constant scores (idf times the best field's weight, times the
+        document's `terms_norm`), never from BM25, so it equals the databases' number. Phrases
+        and exclusions are filters: they decide, they do not score."""
+
+        def field_match(forms: Sequence[str], field: str) -> list[dict[str, Any]]:
+            return [
+                {"term": {field: form}} if " " not in form else {"match_phrase": {field: form}}
+                for form in forms
+            ]
+
+        def anywhere(forms: Sequence[str]) -> dict[str, Any]:
+            return {"bool": {"should": [c for f in TERMS_FIELDS for c in field_match(forms, f)]}}
+
+        def relevance(forms: Sequence[str], weight: float) -> dict[str, Any]:
+            best = [
+                {
+                    "constant_score": {
+                        "filter": {"bool": {"should": field_match(forms, f"{field}_terms")}},
+                        "boost": w * weight,
+                    }
+                }
+                for field, w in FIELD_WEIGHTS.items()
+            ]
+            return {
+                "function_score": {
+                    "query": {"dis_max": {"queries": best}},
+                    "functions": [{"field_value_factor": {"field": "terms_norm", "missing": 1.0}}],
+                    "boost_mode": "multiply",
+                }
+            }
+
+        def phrase(words: tuple[str, ...]) -> dict[str, Any]:
+            return anywhere([" ".join(words)])
+
+        ranked = parsed.ranked()
+        weights = dict(zip(ranked, idfs, strict=True))
+        clauses: list[dict[str, Any]] = []
+        for i, term in enumerate(parsed.terms):
+            tiers: list[dict[str, Any]] = [
+                {
+                    "constant_score": {
+                        "filter": anywhere(term.forms),
+                        "boost": 2 * TIER,
+                        "_name": f"t{i}",
+                    }
+                }
+            ]
+            if term.variants:
+                tiers.append(
+                    {
+                        "constant_score": {
+                            "filter": {
+                                "bool": {
+                                    "should": [
+                                        {"terms": {f: list(term.variants)}} for f in TERMS_FIELDS
+                                    ]
+                                }
+                            },
+                            "boost": TIER,
+                            "_name": f"f{i}",
+                        }
+                    }
+                )
+            clauses.append(
+                {
+                    "bool": {
+                        "should": [
+                            {"dis_max": {"queries": tiers}},
+                            relevance(term.forms, weights[term.forms]),
+                        ]
+                    }
+                }
+            )
+        must: list[dict[str, Any]] = []
+        if clauses:
+            must.append({"bool": {"should": clauses, "minimum_should_match": parsed.required}})
+        elif not parsed.phrases:  # nothing positive: a query that finds nothing
+            must.append({"match_none": {}})
+        term_forms = {t.forms for t in parsed.terms}
+        return {
+            "filter": [phrase(p) for p in parsed.phrases],
+            "must": must,
+            "must_not": [phrase(p) for p in parsed.excluded],
+            # Phrase words count for relevance like terms do.
+            "should": [relevance(r, weights[r]) for r in ranked if r not in term_forms],
+        }
+
+    async def stats(self, tenant_id: str, ranked: Sequence[tuple[str, ...]]) -> list[float]:
+        """The idf of each ranked item over the tenant's documents (search/query.py)."""
+        if not ranked:
+            return []
+        aggs = {
+            f"d{i}": {
+                "filter": {
+                    "bool": {
+                        "should": [
+                            {"term": {f: form}} if " " not in form else {"match_phrase": {f: form}}
+                            for f in TERMS_FIELDS
+                            for form in forms
+                        ]
+                    }
+                }
+            }
+            for i, forms in enumerate(ranked)
+        }
+        response = await self._call(
+            self.client.search(
+                index=self.alias,
+                size=0,
+                track_total_hits=True,
+                query={"term": {"tenant_id": tenant_id}},
+                aggs=aggs,
+            )
+        )
+        n = int(response["hits"]["total"]["value"])
+        return [
+            idf(n, int(response["aggregations"][f"d{i}"]["doc_count"])) for i in range(len(ranked))
+        ]
+
+    def build_query(self, q: SearchQuery, idfs: Sequence[float] = ()) -> dict[str, Any]:
+        """The search body; `idfs` (from `stats`) weigh the ranked items of a text query."""
         f = q.filters
         filters: list[dict[str, Any]] = [{"term": {"tenant_id": q.tenant_id}}]
         if f.collection is not None:
@@ -292,18 +475,10 @@ class ElasticsearchEngine:
             filters.append({"range": {"created_at": dates}})
         filters.extend({"term": {"meta": f"{k}={v}"}} for k, v in f.metadata)
         text = (q.text or "").strip()
-        must: list[dict[str, Any]] = []
+        bool_: dict[str, Any] = {"filter": filters}
         if text:
-            must.append(
-                {
-                    "multi_match": {
-                        "query": text,
-                        "fields": ["title^2", "body"],
-                        "type": "cross_fields",
-                        "operator": "and",
-                    }
-                }
-            )
+            for kind, clauses in self.text_clauses(parse(text, typos=q.typos), idfs).items():
+                bool_.setdefault(kind, []).extend(clauses)
         sort: list[Any]
         if q.sort == "relevance" and text:
             sort = ["_score", {"doc_id": "asc"}]
@@ -311,26 +486,17 @@ class ElasticsearchEngine:
             field = "updated_at" if q.sort == "updated" else "created_at"
             sort = [{field: "desc"}, {"doc_id": "desc"}]
         body: dict[str, Any] = {
-            "query": {"bool": {"filter": filters, "must": must}},
+            "query": {"bool": bool_},
             "sort": sort,
             "size": q.limit + 1,
             "track_total_hits": True,
             "version": True,
-            "_source": ["title"],
+            "_source": ["title", "body"] if text and q.with_highlights else ["title"],
         }
         if q.after is not None:
             body["search_after"] = list(q.after)
         elif q.offset:
             body["from"] = q.offset
-        if text and q.with_highlights:
-            body["highlight"] = {
-                "pre_tags": ["<em>"],
-                "post_tags": ["</em>"],
-                "fields": {
-                    "title": {"number_of_fragments": 0},
-                    "body": {"fragment_size": 150, "number_of_fragments": 2},
-                },
-            }
         if q.with_facets:
             body["aggs"] = {
                 "tags": {"terms": {"field": "tags", "size": FACET_SIZE}},
@@ -340,23 +506,38 @@ class ElasticsearchEngine:
 
     async def query(self, q: SearchQuery) -> SearchResult:
         await self.ensure()
-        body = self.build_query(q)
+        text = (q.text or "").strip()
+        if text and not await self.analyzed():
+            raise SearchUnavailable(
+                "elasticsearch: the index predates the search analysis; "
+                "run `capstan search reindex` (the database answers until then)"
+            )
+        parsed = parse(text, typos=q.typos) if text else None
+        idfs = await self.stats(q.tenant_id, parsed.ranked()) if parsed is not None else []
+        body = self.build_query(q, idfs)
         response = await self._call(self.client.search(index=self.alias, **body))
         raw = response["hits"]["hits"]
         more = len(raw) > q.limit
         hits = []
+        words = set(parsed.words()) if parsed is not None else set()
         for h in raw[: q.limit]:
-            marks = h.get("highlight", {})
-            hits.append(
-                Hit(
-                    id=h["_id"],
-                    title=h["_source"].get("title", ""),
-                    score=h.get("_score") if (q.text or "").strip() else None,
-                    version=int(h["_version"]),
-                    highlights=[*marks.get("title", []), *marks.get("body", [])],
-                    key=tuple(h["sort"]),
-                )
+            source = h["_source"]
+            hit = Hit(
+                id=h["_id"],
+                title=source.get("title", ""),
+                score=h.get("_score") if parsed is not None else None,
+                version=int(h["_version"]),
+                key=tuple(h["sort"]),
             )
+            if parsed is not None:
+                named = set(h.get("matched_queries", ()))
+                n = len(parsed.terms)
+                exact = sum(f"t{i}" in named for i in range(n))
+                matched = sum(bool({f"t{i}", f"f{i}"} & named) for i in range(n))
+                hit.match = parsed.rule(exact, matched)
+                if q.with_highlights:
+                    hit.highlights = highlight(hit.title, source.get("body", ""), words)
+            hits.append(hit)
         facets: dict[str, dict[str, int]] = {}
         aggs = response.get("aggregations")
         if aggs:

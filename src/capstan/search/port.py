@@ -75,6 +75,8 @@ class SearchQuery:
     offset: int = 0
     with_facets: bool = True
     with_highlights: bool = True
+    # Typo tolerance: longer terms also match indexed terms one edit away (search/query.py).
+    typos: bool = False
 
 
 @dataclass(slots=True)
@@ -86,6 +88,9 @@ class Hit:
     highlights: list[str] = field(default_factory=list)
     # The engine's sort key for this hit: the next page starts after it.
     key: tuple[Any, ...] = ()
+    # Which rule let it in (text queries): "all" terms, "typo" (all, some at one edit), "most"
+    # (the minimum-should-match rule); see search/query.py.
+    match: str | None = None
 
 
 @dataclass(slots=True)

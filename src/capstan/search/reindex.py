@@ -19,6 +19,7 @@ bookkeeping, and external versioning makes both writers commute.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -84,6 +85,39 @@ async def reindex(
     await asyncio.sleep(engine.alias_cache_seconds * 2)
     log.info("reindex: backfilling", extra={"old": old, "new": new})
 
+    try:
+        done = await _backfill(container, engine, new, progress)
+    except BaseException:
+        # Cancelled or failed before the swap: detach and drop the half-built index, so the
+        # indexers stop writing to it and a later run starts clean.
+        with contextlib.suppress(Exception):
+            await engine.update_aliases([{"remove": {"index": new, "alias": engine.write_alias}}])
+            await engine.delete_index(new)
+        raise
+
+    await engine.client.indices.refresh(index=new)
+    repaired = await reconcile(engine, container.db, grace_seconds=0, index=new)
+    actions: list[dict[str, Any]] = [{"add": {"index": new, "alias": engine.alias}}]
+    if old is not None:
+        actions += [
+            {"remove": {"index": old, "alias": engine.alias}},
+            {"remove": {"index": old, "alias": engine.write_alias}},
+        ]
+    await engine.update_aliases(actions)
+    log.info("reindex: alias swapped", extra={"old": old, "new": new})
+    if old is not None and not keep_old:
+        await asyncio.sleep(engine.alias_cache_seconds * 2)
+        await engine.delete_index(old)
+    await engine.client.indices.refresh(index=new)
+    final = await reconcile(engine, container.db, grace_seconds=0, index=new)
+    repaired.repaired += final.repaired
+    return ReindexReport(old, new, done, repaired, loop.time() - started)
+
+
+async def _backfill(
+    container: Container, engine: ElasticsearchEngine, new: str, progress: Progress | None
+) -> int:
+    """Copy every document into the index `new`, a page at a time; returns how many."""
     async with container.db() as session:
         total = int((await session.execute(select(func.count(Document.id)))).scalar_one())
     done = 0
@@ -114,30 +148,19 @@ async def reindex(
         if errors:
             raise errors[0]
         done += len(rows)
-        await _report(progress, done, max(total, done))
+        try:
+            await _report(progress, done, max(total, done))
+        except BaseException:  # cancelled: no write may land after the index is dropped
+            for pending in in_flight:
+                pending.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+            raise
     if in_flight:
         finished, _ = await asyncio.wait(in_flight)
         errors.extend(e for t in finished if (e := t.exception()) is not None)
     if errors:
         raise errors[0]
-
-    await engine.client.indices.refresh(index=new)
-    repaired = await reconcile(engine, container.db, grace_seconds=0, index=new)
-    actions: list[dict[str, Any]] = [{"add": {"index": new, "alias": engine.alias}}]
-    if old is not None:
-        actions += [
-            {"remove": {"index": old, "alias": engine.alias}},
-            {"remove": {"index": old, "alias": engine.write_alias}},
-        ]
-    await engine.update_aliases(actions)
-    log.info("reindex: alias swapped", extra={"old": old, "new": new})
-    if old is not None and not keep_old:
-        await asyncio.sleep(engine.alias_cache_seconds * 2)
-        await engine.delete_index(old)
-    await engine.client.indices.refresh(index=new)
-    final = await reconcile(engine, container.db, grace_seconds=0, index=new)
-    repaired.repaired += final.repaired
-    return ReindexReport(old, new, done, repaired, loop.time() - started)
+    return done
 
 
 async def _report(progress: Progress | None, done: int, total: int) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from capstan.api.deps import ContainerDep, PrincipalDep
 from capstan.errors import InvalidInput
 from capstan.search.port import Filters, SearchQuery
+from capstan.storable import to_utc
 
 router = APIRouter(prefix="/v1/search", tags=["search"])
 
@@ -26,6 +27,19 @@ class SearchHit(BaseModel):
     score: float | None = Field(None, description="relevance; null for structured queries")
     version: int
     highlights: list[str] = Field(default_factory=list, description="matches in <em>…</em>")
+    match: Literal["all", "typo", "most"] | None = Field(
+        None,
+        description="the rule that let the hit in: every term matched (`all`), every term with "
+        "some at one edit (`typo`), or the minimum-should-match count (`most`); null without q",
+    )
+
+
+class QueryInfo(BaseModel):
+    terms: list[str] = Field(description="the analyzed terms (stemmed, folded)")
+    phrases: list[str]
+    excluded: list[str]
+    min_should_match: int = Field(description="how many terms a hit must match at least")
+    typos: bool
 
 
 class SearchResponse(BaseModel):
@@ -38,12 +52,16 @@ class SearchResponse(BaseModel):
     engines: list[str] = Field(description="the engines that answered")
     degraded: bool = Field(description="true when Elasticsearch was down and PostgreSQL answered")
     next_cursor: str | None = None
+    query: QueryInfo | None = Field(None, description="how `q` was understood; null without q")
 
 
-def _utc(value: datetime | None) -> datetime | None:
+def _utc(value: datetime | None, field: str) -> datetime | None:
     if value is None:
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return to_utc(value)
+    except ValueError as exc:  # e.g. 0001-01-01T00:00+05:00 is before year 1 in UTC
+        raise InvalidInput(f"{field}: {exc}", field=field) from exc
 
 
 @router.get("", response_model=SearchResponse)
@@ -51,15 +69,20 @@ async def search(
     request: Request,
     c: ContainerDep,
     who: PrincipalDep,
-    q: Annotated[str | None, Query(max_length=2000, description="full-text query")] = None,
+    # Declared limits are the defaults of CAPSTAN_SEARCH_MAX_QUERY_CHARS and _MAX_PAGE_SIZE
+    # (settings may lower them; the checks below enforce the configured values).
+    q: Annotated[str | None, Query(max_length=500, description="full-text query")] = None,
     collection: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
     tag: Annotated[list[str] | None, Query(max_length=MAX_TAGS)] = None,
     tags_mode: Literal["all", "any"] = "all",
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     sort: Literal["relevance", "created", "updated"] = "relevance",
-    limit: Annotated[int, Query(ge=1)] = 20,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=1000)] = None,
+    typos: Annotated[
+        bool, Query(description="also match longer words at one edit (ranked below exact)")
+    ] = False,
 ) -> SearchResponse:
     """Full text and structured filters, merged; `metadata.<field>=value` filters on metadata."""
     s = c.settings
@@ -85,7 +108,8 @@ async def search(
         metadata.append((name, value))
     if len(metadata) > MAX_METADATA_FILTERS:
         raise InvalidInput(f"at most {MAX_METADATA_FILTERS} metadata filters", field="metadata")
-    after, before = _utc(created_after), _utc(created_before)
+    after = _utc(created_after, "created_after")
+    before = _utc(created_before, "created_before")
     if after is not None and before is not None and after >= before:
         raise InvalidInput("created_after must be before created_before", field="created_after")
     query = SearchQuery(
@@ -101,12 +125,18 @@ async def search(
         ),
         sort=sort,
         limit=limit,
+        typos=typos,
     )
     page = await c.searcher.search(query, cursor)
     return SearchResponse(
         hits=[
             SearchHit(
-                id=h.id, title=h.title, score=h.score, version=h.version, highlights=h.highlights
+                id=h.id,
+                title=h.title,
+                score=h.score,
+                version=h.version,
+                highlights=h.highlights,
+                match=h.match,
             )
             for h in page.hits
         ],
@@ -116,4 +146,5 @@ async def search(
         engines=page.engines,
         degraded=page.degraded,
         next_cursor=page.next_cursor,
+        query=None if page.query is None else QueryInfo(**page.query),
     )

@@ -33,6 +33,7 @@ from capstan.errors import InvalidInput, Unavailable
 from capstan.observability.metrics import Metrics
 from capstan.search.elasticsearch import ElasticsearchEngine
 from capstan.search.port import Hit, SearchQuery, SearchResult, SearchUnavailable
+from capstan.search.query import parse
 from capstan.search.sql import DatabaseSearch
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,12 @@ class SearchPage:
     took_ms: float
     next_cursor: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # How the text was understood (terms, phrases, exclusions, min_should_match); None without.
+    query: dict[str, Any] | None = None
 
 
 def _fingerprint(q: SearchQuery) -> str:
-    raw = json.dumps([q.text or "", repr(q.filters), q.sort], sort_keys=True, default=str)
+    raw = json.dumps([q.text or "", repr(q.filters), q.sort, q.typos], sort_keys=True, default=str)
     return hashlib.sha256(raw.encode()).hexdigest()[:12]
 
 
@@ -130,6 +133,8 @@ class SearchService:
             page = await self._database(
                 q, cursor_engine, degraded=bool(text and self.index is not None)
             )
+        if text:
+            page.query = parse(text, typos=q.typos).describe()
         page.took_ms = round((time.perf_counter() - started) * 1000, 2)
         label = "merged" if len(page.engines) > 1 else self._label(page.engines[0])
         self._metrics.search_duration.labels(label).observe(time.perf_counter() - started)

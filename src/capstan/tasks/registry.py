@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from capstan.errors import InvalidInput
 
 if TYPE_CHECKING:
+    from capstan.container import Container
     from capstan.settings import Settings
     from capstan.tasks.context import TaskContext
 
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "capstan.tasks"
 
 Handler = Callable[[Any, "TaskContext"], Awaitable[Any]]
+# Run at submit time with the validated input: raise a CapstanError to refuse the task there
+# and then (e.g. a document that does not exist) instead of failing every attempt later.
+Check = Callable[[Any, "Container", str], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,9 @@ class TaskType:
     queue: str = "default"
     max_attempts: int | None = None
     time_limit_seconds: float | None = None
+    # Operator work (e.g. rebuilding the shared search index): needs an admin API key.
+    admin_only: bool = False
+    check: Check | None = None
 
 
 class TaskRegistry:
@@ -58,6 +65,20 @@ class TaskRegistry:
 
     def __contains__(self, name: object) -> bool:
         return name in self._types
+
+
+async def check_submit(registry: TaskRegistry, c: Container, tenant_id: str, body: Any) -> None:
+    """The type's submit-time check, if it has one (input errors are left to submit())."""
+    if body.type not in registry:
+        return
+    task_type = registry.get(body.type)
+    if task_type.check is None:
+        return
+    try:
+        data = task_type.input_model.model_validate(body.input)
+    except ValueError:
+        return  # TaskService.submit reports input errors, field by field
+    await task_type.check(data, c, tenant_id)
 
 
 def build_registry(settings: Settings) -> TaskRegistry:

@@ -9,7 +9,11 @@ from fastapi import APIRouter, Query, Response, status
 from sqlalchemy import select
 
 from capstan.api.deps import ContainerDep, PrincipalDep
+from capstan.auth.admin import ADMIN_ONLY, AdminDep
 from capstan.db.schema import Task, WorkerRecord
+from capstan.errors import Conflict, Forbidden
+from capstan.tasks.idempotency import differences
+from capstan.tasks.registry import check_submit
 from capstan.tasks.schemas import (
     TaskPage,
     TaskRead,
@@ -29,10 +33,20 @@ async def submit_task(
     body: TaskSubmit, c: ContainerDep, who: PrincipalDep, response: Response
 ) -> TaskRead:
     """Queue a task; answers at once. The same idempotency key returns the same task."""
+    if c.task_registry.get(body.type).admin_only and not who.admin:
+        raise Forbidden(f"task type {body.type!r} {ADMIN_ONLY}")
+    await check_submit(c.task_registry, c, who.tenant_id, body)
     task, created = await c.tasks.submit(who.tenant_id, body)
-    response.headers["Location"] = f"/v1/tasks/{task.id}"
     if not created:
+        if differing := differences(task, body):
+            raise Conflict(
+                f"idempotency key {body.idempotency_key!r} was used for task {task.id} with a "
+                f"different {', '.join(differing)}; use a new key for a different request",
+                task_id=task.id,
+                fields=differing,
+            )
         response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/tasks/{task.id}"
     return to_read(task)
 
 
@@ -73,23 +87,21 @@ async def task_types(c: ContainerDep, who: PrincipalDep) -> list[TaskTypeRead]:
             description=t.description,
             queue=t.queue,
             input_schema=t.input_model.model_json_schema(),
+            admin_only=t.admin_only,
         )
         for t in c.task_registry
     ]
 
 
 @router.get("/v1/workers")
-async def workers(c: ContainerDep, who: PrincipalDep) -> list[WorkerRead]:
-    """Workers with their last heartbeat and the caller's tasks they are running."""
+async def workers(c: ContainerDep, _: AdminDep) -> list[WorkerRead]:
+    """Workers (host names, pids) with their last heartbeat and the tasks they are running,
+    of every tenant: operator information, for admin API keys only."""
     now = datetime.now(UTC)
     ttl = timedelta(seconds=c.settings.worker_heartbeat_ttl_seconds)
     async with c.db() as session:
         records = list(await session.scalars(select(WorkerRecord).order_by(WorkerRecord.id)))
-        running = list(
-            await session.scalars(
-                select(Task).where(Task.tenant_id == who.tenant_id, Task.status == "running")
-            )
-        )
+        running = list(await session.scalars(select(Task).where(Task.status == "running")))
     by_worker: dict[str, list[WorkerTask]] = {}
     for task in running:
         elapsed = (now - task.started_at).total_seconds() if task.started_at else 0.0

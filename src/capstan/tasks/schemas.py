@@ -5,22 +5,34 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from capstan.storable import MAX_JSON_DEPTH, StorableInput, to_utc
 
 TaskStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
-class TaskSubmit(BaseModel):
+class TaskSubmit(StorableInput):
     model_config = ConfigDict(extra="forbid")
 
     type: str = Field(..., min_length=1, max_length=100)
-    input: dict[str, Any] = Field(default_factory=dict)
+    input: dict[str, Any] = Field(
+        default_factory=dict,
+        description=f"the task type's input; nests at most {MAX_JSON_DEPTH} levels, no NUL, "
+        "lone surrogates, NaN or infinities",
+    )
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
     max_attempts: int | None = Field(None, ge=1, le=100)
     run_at: datetime | None = Field(None, description="not before this time (UTC if naive)")
     priority: int = Field(0, ge=0, le=9, description="0 (default) to 9 (first)")
     time_limit_seconds: float | None = Field(None, gt=0, le=86_400)
     queue: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+
+    @field_validator("run_at")
+    @classmethod
+    def _run_at_in_utc(cls, value: datetime | None) -> datetime | None:
+        # Normalized at the door: SQLite keeps no offset, so +05:00 must become its UTC instant.
+        return None if value is None else to_utc(value)
 
 
 class TaskRead(BaseModel):
@@ -58,6 +70,7 @@ class TaskTypeRead(BaseModel):
     description: str
     queue: str
     input_schema: dict[str, Any]
+    admin_only: bool = Field(False, description="submitting it needs an admin API key")
 
 
 class WorkerTask(BaseModel):

@@ -29,10 +29,39 @@ class ResolutionFailed(Exception):
     """The host did not resolve."""
 
 
+# IPv6 ranges that carry or reach an IPv4 address, or are special-purpose (IANA IPv6
+# Special-Purpose Address Registry), refused whole: a translator or tunnel on the path could
+# turn any of them into a private IPv4 (2002:a9fe:a9fe:: is 169.254.169.254 over 6to4).
+_REFUSED_V6 = tuple(
+    ipaddress.IPv6Network(n)
+    for n in (
+        "::/96",  # IPv4-compatible (deprecated, RFC 4291)
+        "::ffff:0:0/96",  # IPv4-mapped (RFC 4291)
+        "::ffff:0:0:0/96",  # IPv4-translated (RFC 2765)
+        "64:ff9b::/96",  # NAT64 well-known prefix (RFC 6052)
+        "64:ff9b:1::/48",  # local-use IPv4/IPv6 translation (RFC 8215)
+        "100::/64",  # discard-only (RFC 6666)
+        "2001::/32",  # Teredo (RFC 4380)
+        "2001:db8::/32",  # documentation (RFC 3849)
+        "2002::/16",  # 6to4 (RFC 3056)
+        "3fff::/20",  # documentation (RFC 9637)
+        "5f00::/16",  # SRv6 SIDs (RFC 9602)
+        "fc00::/7",  # unique local (RFC 4193)
+        "fe80::/10",  # link-local
+        "fec0::/10",  # site-local (deprecated, RFC 3879): routed inside sites
+        "ff00::/8",  # multicast
+    )
+)
+
+
 def is_blocked(address: IPAddress) -> bool:
-    """Private, loopback, link-local, multicast, reserved, unspecified or otherwise not global."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return is_blocked(address.ipv4_mapped)
+    """Private, loopback, link-local, multicast, reserved, unspecified or otherwise not global;
+    for IPv6 also every range that embeds or translates to IPv4, and site-local."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.scope_id is not None:
+            address = ipaddress.IPv6Address(address.compressed.split("%")[0])
+        if any(address in network for network in _REFUSED_V6):
+            return True
     return (
         address.is_private
         or address.is_loopback

@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from capstan.storable import StorableInput
+
 MAX_URL_CHARS = 2000
 MAX_PATTERNS = 20
 WORD = r"(?:[a-z0-9_-]+|\*|#)"
@@ -17,6 +19,9 @@ PATTERN_RE = re.compile(rf"^{WORD}(?:\.{WORD})*$")
 
 def check_url(value: str) -> str:
     value = value.strip()
+    # C0 and C1 controls and DEL: header injection and parser confusion, never a real URL.
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value):
+        raise ValueError("must not contain control characters")
     try:
         parts = urlsplit(value)
         port = parts.port  # raises ValueError on a bad port
@@ -48,7 +53,7 @@ Url = Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS), AfterValidat
 Pattern = Annotated[str, AfterValidator(check_pattern)]
 
 
-class WebhookCreate(BaseModel):
+class WebhookCreate(StorableInput):
     model_config = ConfigDict(extra="forbid")
 
     url: Url = Field(description="http(s) URL that receives POSTed CloudEvents")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -22,6 +23,7 @@ from capstan.webhooks.schemas import (
     WebhookRead,
 )
 
+DELIVERY_CURSOR = re.compile(r"[0-9]{1,19}")
 ACTIVE = "active"
 DISABLED = "disabled"
 
@@ -115,7 +117,8 @@ class WebhookService:
         """A page of the webhook's deliveries, newest first, each with its attempts in order."""
         after: int | None = None
         if cursor is not None:
-            if not cursor.isdigit():
+            # ASCII digits only ("²".isdigit() is true), and within the BIGINT id column.
+            if not DELIVERY_CURSOR.fullmatch(cursor) or int(cursor) > 2**63 - 1:
                 raise InvalidInput("cursor must be a next_cursor this API returned", field="cursor")
             after = int(cursor)
         async with self._db() as session:

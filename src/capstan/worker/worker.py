@@ -23,6 +23,7 @@ from capstan.db.schema import Task, WorkerRecord
 from capstan.observability.context import reset_request_id, set_request_id
 from capstan.tasks import statements
 from capstan.tasks.context import Effect, TaskCancelled, TaskContext
+from capstan.tasks.progress import ProgressReporter
 from capstan.tasks.registry import TaskRegistry
 from capstan.tasks.service import stage_event, task_event
 from capstan.worker.queues import task_queue_spec
@@ -56,6 +57,7 @@ class Worker:
         self._m_duration = m.task_duration
         self._m_wait = m.task_queue_wait
         self._m_running = m.tasks_running
+        self._progress_out = ProgressReporter(c, self.id, running=self._running.__contains__)
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Work until `stopping` is set, then drain gracefully."""
@@ -359,23 +361,9 @@ class Worker:
                 )
 
     async def _progress(self, task: Task, fraction: float, message: str | None) -> None:
-        now = datetime.now(UTC)
-        async with self._c.db.begin() as session:
-            await session.execute(
-                update(Task)
-                .where(Task.id == task.id, Task.worker_id == self.id)
-                .values(progress=fraction, progress_message=message, updated_at=now)
-            )
-            task.progress = fraction
-            stage_event(
-                session,
-                self._c.settings.source,
-                task,
-                "progress",
-                progress=fraction,
-                message=message,
-            )
-        self._c.outbox_wakeup.set()
+        # Not a state change: an ephemeral signal per tick and the row's latest value at most
+        # once a second, no outbox event (capstan.tasks.progress, docs/contracts/signals.md).
+        await self._progress_out.report(task, fraction, message)
 
     async def _heartbeat_loop(self, stopping: asyncio.Event) -> None:
         interval = self._c.settings.worker_heartbeat_seconds

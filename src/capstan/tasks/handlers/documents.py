@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from capstan.documents.schemas import DocumentUpdate
+from capstan.errors import InvalidInput, NotFound
 from capstan.tasks.context import TaskContext
-from capstan.tasks.handlers.text import detect_language, keywords, summarize
+from capstan.tasks.handlers.text import detect_language, keywords, rank_sentences, sentences_of
 from capstan.tasks.registry import TaskRegistry, TaskType
+
+if TYPE_CHECKING:
+    from capstan.container import Container
 
 
 class EnrichInput(BaseModel):
@@ -22,15 +26,20 @@ class EnrichInput(BaseModel):
 
 async def _enrich(data: EnrichInput, ctx: TaskContext) -> dict[str, Any]:
     store = ctx.container.documents
-    view = await store.read(ctx.tenant_id, data.document_id, bypass_cache=True)
+    await ctx.progress(0.05, "reading the document")
+    try:
+        view = await store.read(ctx.tenant_id, data.document_id, bypass_cache=True)
+    except NotFound as exc:  # deleted since it was submitted: nothing to do, nothing to retry
+        return {"document_id": data.document_id, "skipped": exc.detail}
     doc = json.loads(view.payload)
     text = "\n".join(p for p in (doc["title"], doc["body"]) if p)
-    await ctx.progress(0.2, "detecting language")
+    await ctx.progress(0.1, "detecting the language")
     language = await asyncio.to_thread(detect_language, text)
     lang = language["language"] or "en"
-    await ctx.progress(0.4, "summarizing")
-    summary = await asyncio.to_thread(summarize, doc["body"] or text, data.sentences, lang)
-    await ctx.progress(0.7, "extracting keywords")
+    parts = await sentences_of(doc["body"] or text, lang, ctx, 0.2, 0.7)
+    await ctx.progress(0.7, "summarizing")
+    summary = rank_sentences(parts, data.sentences)
+    await ctx.progress(0.75, "extracting keywords")
     found = await asyncio.to_thread(keywords, text, data.keywords, lang if lang in _YAKE else "en")
     enrichment = {
         "summary": summary["summary"],
@@ -39,12 +48,21 @@ async def _enrich(data: EnrichInput, ctx: TaskContext) -> dict[str, Any]:
         "language_probability": language["probability"],
         "task_id": ctx.task_id,
     }
-    ctx.check_cancelled()
+    await ctx.progress(0.95, "saving")  # the last cancellation point before the write
     # The normal write path: a new version, an outbox event, cache invalidation, reindexing.
-    # Writing the same enrichment again (a retried attempt) is harmless.
+    # Writing the same enrichment again (a retried attempt) changes nothing.
     metadata = {**doc["metadata"], "enrichment": enrichment}
     updated = await store.update(ctx.tenant_id, data.document_id, DocumentUpdate(metadata=metadata))
     return {"document_id": data.document_id, "version": updated.version, "enrichment": enrichment}
+
+
+async def _enrich_check(data: BaseModel, c: Container, tenant_id: str) -> None:
+    """At submit time: a document that does not exist fails the request, not three attempts."""
+    assert isinstance(data, EnrichInput)
+    try:
+        await c.documents.read(tenant_id, data.document_id, bypass_cache=True)
+    except NotFound as exc:
+        raise InvalidInput(f"input.document_id: {exc.detail}", field="input.document_id") from exc
 
 
 # Languages YAKE ships stopwords for (a subset; others fall back to English).
@@ -94,8 +112,10 @@ async def _reindex(data: ReindexInput, ctx: TaskContext) -> dict[str, Any]:
     from capstan.search.reindex import ReindexUnsupported, reindex
 
     async def progress(done: int, total: int) -> None:
+        # A cancellation point after each page: reindex() then drops the half-built index.
         await ctx.progress(done / total if total else 1.0, f"{done}/{total} documents")
 
+    await ctx.progress(0.0, "creating the new index")
     try:
         report = await reindex(ctx.container, progress, keep_old=data.keep_old)
     except ReindexUnsupported as exc:
@@ -112,6 +132,7 @@ def register(registry: TaskRegistry) -> None:
             "Rebuild the search index from the database behind its alias, with zero downtime.",
             time_limit_seconds=6 * 3600,
             max_attempts=1,
+            admin_only=True,  # rebuilds the index every tenant shares
         )
     )
     registry.register(
@@ -120,5 +141,6 @@ def register(registry: TaskRegistry) -> None:
             EnrichInput,
             _enrich,
             "Summary, keywords and language of a stored document, written into its metadata.",
+            check=_enrich_check,
         )
     )

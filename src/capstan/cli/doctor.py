@@ -1,0 +1,312 @@
+"""`capstan doctor`: settings, versions, servers, migrations and ports, each with what to do."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Awaitable
+from dataclasses import asdict, dataclass
+from typing import Annotated, Literal
+
+import httpx
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+import capstan
+from capstan.settings import Settings
+
+Status = Literal["ok", "warn", "fail"]
+TIMEOUT = 3.0
+
+
+@dataclass
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
+) -> None:
+    """Check settings, versions, servers, migrations and ports, and say what to do."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        checks = [_settings_failure(exc)]
+    else:
+        checks = asyncio.run(run_checks(settings))
+    if as_json:
+        typer.echo(json.dumps([asdict(c) for c in checks], indent=2))
+    else:
+        _print(checks)
+    if any(c.status == "fail" for c in checks):
+        raise typer.Exit(1)
+
+
+def _settings_failure(exc: ValidationError) -> Check:
+    problems = "; ".join(
+        f"CAPSTAN_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+    )
+    return Check("settings", "fail", problems, "fix these CAPSTAN_* variables")
+
+
+def _print(checks: list[Check]) -> None:
+    colour = {"ok": "green", "warn": "yellow", "fail": "red"}
+    table = Table("check", "", "detail", show_lines=False)
+    for c in checks:
+        table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/]", c.detail)
+    out = Console()
+    out.print(table)
+    todo = [c for c in checks if c.fix and c.status != "ok"]
+    for c in todo:
+        out.print(f"[{colour[c.status]}]{c.name}[/]: {c.fix}", highlight=False)
+    if not todo:
+        out.print("[green]all good[/green]")
+
+
+async def run_checks(settings: Settings) -> list[Check]:
+    """Every check, in the order a person would fix them."""
+    checks = [_settings_check(settings), *_versions()]
+    servers = [
+        ("database", _database(settings)),
+        ("cache", _redis(settings.cache_url)),
+        ("broker", _rabbitmq(settings.broker_url)),
+        ("search", _elasticsearch(settings.search_url)),
+    ]
+    for name, probe in servers:
+        checks.append(await _bounded(name, probe))
+    if checks[-4].status != "fail":  # the database answered: are its migrations applied?
+        checks.append(await _bounded("migrations", _migrations(settings)))
+    checks += _ports(settings)
+    return checks
+
+
+async def _bounded(name: str, probe: Awaitable[Check]) -> Check:
+    try:
+        return await asyncio.wait_for(probe, TIMEOUT * 2)
+    except TimeoutError:
+        return Check(name, "fail", "no answer", "is the server running and reachable?")
+
+
+def _settings_check(s: Settings) -> Check:
+    from capstan.datadir import locate
+
+    mode = "embedded" if s.embedded else "production"
+    where = f"data dir {s.data_dir}"
+    if s.database_url.startswith("sqlite") and "CAPSTAN_DATA_DIR" not in os.environ:
+        how = locate()[1]
+        where += {"found": "", "last-dev": " (the last capstan dev's)", "new": " (not created)"}[
+            how
+        ]
+    return Check("settings", "ok", f"{mode} mode; {where}")
+
+
+def _versions() -> list[Check]:
+    py = platform.python_version()
+    checks = [
+        Check(
+            "capstan",
+            "ok" if sys.version_info >= (3, 11) else "fail",
+            f"capstan {capstan.__version__} on Python {py}",
+            "Capstan needs Python 3.11 or newer",
+        )
+    ]
+    node = shutil.which("node")
+    if node is None:
+        checks.append(
+            Check("node", "warn", "node not found", "the gateway (:3001) needs Node.js 20+")
+        )
+    else:
+        version = subprocess.run([node, "--version"], capture_output=True, text=True).stdout
+        major = int(version.strip().lstrip("v").split(".")[0] or 0)
+        checks.append(
+            Check(
+                "node",
+                "ok" if major >= 20 else "warn",
+                f"node {version.strip()}",
+                "the gateway needs Node.js 20 or newer",
+            )
+        )
+    return checks
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy parses (amqp://, http://): drop the userinfo
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://{rest.rpartition('@')[2]}" if rest else url
+
+
+async def _database(s: Settings) -> Check:
+    from sqlalchemy import text
+
+    from capstan.db.engine import create_engine
+
+    if s.database_url.startswith("sqlite") and not s.data_dir.exists():
+        return Check(
+            "database",
+            "fail",
+            f"no data dir at {s.data_dir}",
+            "start `scripts/dev` (or run `capstan migrate`) here, or set CAPSTAN_DATA_DIR",
+        )
+    engine = create_engine(s.database_url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            if engine.dialect.name == "sqlite":
+                version = await conn.scalar(text("SELECT sqlite_version()"))
+                return Check("database", "ok", f"SQLite {version} ({_redact(s.database_url)})")
+            number = int(await conn.scalar(text("SHOW server_version_num")) or 0)
+    except Exception as exc:
+        return Check(
+            "database",
+            "fail",
+            f"{_redact(s.database_url)}: {_first_line(exc)}",
+            "start PostgreSQL or fix CAPSTAN_DATABASE_URL",
+        )
+    finally:
+        await engine.dispose()
+    shown = f"PostgreSQL {number // 10000}.{number % 10000} ({_redact(s.database_url)})"
+    if number < 150000:
+        return Check("database", "warn", shown, "Capstan is tested on PostgreSQL 15 or newer")
+    return Check("database", "ok", shown)
+
+
+async def _redis(url: str) -> Check:
+    if url.startswith("memory"):
+        return Check("cache", "ok", "in-process memory (embedded)")
+    import redis.asyncio as redis
+
+    client = redis.from_url(url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
+    try:
+        info = await client.info("server")
+    except Exception as exc:
+        return Check(
+            "cache",
+            "fail",
+            f"{_redact(url)}: {_first_line(exc)}",
+            "start Redis or fix CAPSTAN_CACHE_URL",
+        )
+    finally:
+        await client.aclose()
+    version = str(info.get("redis_version", "?"))
+    status: Status = "ok" if int(version.split(".")[0] or 0) >= 7 else "warn"
+    return Check("cache", status, f"Redis {version} ({_redact(url)})", "Capstan needs Redis 7+")
+
+
+async def _rabbitmq(url: str) -> Check:
+    if url.startswith("memory"):
+        return Check("broker", "ok", "in-process queues (embedded)")
+    import aiormq
+
+    try:
+        connection = await aiormq.connect(url)
+    except Exception as exc:
+        return Check(
+            "broker",
+            "fail",
+            f"{_redact(url)}: {_first_line(exc)}",
+            "start RabbitMQ or fix CAPSTAN_BROKER_URL",
+        )
+    try:
+        raw = connection.server_properties.get("version", "?")
+        version = raw.decode() if isinstance(raw, bytes) else str(raw)
+    finally:
+        await connection.close()
+    parts = [int(p) if p.isdigit() else 0 for p in [*version.split("."), "0", "0"][:2]]
+    status: Status = "ok" if tuple(parts) >= (3, 10) else "warn"
+    return Check(
+        "broker", status, f"RabbitMQ {version} ({_redact(url)})", "Capstan needs RabbitMQ 3.10+"
+    )
+
+
+async def _elasticsearch(url: str) -> Check:
+    if not url.startswith("http"):
+        return Check("search", "ok", "SQLite FTS5 (embedded)")
+    try:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+            # The nodes API, not GET /: a proxy or a locked-down cluster may refuse the root.
+            base = url.rstrip("/")
+            answer = await http.get(f"{base}/_nodes", params={"filter_path": "nodes.*.version"})
+            answer.raise_for_status()
+            version = min(str(n["version"]) for n in answer.json()["nodes"].values())
+    except Exception as exc:
+        return Check(
+            "search",
+            "warn",
+            f"{_redact(url)}: {_first_line(exc)}",
+            "start Elasticsearch or fix CAPSTAN_SEARCH_URL (meanwhile search is degraded: "
+            "PostgreSQL full-text answers)",
+        )
+    status: Status = "ok" if version.startswith("8.") else "warn"
+    return Check("search", status, f"Elasticsearch {version} ({_redact(url)})", "use 8.x")
+
+
+async def _migrations(s: Settings) -> Check:
+    from capstan.db.migrate import pending
+
+    missing = await pending(s.database_url)
+    if missing:
+        return Check(
+            "migrations",
+            "fail",
+            f"{len(missing)} not applied: {', '.join(missing)}",
+            "run `capstan migrate`",
+        )
+    return Check("migrations", "ok", "the schema is up to date")
+
+
+def _ports(s: Settings) -> list[Check]:
+    from capstan.cli.running import running_server
+    from capstan.roles import ROLE_METRICS_PORTS
+
+    checks = []
+    if s.database_url.startswith("sqlite"):
+        url = running_server(s.data_dir) if s.data_dir.exists() else None
+        checks.append(
+            Check(
+                "capstan dev", "ok", f"running at {url}" if url else "not running on this data dir"
+            )
+        )
+    wanted = {"api": s.port}
+    for role, port in ROLE_METRICS_PORTS.items():
+        wanted[f"{role} metrics"] = s.metrics_port if s.metrics_port is not None else port
+    for role, port in wanted.items():
+        if not port:
+            continue
+        checks.append(_port(role, s.host, port))
+    return checks
+
+
+def _port(role: str, host: str, port: int) -> Check:
+    with socket.socket() as probe:
+        probe.settimeout(TIMEOUT)
+        in_use = probe.connect_ex((host, port)) == 0
+    name = f"port {port}"
+    if not in_use:
+        return Check(name, "ok", f"free for the {role}")
+    try:
+        healthy = httpx.get(f"http://{host}:{port}/healthz", timeout=TIMEOUT).status_code == 200
+    except httpx.HTTPError:
+        healthy = False
+    if healthy:
+        return Check(name, "ok", f"a Capstan process answers /healthz (the {role}?)")
+    setting = "--port N or CAPSTAN_PORT" if role == "api" else "CAPSTAN_METRICS_PORT"
+    return Check(name, "warn", f"taken by another program ({role})", f"pick another with {setting}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
