@@ -1,16 +1,18 @@
 """Redis Sentinel: `redis+sentinel://` URLs, and an API that follows a failover without a
-restart (cache and sessions keep working, no stale read after an acknowledged write)."""
+restart (cache, sessions and signals keep working, no stale read after an acknowledged write);
+the gateway likewise (cache and signals)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from capstan.cache.connect import SentinelAddress, parse_sentinel_url
+from capstan.signals.port import SignalBus, task_progress
 from tests.conftest import (
     production_settings,
     stack_settings,
@@ -74,6 +76,33 @@ async def until(condition: object, what: str, timeout: float = 60.0) -> None:
         await asyncio.sleep(0.1)
 
 
+async def published_until(
+    bus: SignalBus, tenant_id: str, received: Callable[[], Awaitable[bool]], what: str
+) -> None:
+    """Publish progress signals until `received` says one arrived (signals published while a
+    subscriber reconnects are gone by design, so one publish may not be enough), bounded."""
+
+    async def once() -> bool:
+        await bus.publish(task_progress(tenant_id, "t-1", 0.5, None, source="capstan-test"))
+        return await received()
+
+    await until(once, what)
+
+
+async def python_signal_arrives(bus: SignalBus, tenant_id: str) -> None:
+    """A fresh subscription over the bus's URL (Sentinel: the primary of the moment) gets one."""
+    async with bus.subscribe(tenant_id) as stream:
+
+        async def received() -> bool:
+            try:
+                signal = await asyncio.wait_for(stream.next(), 0.5)
+            except TimeoutError:
+                return False
+            return signal.tenant_id == tenant_id
+
+        await published_until(bus, tenant_id, received, "a signal through the Sentinel URL")
+
+
 @pytest.mark.postgres
 @pytest.mark.redis
 async def test_the_api_follows_a_sentinel_failover(
@@ -92,6 +121,7 @@ async def test_the_api_follows_a_sentinel_failover(
             await http.get(url)
             assert (await http.get(url)).headers["x-cache"] == "hit"
             session = (await http.post("/v1/sessions")).json()["token"]
+            await python_signal_arrives(api.container.signals, tenant.id)
             # (Redis replicates asynchronously: make sure the replica has it all first.)
             assert group.primary.command("WAIT", "1", "10000") == "1"
 
@@ -115,6 +145,8 @@ async def test_the_api_follows_a_sentinel_failover(
             async with api.client(session) as by_session:
                 assert (await by_session.get(url)).status_code == 200
             assert (await http.post("/v1/sessions")).status_code == 201
+            # And signals (Pub/Sub) run on the promoted primary
+            await python_signal_arrives(api.container.signals, tenant.id)
         assert group.replica.command("ROLE").startswith("master")
     finally:
         await api.container.close()
@@ -127,6 +159,7 @@ async def test_the_gateway_follows_a_sentinel_failover(
     group: SentinelGroup, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     from tests.gateway.conftest import start_gateway, stop_gateway
+    from tests.gateway.test_cross_service import ws_event, ws_subscribe
 
     settings = stack_settings("production", request, tmp_path).model_copy(
         update={"cache_url": group.url(), "cache_retry_seconds": 0.2}
@@ -136,7 +169,19 @@ async def test_the_gateway_follows_a_sentinel_failover(
     try:
         tenant = await stack.api.tenant()
         headers = {"Authorization": f"Bearer {tenant.key}"}
+        ws, _, _ = await ws_subscribe(gateway.ws_url(), tenant.key, ["task.*"])
+
+        async def ws_signal() -> bool:
+            try:
+                msg = await ws_event(ws, timeout=0.5)
+            except TimeoutError:
+                return False
+            return bool(msg.get("ephemeral")) and msg["tenantid"] == tenant.id
+
+        signals = stack.api.container.signals
         async with stack.api.client(tenant.key) as api, httpx.AsyncClient(headers=headers) as gw:
+            # Given signals reaching a WebSocket client through the Sentinel-named primary
+            await published_until(signals, tenant.id, ws_signal, "a signal at the gateway")
             # Given a document the gateway serves from the cache
             doc = (await api.post("/v1/documents", json={"body": "v1"})).json()
             url = f"/v1/documents/{doc['id']}"
@@ -160,6 +205,9 @@ async def test_the_gateway_follows_a_sentinel_failover(
 
             await until(cached_again, "a gateway cache hit on the promoted primary")
             assert {version for version, _ in seen} == {2}
+            # And its signal listener follows the promotion too
+            await published_until(signals, tenant.id, ws_signal, "a signal after the promotion")
+        await ws.close()
     finally:
         await stop_gateway(gateway)
         await stop_stack(stack)

@@ -6,9 +6,10 @@
  * A client that reconnects reads the latest progress from GET /v1/tasks/{id}. One PSUBSCRIBE per
  * gateway process; ioredis re-subscribes after a reconnect, and signals published meanwhile are
  * gone, which is what ephemeral means. */
-import { Redis } from 'ioredis';
+import { Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics';
+import { sentinelOptions } from '../redisOptions';
 
 export const SIGNAL_PATTERN = 'capstan:*:signals';
 const CHANNEL = /^capstan:([^:]+):signals$/;
@@ -49,13 +50,16 @@ export class SignalListener {
   ready: Promise<void> = Promise.resolve();
 
   constructor(url: string, onSignal: (s: RtSignal) => void, metrics: Metrics, private readonly log: Logger) {
-    this.client = new Redis(url, {
+    const options: RedisOptions = {
       lazyConnect: true, // nothing connects before start()
       // Queue the PSUBSCRIBE until Redis is there, however long that takes, and keep retrying.
       maxRetriesPerRequest: null,
       autoResubscribe: true,
       retryStrategy: (times) => Math.min(100 * times, 2000),
-    });
+    };
+    // A Sentinel URL, like the cache's: each reconnection asks the sentinels for the primary.
+    const sentinel = sentinelOptions(url);
+    this.client = sentinel ? new Redis({ ...options, ...sentinel }) : new Redis(url, options);
     this.client.on('error', (err: Error) => log.debug({ err: err.message }, 'signal connection error'));
     this.client.on('pmessage', (_pattern: string, channel: string, message: string) => {
       const signal = parseSignal(channel, message);

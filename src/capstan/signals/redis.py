@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 
+from capstan.cache.connect import redis_from_url
 from capstan.cache.port import CacheUnavailable
 from capstan.cache.redis import RedisLink
 from capstan.observability.metrics import Metrics
@@ -50,7 +51,7 @@ class RedisSignals:
     async def subscribe(self, tenant_id: str) -> AsyncIterator[SignalStream]:
         # A connection of its own without a read timeout: a subscriber waits for as long as
         # nothing is published, which the shared client's 0.5 s timeout would call an outage.
-        client = aioredis.Redis.from_url(self._url)
+        client = redis_from_url(self._url)  # a Sentinel URL: the primary of the moment
         pubsub = client.pubsub()
         reader: asyncio.Task[None] | None = None
         try:
