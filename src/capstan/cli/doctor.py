@@ -143,6 +143,8 @@ def _versions() -> list[Check]:
 def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
+    if url.count("://") > 1:  # several nodes as full URLs (capstan.node_urls): each its own
+        return ",".join(_redact(part.strip()) for part in url.split(",") if "://" in part)
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # not a URL SQLAlchemy parses (amqp://, http://): drop the userinfo
@@ -187,9 +189,10 @@ async def _database(s: Settings) -> Check:
 async def _redis(url: str) -> Check:
     if url.startswith("memory"):
         return Check("cache", "ok", "in-process memory (embedded)")
-    import redis.asyncio as redis
+    from capstan.cache.connect import redis_from_url
 
-    client = redis.from_url(url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
+    # A Sentinel URL reaches the primary the sentinels name now.
+    client = redis_from_url(url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
     try:
         info = await client.info("server")
     except Exception as exc:
@@ -211,37 +214,40 @@ async def _rabbitmq(url: str) -> Check:
         return Check("broker", "ok", "in-process queues (embedded)")
     import aiormq
 
-    try:
-        connection = await aiormq.connect(url)
-    except Exception as exc:
-        return Check(
-            "broker",
-            "fail",
-            f"{_redact(url)}: {_first_line(exc)}",
-            "start RabbitMQ or fix CAPSTAN_BROKER_URL",
-        )
-    try:
-        raw = connection.server_properties.get("version", "?")
-        version = raw.decode() if isinstance(raw, bytes) else str(raw)
-    finally:
-        await connection.close()
+    from capstan.node_urls import node_urls
+
+    # A cluster: every node is tried; one down is a warning (the roles use the others).
+    versions: list[str] = []
+    down: list[str] = []
+    for node in node_urls(url):
+        try:
+            connection = await aiormq.connect(node)
+        except Exception as exc:
+            down.append(f"{_redact(node)}: {_first_line(exc)}")
+            continue
+        try:
+            raw = connection.server_properties.get("version", "?")
+            versions.append(raw.decode() if isinstance(raw, bytes) else str(raw))
+        finally:
+            await connection.close()
+    if not versions:
+        return Check("broker", "fail", "; ".join(down), "start RabbitMQ or fix CAPSTAN_BROKER_URL")
+    version = min(versions)
     parts = [int(p) if p.isdigit() else 0 for p in [*version.split("."), "0", "0"][:2]]
+    shown = f"RabbitMQ {version} ({_redact(url)})"
+    if down:
+        return Check("broker", "warn", f"{shown}; down: {'; '.join(down)}", "start the node")
     status: Status = "ok" if tuple(parts) >= (3, 10) else "warn"
-    return Check(
-        "broker", status, f"RabbitMQ {version} ({_redact(url)})", "Capstan needs RabbitMQ 3.10+"
-    )
+    return Check("broker", status, shown, "Capstan needs RabbitMQ 3.10+")
 
 
 async def _elasticsearch(url: str) -> Check:
     if not url.startswith("http"):
         return Check("search", "ok", "SQLite FTS5 (embedded)")
+    from capstan.node_urls import node_urls
+
     try:
-        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
-            # The nodes API, not GET /: a proxy or a locked-down cluster may refuse the root.
-            base = url.rstrip("/")
-            answer = await http.get(f"{base}/_nodes", params={"filter_path": "nodes.*.version"})
-            answer.raise_for_status()
-            version = min(str(n["version"]) for n in answer.json()["nodes"].values())
+        version = await _es_version(node_urls(url))
     except Exception as exc:
         return Check(
             "search",
@@ -252,6 +258,23 @@ async def _elasticsearch(url: str) -> Check:
         )
     status: Status = "ok" if version.startswith("8.") else "warn"
     return Check("search", status, f"Elasticsearch {version} ({_redact(url)})", "use 8.x")
+
+
+async def _es_version(nodes: list[str]) -> str:
+    """The lowest node version, asked of the first node that answers (the client does the same)."""
+    failure: Exception | None = None
+    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+        for base in nodes:
+            try:
+                # The nodes API, not GET /: a proxy or a locked-down cluster may refuse the root.
+                answer = await http.get(
+                    f"{base.rstrip('/')}/_nodes", params={"filter_path": "nodes.*.version"}
+                )
+                answer.raise_for_status()
+                return min(str(n["version"]) for n in answer.json()["nodes"].values())
+            except Exception as exc:
+                failure = exc
+    raise failure or ValueError("no node")
 
 
 async def _migrations(s: Settings) -> Check:
