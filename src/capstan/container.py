@@ -223,7 +223,10 @@ def build_container(settings: Settings) -> Container:
             task_registry,
             settings,
             on_commit=outbox_wakeup.set,
-            broker=broker,
+            # Direct dispatch only onto a broker other processes share: an in-memory queue
+            # would keep the task from the `capstan dev` server that shares this data dir;
+            # the outbox reaches it (and is as quick in one process: the relay wakes at once).
+            broker=None if settings.broker_url.startswith("memory") else broker,
             topology=topology,
             fast=fast,
         ),

@@ -85,6 +85,11 @@ def problem_responses(schema: dict[str, Any]) -> dict[str, Any]:
                     "description": DESCRIPTIONS[status],
                     "content": {PROBLEM_JSON: {"schema": ref}},
                 }
+            # An error a route declares itself (`responses=` on the decorator) keeps its
+            # description and is answered as problem+json too.
+            for status, response in responses.items():
+                if status[:1] in ("4", "5"):
+                    response["content"] = {PROBLEM_JSON: {"schema": ref}}
     return schema
 
 

@@ -27,7 +27,11 @@ async def create_session(c: ContainerDep, who: PrincipalDep) -> SessionCreated:
     return SessionCreated(token=token, expires_in=ttl, tenant_id=who.tenant_id)
 
 
-@router.delete("/current", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/current",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={400: {"description": "Bad Request: the call was made with an API key"}},
+)
 async def revoke_session(c: ContainerDep, who: PrincipalDep) -> Response:
     """Revoke the session token this request was made with."""
     await c.auth.close_session(who)

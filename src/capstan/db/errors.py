@@ -30,7 +30,12 @@ def _asyncpg_outage(exc: BaseException) -> bool:
         return False
     import asyncpg
 
-    if isinstance(exc, asyncpg.InterfaceError | asyncpg.PostgresConnectionError):
+    # InternalClientError: a statement sent on a connection still consuming a failed one's
+    # error after a server restart (SQLAlchemy wraps the same as InternalError, counted above).
+    if isinstance(
+        exc,
+        asyncpg.InterfaceError | asyncpg.PostgresConnectionError | asyncpg.InternalClientError,
+    ):
         return True
     sqlstate = getattr(exc, "sqlstate", None) or ""
     return sqlstate.startswith(_OUTAGE_SQLSTATES)
