@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -57,7 +58,8 @@ _HTTP_TITLES = {
 
 def _is_data_exception(exc: Exception) -> bool:
     """SQLSTATE class 22 ("data exception", PostgreSQL appendix A)."""
-    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    # SQLAlchemy's wrapper keeps the driver's error in `orig`; the fast path's is unwrapped.
+    sqlstate = getattr(getattr(exc, "orig", exc), "sqlstate", None)
     return isinstance(sqlstate, str) and sqlstate.startswith("22")
 
 
@@ -119,6 +121,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(DBAPIError)
     @app.exception_handler(OSError)
+    # The hot paths (capstan.db.fastpath) raise asyncpg's own errors, unwrapped.
+    @app.exception_handler(asyncpg.PostgresError)
+    @app.exception_handler(asyncpg.InterfaceError)
+    @app.exception_handler(asyncpg.InternalClientError)
     async def _db_down(request: Request, exc: Exception) -> JSONResponse:
         if _is_data_exception(exc):
             # The backstop behind validation at the door: a value the database cannot take
