@@ -35,7 +35,8 @@ from capstan.tenants.service import create_tenant
 
 T = TypeVar("T")
 
-REQUIRE = os.environ.get("CAPSTAN_REQUIRE_SERVICES") == "1"
+# CI (.ci/run, or any CI=true runner): a missing server or binary fails, never skips.
+REQUIRE = os.environ.get("CAPSTAN_REQUIRE_SERVICES") == "1" or os.environ.get("CI") == "true"
 
 SERVICE_ENV = {
     "postgres": "CAPSTAN_TEST_DATABASE_URL",
