@@ -48,7 +48,7 @@ class Cluster:
 
     def __init__(self, tmp_path: Path, postgres_url: str, redis_url: str) -> None:
         if shutil.which("haproxy") is None:
-            missing("haproxy is not installed (Debian package haproxy; scripts/services up installs it)")
+            missing("haproxy is not installed (Debian haproxy; scripts/services installs it)")
         self.tmp = tmp_path
         self.env = {
             "PATH": os.environ.get("PATH", ""),
