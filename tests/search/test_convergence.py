@@ -96,7 +96,8 @@ async def test_2000_random_ops_with_shuffled_replays_converge(
                 )
             ).all()
         )
-    assert len(envelopes) >= 2000
+    # Nearly every op made an event: a PATCH that changes nothing makes none (issue 17).
+    assert len(envelopes) >= 1900
     events = [parse_event(encode(e)) for e in envelopes]
     random.Random(7).shuffle(events)
     replayer = IndexerSubscriber(c.metrics, c.search, c.db, batch_size=200, linger_ms=2)

@@ -40,8 +40,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("auth_revocations")
-    with op.batch_alter_table("api_keys") as batch:
-        batch.drop_column("admin")
-        batch.drop_column("expires_at")
-    with op.batch_alter_table("tenants") as batch:
-        batch.drop_column("disabled_at")
+    # Plain DROP COLUMN (PostgreSQL; SQLite >= 3.35): a batch copy of `tenants` on SQLite has
+    # to DROP TABLE a table other tables reference, which SQLite refuses ("table is locked").
+    op.drop_column("api_keys", "admin")
+    op.drop_column("api_keys", "expires_at")
+    op.drop_column("tenants", "disabled_at")
