@@ -4,9 +4,15 @@ with the analysis, and then they are answered from it."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -88,3 +94,40 @@ async def test_an_old_index_takes_writes_and_hands_text_queries_to_the_database(
     await engine.refresh()
     found = await engine.query(SearchQuery(tenant_id="t", text="serializing formats"))
     assert [h.id for h in found.hits] == [written.id]
+
+
+async def test_reindex_if_stale_rebuilds_an_old_index_once(
+    engine: ElasticsearchEngine, postgres_url: str, tmp_path: Path
+) -> None:
+    """What `scripts/stack up` runs after `capstan migrate`: an index from before the analysis
+    is rebuilt (text queries come back to Elasticsearch), a current one is left alone."""
+    await make_old_index(engine)
+    old = await engine.read_index()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPSTAN_")} | {
+        "CAPSTAN_DATA_DIR": str(tmp_path),
+        "CAPSTAN_DATABASE_URL": postgres_url,
+        "CAPSTAN_SEARCH_URL": service_url("elasticsearch"),
+        "CAPSTAN_SEARCH_INDEX": engine.alias,
+    }
+
+    def run() -> dict[str, Any]:
+        done = subprocess.run(
+            [sys.executable, "-m", "capstan.cli.main", "search", "reindex", "--if-stale"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        report: dict[str, Any] = json.loads(done.stdout)
+        return report
+
+    first = await asyncio.to_thread(run)
+    assert "skipped" not in first, first
+    rebuilt = await engine.read_index()
+    assert rebuilt is not None and rebuilt != old
+    assert await engine.analyzed()
+
+    second = await asyncio.to_thread(run)
+    assert "analysis version" in second["skipped"]
+    assert await engine.read_index() == rebuilt

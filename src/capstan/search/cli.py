@@ -18,24 +18,42 @@ err = Console(stderr=True)
 @app.command("reindex")
 def reindex_command(
     keep_old: Annotated[bool, typer.Option(help="Keep the previous index after the swap.")] = False,
+    if_stale: Annotated[
+        bool,
+        typer.Option(
+            "--if-stale",
+            help="Only when the index is missing or predates the current search analysis "
+            "(what an upgrade runs after `capstan migrate`).",
+        ),
+    ] = False,
 ) -> None:
     """Rebuild the index from the database into a new one and swap the alias (no downtime)."""
     from capstan.search.reindex import ReindexUnsupported
 
     try:
-        report = asyncio.run(_reindex(Settings(), keep_old))
+        report = asyncio.run(_reindex(Settings(), keep_old, if_stale))
     except ReindexUnsupported as exc:
         err.print(f"[yellow]{exc}[/yellow]")
         raise typer.Exit(0) from exc
     typer.echo(json.dumps(report))
 
 
-async def _reindex(settings: Settings, keep_old: bool) -> dict[str, object]:
+async def _reindex(settings: Settings, keep_old: bool, if_stale: bool) -> dict[str, object]:
     from capstan.container import build_container
+    from capstan.search.analysis import ANALYSIS_VERSION
+    from capstan.search.elasticsearch import ElasticsearchEngine
     from capstan.search.reindex import reindex
 
     c = build_container(settings)
     try:
+        # A missing index is rebuilt too: the database may hold documents it never saw.
+        if (
+            if_stale
+            and isinstance(c.search, ElasticsearchEngine)
+            and await c.search.read_index() is not None
+            and await c.search.analyzed()
+        ):
+            return {"skipped": f"the index already has analysis version {ANALYSIS_VERSION}"}
 
         def progress(done: int, total: int) -> None:
             err.print(f"reindex: {done}/{total}", end="\r")
