@@ -300,3 +300,20 @@ def test_metrics_view_takes_deltas() -> None:
     assert view["ack_latency_histogram"] == {"audit": {"acked": 100, "share_within_100ms": 0.5}}
     assert view["mean_handle_ms"] == {"audit": 5.0}
     assert view["relay"] == {"batches": 20, "mean_batch_size": 5.0}
+
+
+def test_handled_counts_final_outcomes_since_the_first_scrape() -> None:
+    from capstan.bench.outbox import handled
+
+    def key(sub: str, outcome: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+        return ("capstan_events_consumed_total", (("outcome", outcome), ("subscriber", sub)))
+
+    before = {key("audit", "processed"): 10.0, key("cache", "retried"): 1.0}
+    after = {
+        key("audit", "processed"): 15.0,
+        key("audit", "duplicate"): 1.0,
+        key("cache", "retried"): 4.0,  # handled again later: not done
+        key("cache", "processed"): 2.0,
+        key("notifier", "dead_lettered"): 1.0,
+    }
+    assert handled(before, after) == {"audit": 6, "cache": 2, "notifier": 1}

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from capstan.bench.common import BenchError, err
-from capstan.bench.outbox import max_outbox_id, outbox_progress
+from capstan.bench.outbox import handled, max_outbox_id, outbox_progress
 from capstan.bench.tasks_report import cpu_ms_per_task, rate
 from capstan.bench.tasks_run import IDLE_GAP_S, LATENCY_POLL_S, Run, cores, wait_until
 
@@ -60,6 +60,7 @@ async def _counts(run: Run, since: datetime) -> tuple[int, int]:
 async def capstan_throughput(run: Run, n: int, label: str) -> dict[str, Any]:
     task = run.progress.add_task(f"{label}: capstan", total=n)
     lo = await max_outbox_id(run.container)
+    consumed0 = await run.consumed() if run.patterns else {}
     since = datetime.now(UTC) - timedelta(milliseconds=1)
     cpu0 = run.cpu()
     t0 = time.time()
@@ -93,7 +94,8 @@ async def capstan_throughput(run: Run, n: int, label: str) -> dict[str, Any]:
         run.progress.update(task, description=f"{label}: capstan subscribers draining")
 
         async def drained() -> bool:
-            now = await outbox_progress(run.container, lo, hi, run.patterns)
+            done_by = handled(consumed0, await run.consumed())
+            now = await outbox_progress(run.container, lo, hi, run.patterns, done_by)
             run.progress.update(task, total=max(now.expected, 1), completed=now.done)
             return now.published == now.rows and now.done >= now.expected
 

@@ -112,7 +112,7 @@ def plot_events(result: dict[str, Any], path: Path) -> None:
     left.set_xticks(x, labels)
     left.set_xlim(-0.5, len(x) - 0.5)
     left.set_xlabel("offered rate", fontsize=8)
-    left.set_title("commit → every subscriber done, ms (log)", fontsize=10)
+    left.set_title("commit → audit log recorded, ms (log)", fontsize=10)
     left.legend(fontsize=8, loc="upper left")
 
     offered = [s["offered_rate"] for s in steps]

@@ -256,8 +256,10 @@ async def _drive(
     from capstan.container import build_container
     from capstan.roles import build_subscriber, subscriber_names
 
-    bench_settings = settings.model_copy(update={"broker_url": "memory://"})
-    container = build_container(bench_settings)
+    # The real broker, as the API has it: submit commits the task and publishes its message
+    # straight to RabbitMQ (direct dispatch); an in-memory broker would send every task
+    # through the outbox and the relay instead, which is not the path the API takes.
+    container = build_container(settings)
     try:
         patterns: dict[str, tuple[str, ...]] = {}
         if run_subscribers:
