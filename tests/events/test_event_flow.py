@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 
 from capstan.broker.port import Message
-from capstan.db.schema import AuditEntry, OutboxEvent
+from capstan.db.schema import AuditEntry, OutboxEvent, ProcessedEvent
 from capstan.subscribers.runtime import queue_spec
 from tests.conftest import Stack
 
@@ -80,6 +80,14 @@ async def test_every_subscriber_applies_each_event_exactly_once(stack: Stack) ->
         )
     assert unpublished == 0
     assert await _audit_count(stack, tenant.id) == 20
+    # Idempotent by themselves (versions), the indexer and the cache record nothing per event.
+    async with stack.container.db() as session:
+        recorded = await session.scalar(
+            select(func.count())
+            .select_from(ProcessedEvent)
+            .where(ProcessedEvent.subscriber.in_(["indexer", "cache"]))
+        )
+    assert recorded == 0
 
 
 async def test_a_duplicate_delivery_has_one_effect(stack: Stack) -> None:

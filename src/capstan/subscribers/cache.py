@@ -23,6 +23,10 @@ class CacheSubscriber:
         self._ttl = ttl_seconds
 
     async def handle(self, event: Event, session: AsyncSession) -> Outcome | None:
+        return await self.apply_idempotent(event)
+
+    async def apply_idempotent(self, event: Event) -> Outcome | None:
+        """The runtime calls this one (subscribers/runtime.py): no transaction is needed."""
         version = int(event.data["version"])
         if event.routing_key == "document.deleted":
             version += 1

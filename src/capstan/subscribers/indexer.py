@@ -72,6 +72,11 @@ class IndexerSubscriber:
         self._flushes: set[asyncio.Task[None]] = set()
 
     async def handle(self, event: Event, session: AsyncSession) -> Outcome | None:
+        return await self.apply_idempotent(event)
+
+    async def apply_idempotent(self, event: Event) -> Outcome | None:
+        """The runtime calls this one (subscribers/runtime.py): external versions make a
+        replayed event harmless, and no pooled connection waits for the bulk request."""
         action = event.routing_key.split(".", 1)[1]
         self._metrics.indexer_pending.labels(action).inc()
         if self._engine is None or self._db is None or not self._engine.derived:

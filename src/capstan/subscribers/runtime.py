@@ -59,6 +59,14 @@ class Subscriber(Protocol):
 # events' order; fresh is False for an event it had already applied (a duplicate).
 ApplyBatch = Callable[[list[Event]], Awaitable[list[tuple["Outcome | None", bool]]]]
 
+# A subscriber whose effect is idempotent and order-free by itself (versioned writes outside
+# the database: the cache's tombstones keep the highest version, the index refuses any version
+# at or below the one it holds) may offer `apply_idempotent(event)`. The runtime then calls it
+# with no database transaction and keeps no processed_events row: a redelivery applies it
+# again, harmlessly. That saves a commit per event and keeps a pooled connection from being
+# held while the effect waits (the indexer's bulk request).
+ApplyIdempotent = Callable[[Event], Awaitable["Outcome | None"]]
+
 
 def batched(subscriber: Subscriber) -> bool:
     """Ordered subscribers and those marked `batched` apply what waits in their queue at once."""
@@ -104,6 +112,9 @@ class SubscriberRunner:
         self._batched = batched(subscriber)
         self._prefetch = ordered_batch if self._batched else prefetch
         self._apply_batch: ApplyBatch | None = getattr(subscriber, "apply_batch", None)
+        self._apply_idempotent: ApplyIdempotent | None = getattr(
+            subscriber, "apply_idempotent", None
+        )
         # Deliveries waiting for the ordered loop, each with the future its handler call
         # waits on: a broker handler returns once its delivery is settled (port contract).
         self._intake: asyncio.Queue[tuple[Delivery, asyncio.Future[None]]] = asyncio.Queue()
@@ -263,6 +274,8 @@ class SubscriberRunner:
         if self._apply_batch is not None:
             (result,) = await self._apply_batch([event])
             return result
+        if self._apply_idempotent is not None:
+            return await self._apply_idempotent(event), True
         async with self._db.begin() as session:
             return await self._apply_in(session, event)
 
