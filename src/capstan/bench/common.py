@@ -308,15 +308,10 @@ def settings_for(overrides: Mapping[str, str]) -> Settings:
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """asyncio.run, on uvloop when it is installed (as `capstan api` runs)."""
-    try:
-        import uvloop
-    except ImportError:
-        runner = asyncio.Runner()
-    else:
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    with runner:
-        return runner.run(coro)
+    """The bench's loop is the one the roles run on (capstan.eventloop)."""
+    from capstan.eventloop import run
+
+    return run(coro)
 
 
 def remove_tree(path: Path) -> None:

@@ -292,13 +292,14 @@ def _run_background(
     worker_concurrency: int | None = None,
     scheduler: bool = False,
 ) -> None:
+    from capstan.eventloop import run
     from capstan.observability.logging import configure_logging
     from capstan.roles import RoleError, run_background, with_metrics_port
 
     settings = with_metrics_port(settings, role)
     configure_logging(settings.log_level, json=settings.log_json)
     try:
-        asyncio.run(
+        run(
             run_background(
                 settings,
                 relay=relay,
