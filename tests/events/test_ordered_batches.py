@@ -529,3 +529,39 @@ async def test_audit_seq_follows_publish_order_and_realtime_follows_seq(env: Env
     assert [m.headers["seq"] for m in realtime] == seqs
     assert _batch_metric(metrics, "count", AuditSubscriber.name) >= 1
     assert _consumed(metrics, "processed", AuditSubscriber.name) == len(ids)
+
+
+async def test_stop_sends_the_follow_ups_of_every_committed_batch(env: Env) -> None:
+    """Follow-ups go out from their own task while the next batch is applied; stopping right
+    after the last commit still publishes every one of them, in order."""
+    sent = _events(120, env.tenant)
+    ids = [m.message_id for m in sent]
+    runner = _runner(AuditSubscriber(env.topology.realtime_exchange), env, Metrics())
+    await env.broker.declare(runner.spec)
+    realtime: list[str] = []
+
+    async def collect(delivery: Delivery) -> None:
+        realtime.append(delivery.message.message_id)
+        await delivery.ack()
+
+    probe = await env.broker.consume(_probe_spec(env.topology), collect, prefetch=50)
+    await _publish(env, sent)
+    await runner.start()
+
+    async def committed() -> bool:
+        async with env.db() as session:
+            n = await session.scalar(
+                select(func.count())
+                .select_from(AuditEntry)
+                .where(AuditEntry.tenant_id == env.tenant)
+            )
+        return n == len(ids)
+
+    try:
+        await _wait(committed, "every event audited")
+        await runner.stop()  # at once: some follow-ups may still be queued
+        await _wait(lambda: _true(len(realtime) >= len(ids)), "every follow-up published")
+    finally:
+        await runner.stop()
+        await probe.stop()
+    assert realtime == ids

@@ -119,6 +119,11 @@ class SubscriberRunner:
         # waits on: a broker handler returns once its delivery is settled (port contract).
         self._intake: asyncio.Queue[tuple[Delivery, asyncio.Future[None]]] = asyncio.Queue()
         self._drainer: asyncio.Task[None] | None = None
+        # A batched subscriber's follow-ups (audit -> realtime) go out from one task, in
+        # order, while the loop applies the next batch: the confirm wait is off its path.
+        # Bounded, so a slow broker slows the loop down instead of piling messages up.
+        self._outbound: asyncio.Queue[dict[str, list[Message]]] = asyncio.Queue(maxsize=16)
+        self._publisher: asyncio.Task[None] | None = None
         self._stopping = False
         self._busy = False
         self._max_attempts = max_attempts
@@ -135,6 +140,9 @@ class SubscriberRunner:
         if self._batched:
             self._stopping = False
             self._drainer = asyncio.create_task(self._drain(), name=f"ordered {self.name}")
+            self._publisher = asyncio.create_task(
+                self._publish_loop(), name=f"follow-ups {self.name}"
+            )
             handler: Handler = self._enqueue
         else:
             handler = self.on_delivery
@@ -161,6 +169,14 @@ class SubscriberRunner:
                 _, settled = self._intake.get_nowait()
                 if not settled.done():
                     settled.set_result(None)
+        if self._publisher is not None:
+            # Follow-ups of committed batches: out before stopping if the broker takes them.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._outbound.join(), 5.0)
+            self._publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._publisher
+            self._publisher = None
 
     async def on_delivery(self, delivery: Delivery) -> None:
         event = await self._parse(delivery)
@@ -246,11 +262,37 @@ class SubscriberRunner:
 
     async def _follow_up(self, outcomes: list[Outcome | None]) -> None:
         """Publish what the committed handlers asked for, in order, one confirm wait per
-        exchange."""
+        exchange; a batched subscriber hands them to its publishing task instead."""
         by_exchange: dict[str, list[Message]] = {}
         for outcome in outcomes:
             for exchange, message in outcome.publish if outcome else []:
                 by_exchange.setdefault(exchange, []).append(message)
+        if not by_exchange:
+            return
+        if self._publisher is not None and not self._publisher.done():
+            await self._outbound.put(by_exchange)
+            return
+        await self._publish(by_exchange)
+
+    async def _publish_loop(self) -> None:
+        """Whatever follow-ups have queued up, in order, in as few confirm waits as can be."""
+        while True:
+            merged = await self._outbound.get()
+            taken = 1
+            while not self._outbound.empty():
+                for exchange, messages in self._outbound.get_nowait().items():
+                    merged.setdefault(exchange, []).extend(messages)
+                taken += 1
+            try:
+                await self._publish(merged)
+            except Exception:
+                # Committed effects whose followers recover through the audit log; go on.
+                log.exception("follow-up publish failed", extra={"subscriber": self.name})
+            finally:
+                for _ in range(taken):
+                    self._outbound.task_done()
+
+    async def _publish(self, by_exchange: dict[str, list[Message]]) -> None:
         for exchange, messages in by_exchange.items():
             try:
                 await self._broker.publish(messages, exchange=exchange, mandatory=False)
