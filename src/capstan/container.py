@@ -212,7 +212,7 @@ def build_container(settings: Settings) -> Container:
         ),
         revocations=RevocationWatcher(db, auth, poll_seconds=settings.auth_revocation_poll_seconds),
         documents=DocumentStore(
-            db, aside, settings.source, on_commit=outbox_wakeup.set, reads=reads
+            db, aside, settings.source, on_commit=outbox_wakeup.set, reads=reads, fast=fast
         ),
         documents_cache=aside,
         outbox_wakeup=outbox_wakeup,

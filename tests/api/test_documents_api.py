@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from capstan.db.schema import OutboxEvent
@@ -175,3 +178,68 @@ async def test_concurrent_misses_on_one_key_read_the_database_once(api: Api) -> 
 def _sample(api: Api, name: str) -> float:
     value = api.container.metrics.registry.get_sample_value(name, {"cache": "documents"})
     return value or 0.0
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_the_one_statement_create_writes_what_the_orm_path_writes(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """On PostgreSQL a create is one statement on asyncpg (documents/statements.py); the row,
+    its analyzed search terms and the event envelope are those the ORM path writes."""
+    from capstan.db.schema import Document
+    from capstan.documents.schemas import DocumentCreate
+    from capstan.documents.service import DocumentStore
+    from tests.conftest import production_settings, start_api
+
+    settings = production_settings(
+        request.getfixturevalue("postgres_url"), request.getfixturevalue("redis_url"), tmp_path
+    )
+    api = await start_api(settings)
+    try:
+        c = api.container
+        assert c.fast is not None
+        tenant = await api.tenant()
+        body = DocumentCreate(
+            collection="notes",
+            title="Running parsers",
+            body="Serialized files, formatted output: ünïcode too.",
+            tags=["b", "a", "b"],
+            metadata={"nested": {"k": [1, 2.5, None, True]}},
+        )
+        orm = DocumentStore(c.db, c.documents_cache, settings.source)
+        made = [await c.documents.create(tenant.id, body), await orm.create(tenant.id, body)]
+
+        async with c.db() as session:
+            rows = [await session.get(Document, d.id) for d in made]
+            envelopes = [
+                (
+                    await session.execute(
+                        select(
+                            OutboxEvent.routing_key, OutboxEvent.subject, OutboxEvent.envelope
+                        ).where(OutboxEvent.subject == f"documents/{d.id}")
+                    )
+                ).one()
+                for d in made
+            ]
+    finally:
+        await c.close()
+
+    def columns(doc: Document | None) -> dict[str, object]:
+        assert doc is not None
+        skip = {"id", "created_at", "updated_at"}
+        return {k: v for k, v in vars(doc).items() if not k.startswith("_") and k not in skip}
+
+    fast_row, orm_row = (columns(r) for r in rows)
+    assert fast_row == orm_row and fast_row["terms_title"] and fast_row["tags"] == ["b", "a"]
+
+    def shape(made_id: str, found: Any) -> tuple[Any, ...]:
+        routing, subject, env = found
+        env = dict(env)
+        data = dict(env.pop("data"))
+        assert data.pop("id") == made_id and subject == f"documents/{made_id}"
+        assert env.pop("subject") == subject
+        env.pop("id"), env.pop("time")
+        return routing, env, data
+
+    assert shape(made[0].id, envelopes[0]) == shape(made[1].id, envelopes[1])

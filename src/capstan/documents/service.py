@@ -15,14 +15,16 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from capstan.db.fastpath import FastPath
 from capstan.db.replica import ReadRouter
 from capstan.db.schema import Document
-from capstan.documents import repository
+from capstan.documents import repository, statements
 from capstan.documents.cache import CacheAside, Loaded, document_key
 from capstan.documents.schemas import DocumentCreate, DocumentRead, DocumentUpdate
 from capstan.errors import InvalidInput, NotFound, PreconditionFailed
-from capstan.events.outbox import add_event
+from capstan.events.outbox import add_event, envelope
 from capstan.ids import uuid7
+from capstan.search.analysis import search_columns
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +88,12 @@ class DocumentStore:
         source: str,
         on_commit: Callable[[], None] = lambda: None,
         reads: ReadRouter | None = None,
+        fast: FastPath | None = None,
     ):
         self._db = db
+        # PostgreSQL: a create is one statement on raw asyncpg (the ORM flush was a quarter
+        # of the API's CPU per write).
+        self._fast = fast
         # Listing may read from a replica; single reads stay on `db` behind the cache.
         self._reads = reads
         self._cache = cache
@@ -123,9 +129,22 @@ class DocumentStore:
             created_at=now,
             updated_at=now,
         )
-        async with self._db.begin() as session:
-            session.add(doc)
-            self._event(session, doc, "created")
+        if self._fast is not None:
+            for name, value in search_columns(doc.title, doc.body, doc.tags).items():
+                setattr(doc, name, value)
+            event = envelope(
+                source=self._source,
+                entity="document",
+                action="created",
+                tenant_id=tenant_id,
+                subject=f"documents/{doc.id}",
+                data=_event_data(doc),
+            )
+            await self._fast.execute(statements.CREATE, *statements.create_args(doc, event))
+        else:
+            async with self._db.begin() as session:
+                session.add(doc)
+                self._event(session, doc, "created")
         self._on_commit()
         # No invalidation needed: nobody can have cached an id that did not exist.
         return doc
