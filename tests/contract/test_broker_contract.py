@@ -363,3 +363,35 @@ async def _until_async(condition: object, timeout: float = 10.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition never held")
         await asyncio.sleep(0.05)
+
+
+async def test_ack_with_settles_exactly_the_batch(setup: Setup) -> None:
+    """A batch acked at once (one frame on RabbitMQ when nothing else is unsettled below it)
+    settles its deliveries and no other: an earlier one left unsettled is redelivered."""
+    spec = setup.spec("document.*")
+    held: list[Delivery] = []
+    release = asyncio.Event()
+
+    async def hold(delivery: Delivery) -> None:
+        held.append(delivery)
+        await release.wait()
+
+    consumer = await setup.broker.consume(spec, hold, prefetch=20)
+    first = await setup.publish(*["document.created"] * 5)
+    await _until(lambda: len(held) == 5)
+    await held[4].ack_with(held[:4])  # the whole prefix: one frame
+    second = await setup.publish(*["document.updated"] * 5)
+    await _until(lambda: len(held) == 10)
+    # held[5] stays unsettled: acking 6..8 at once must not take it along.
+    await held[8].ack_with(held[6:8])
+    await held[9].ack()
+    release.set()
+    await consumer.stop()
+
+    again = Inbox()
+    consumer = await setup.broker.consume(spec, again, prefetch=20)
+    await again.wait_for(1)
+    await asyncio.sleep(0.3)  # room for anything wrongly left unacked to show up
+    await consumer.stop()
+    assert [g[1] for g in again.got] == [second[0].message_id]
+    assert {m.message_id for m in first}.isdisjoint(g[1] for g in again.got)

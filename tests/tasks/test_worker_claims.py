@@ -5,8 +5,10 @@ again."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.exc import OperationalError
@@ -26,6 +28,11 @@ class FakeDelivery:
 
     async def ack(self) -> None:
         self.settled.append(("ack", None))
+
+    async def ack_with(self, earlier: Sequence[Any]) -> None:
+        for delivery in earlier:
+            await delivery.ack()
+        await self.ack()
 
     async def retry(self, delay_ms: int, *, count_attempt: bool = True) -> None:
         self.settled.append(("retry", (delay_ms, count_attempt)))

@@ -25,8 +25,10 @@ class ClosingIncoming:
     routing_key = "document.created"
     content_type = "application/json"
     priority = 0
+    channel = None
+    delivery_tag = 1
 
-    async def ack(self) -> None:
+    async def ack(self, multiple: bool = False) -> None:
         raise aio_pika.exceptions.ChannelInvalidStateError("channel closed")
 
 

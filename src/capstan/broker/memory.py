@@ -10,7 +10,14 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from capstan.broker.port import BrokerUnavailable, Handler, Message, QueueSpec, topic_matches
+from capstan.broker.port import (
+    BrokerUnavailable,
+    Delivery,
+    Handler,
+    Message,
+    QueueSpec,
+    topic_matches,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +73,11 @@ class _MemoryDelivery:
         if self._consumer_gone("ack"):
             return
         self.settled = True
+
+    async def ack_with(self, earlier: Sequence[Delivery]) -> None:
+        for delivery in earlier:
+            await delivery.ack()
+        await self.ack()
 
     async def retry(self, delay_ms: int, *, count_attempt: bool = True) -> None:
         if self._consumer_gone("retry"):

@@ -67,6 +67,12 @@ class Delivery(Protocol):
 
     async def ack(self) -> None: ...
 
+    async def ack_with(self, earlier: Sequence[Delivery]) -> None:
+        """Ack this delivery and `earlier` (unsettled deliveries of the same consumer that
+        arrived before it). RabbitMQ does it in one frame when nothing else of the consumer
+        is unsettled below this one, else one ack each."""
+        ...
+
     async def retry(self, delay_ms: int, *, count_attempt: bool = True) -> None:
         """Deliver again to this queue only, after about `delay_ms`.
 

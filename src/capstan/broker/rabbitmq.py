@@ -37,7 +37,7 @@ from aio_pika.abc import (
 from aio_pika.robust_connection import RobustConnection
 from yarl import URL
 
-from capstan.broker.port import BrokerUnavailable, Handler, Message, QueueSpec
+from capstan.broker.port import BrokerUnavailable, Delivery, Handler, Message, QueueSpec
 from capstan.node_urls import node_urls
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,8 @@ class _RabbitDelivery:
         self._spec = spec
         self._incoming = incoming
         self._consumer = consumer
+        # The channel it came on, taken while open (the property raises once it is closed).
+        self._on: object = incoming.channel
         headers = dict(incoming.headers or {})
         self._attempt = int(str(headers.get(ATTEMPT_HEADER, 1)))
         self._message = Message(
@@ -88,6 +90,34 @@ class _RabbitDelivery:
 
     async def ack(self) -> None:
         await self._ack("ack")
+
+    async def ack_with(self, earlier: Sequence[Delivery]) -> None:
+        mine = self._incoming.delivery_tag
+        tags = {
+            d._incoming.delivery_tag
+            for d in earlier
+            if isinstance(d, _RabbitDelivery) and d._on is self._on
+        }
+        consumer = self._consumer
+        if (
+            mine is not None
+            and consumer is not None
+            and len(tags) == len(earlier)
+            and consumer.unsettled_through(self._on, mine) == tags | {mine}
+        ):
+            # Nothing else of this consumer is unsettled below `mine`: one frame acks them all.
+            await self._ack("ack", multiple=True)
+            for d in earlier:
+                assert isinstance(d, _RabbitDelivery)
+                d._settled()
+            return
+        for d in earlier:
+            await d.ack()
+        await self.ack()
+
+    def _settled(self) -> None:
+        if self._consumer is not None and self._incoming.delivery_tag is not None:
+            self._consumer.untrack(self._on, self._incoming.delivery_tag)
 
     async def retry(self, delay_ms: int, *, count_attempt: bool = True) -> None:
         if self._channel_closing("retry"):
@@ -113,16 +143,18 @@ class _RabbitDelivery:
         sent now could make RabbitMQ close the connection (see _RabbitConsumer.stop)."""
         if self._consumer is None or not self._consumer.closing:
             return False
+        self._settled()
         self._left_for_redelivery(settle, None)
         return True
 
-    async def _ack(self, settle: str) -> None:
+    async def _ack(self, settle: str, *, multiple: bool = False) -> None:
         # For a retry or dead letter whose copy is already published, leaving the message
         # to redelivery delivers it once more: a duplicate, which consumers tolerate.
         if self._channel_closing(settle):
             return
+        self._settled()
         try:
-            await self._incoming.ack()
+            await self._incoming.ack(multiple=multiple)
         except _CHANNEL_GONE as exc:
             # Closed under us (a lost connection): not a failure of the handler, and raising
             # would only have aiormq log "Consumer callback failed".
@@ -146,6 +178,27 @@ class _RabbitConsumer:
         self._queue = queue
         self._tag: str | None = None
         self._stopping = False
+        # Delivery tags not yet settled, on the (robust, so reopened) channel they came on:
+        # what makes a multiple ack safe (_RabbitDelivery.ack_with).
+        self._unsettled_on: object = None
+        self._unsettled: set[int] = set()
+
+    def track(self, channel: object, tag: int | None) -> None:
+        if tag is None:
+            return
+        if channel is not self._unsettled_on:
+            # A reopened channel numbers from 1 again; the old one's deliveries are void.
+            self._unsettled_on, self._unsettled = channel, set()
+        self._unsettled.add(tag)
+
+    def untrack(self, channel: object, tag: int) -> None:
+        if channel is self._unsettled_on:
+            self._unsettled.discard(tag)
+
+    def unsettled_through(self, channel: object, tag: int) -> set[int]:
+        if channel is not self._unsettled_on:
+            return set()
+        return {t for t in self._unsettled if t <= tag}
 
     @property
     def closing(self) -> bool:
@@ -375,6 +428,7 @@ class RabbitBroker:
         consumer = _RabbitConsumer(channel, queue)
 
         async def on_message(incoming: AbstractIncomingMessage) -> None:
+            consumer.track(incoming.channel, incoming.delivery_tag)
             await handler(_RabbitDelivery(self, spec, incoming, consumer))
 
         consumer._tag = await queue.consume(on_message, no_ack=False)

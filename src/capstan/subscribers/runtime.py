@@ -255,8 +255,9 @@ class SubscriberRunner:
                 await self._handle_one(delivery, event)
             return
         await self._follow_up([outcome for _, _, outcome, _ in applied])
-        for delivery, event, _, fresh in applied:
-            await delivery.ack()
+        settled = [delivery for delivery, _, _, _ in applied]
+        await settled[-1].ack_with(settled[:-1])  # one frame on RabbitMQ when it can be
+        for _, event, _, fresh in applied:
             self._done(event, fresh, started)
         self._metrics.subscriber_batch.labels(self.name).observe(len(applied))
 
