@@ -15,7 +15,6 @@ import asyncio
 import hashlib
 import importlib.metadata
 import importlib.util
-import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,7 +32,7 @@ MODEL = "wordllama-l2-supercat-256"
 WEIGHTS = Path("weights") / "l2_supercat_256.safetensors"
 TOKENIZER = Path("tokenizers") / "l2_supercat_tokenizer_config.json"
 TENSOR = "embedding.weight"
-# Texts per numpy gather: bounds the scratch memory (tokens x 256 floats) of one step.
+# Texts tokenized per call: bounds the memory of one step's encodings.
 STEP = 256
 
 
@@ -120,19 +119,17 @@ class StaticEmbedder:
 
     def _embed_step(self, texts: list[str]) -> npt.NDArray[np.float32]:
         encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(texts))
-        total = int(lengths.sum())
-        ids = np.fromiter(
-            itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64, count=total
-        )
-        # Ids past the table (none in the shipped tokenizer) would index out of bounds.
-        np.clip(ids, 0, self._weights.shape[0] - 1, out=ids)
         vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
-        has_tokens = lengths > 0
-        if total:
-            starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-            # Segments of texts without tokens are empty, so each sum runs to the next start.
-            vectors[has_tokens] = np.add.reduceat(self._weights[ids], starts[has_tokens], axis=0)
+        last = self._weights.shape[0] - 1
+        for row, encoding in enumerate(encodings):
+            if not encoding.ids:
+                continue
+            ids = np.asarray(encoding.ids, dtype=np.intp)
+            # Ids past the table (none in the shipped tokenizer) would index out of bounds.
+            np.clip(ids, 0, last, out=ids)
+            # One text at a time: its token rows stay in cache (a gather of the whole batch
+            # then np.add.reduceat measured 10x slower).
+            np.sum(self._weights.take(ids, axis=0), axis=0, out=vectors[row])
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         np.divide(vectors, norms, out=vectors, where=norms > 0)
         return vectors
