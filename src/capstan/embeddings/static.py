@@ -3,9 +3,11 @@ whose weights and tokenizer ship inside the `wordllama` wheel on PyPI.
 
 A text's vector is the L2-normalised sum of its tokens' vectors (WordLlama's own inference is
 the mean, normalised: the same direction). Nothing is downloaded, ever: the files are found
-inside the installed package without importing it (its import configures the root logger and
-its loader falls back to a model hub), and a missing file is an error that says how to install
-it. Static embeddings know word meanings, not word order: paraphrases land close, but "dog bites
+inside the installed package without importing it (its import configures the root logger, and
+its own loader looks for the tokenizer under a folder the wheel does not have, then fetches it
+from a model hub), and a missing file is an error that says how to reinstall.
+
+Static embeddings know word meanings, not word order: paraphrases land close, but "dog bites
 man" and "man bites dog" are one vector. docs/embeddings.md compares it with the alternatives.
 """
 
