@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from capstan.datadir import default_data_dir
@@ -140,6 +140,27 @@ class Settings(BaseSettings):
     search_reconcile_seconds: float = Field(300.0, ge=0)  # 0: no periodic reconciliation
     search_reconcile_grace_seconds: float = Field(30.0, ge=0)
 
+    # Embeddings (issue 16; docs/embeddings.md). Empty URL: the offline model shipped with
+    # Capstan (capstan.embeddings.static). Else an OpenAI-compatible endpoint: the base URL
+    # (http://host:port/v1) or the full .../embeddings URL, with the model name it serves.
+    embeddings_url: str = Field("", pattern=r"^$|^https?://")
+    embeddings_model: str = ""
+    embeddings_api_key: SecretStr = SecretStr("")
+    # Unset: asked of the endpoint at start. Every answer is checked against it.
+    embeddings_dimension: int | None = Field(None, ge=1, le=65_536)
+    # Bump it when the endpoint's weights change under the same model name: vectors of another
+    # version are stale.
+    embeddings_version: str = Field("1", min_length=1, max_length=64)
+    embeddings_timeout_seconds: float = Field(30.0, gt=0)
+    embeddings_max_attempts: int = Field(5, ge=1, le=50)  # 429, 5xx, timeouts, refused
+    embeddings_retry_base_seconds: float = Field(0.5, ge=0)
+    embeddings_batch_size: int = Field(64, ge=1, le=2048)  # texts per request
+    # Chunks: at most chunk_size units (characters, or tokens of the offline model's
+    # tokenizer), consecutive chunks sharing at most chunk_overlap units of whole sentences.
+    embeddings_chunk_unit: Literal["chars", "tokens"] = "chars"
+    embeddings_chunk_size: int = Field(1000, ge=16, le=100_000)
+    embeddings_chunk_overlap: int = Field(150, ge=0)
+
     # Port for /metrics and /healthz of roles other than the API; 0 turns it off. Unset: each
     # role its own (worker 9401, relay 9402, subscriber 9403, scheduler 9404; roles.py).
     metrics_port: int | None = Field(None, ge=0, le=65535)
@@ -154,6 +175,14 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # JSON lines; unset: JSON unless stderr is a terminal (then readable, coloured lines).
     log_json: bool | None = None
+
+    @model_validator(mode="after")
+    def _check_embeddings(self) -> Settings:
+        if self.embeddings_url and not self.embeddings_model:
+            raise ValueError("embeddings_url needs embeddings_model (the model name it serves)")
+        if self.embeddings_chunk_overlap >= self.embeddings_chunk_size:
+            raise ValueError("embeddings_chunk_overlap must be smaller than embeddings_chunk_size")
+        return self
 
     @model_validator(mode="after")
     def _fill_database_url(self) -> Settings:

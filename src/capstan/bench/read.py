@@ -46,6 +46,7 @@ from capstan.bench.common import (
     sigterm_as_interrupt,
 )
 from capstan.bench.cpu import cpu_seconds
+from capstan.bench.embeddings import embeddings_command
 from capstan.bench.events import events as events_command
 from capstan.bench.processes import ChildProcess, Samples, capstan_command, stop_all
 from capstan.bench.report import (
@@ -66,6 +67,7 @@ app = typer.Typer(help="Benchmarks against the production backends on this machi
 app.command("events")(events_command)  # `capstan bench events`: src/capstan/bench/events.py
 app.command("tasks")(tasks_command)  # `capstan bench tasks`: src/capstan/bench/tasks.py
 app.command("soak")(soak_command)  # `capstan bench soak`: src/capstan/bench/soak.py
+app.command("embeddings")(embeddings_command)  # src/capstan/bench/embeddings.py
 
 # Design targets from the issue; informational: missing one does not fail the command.
 TARGET_HIT_VS_TRIVIAL = 0.70

@@ -87,6 +87,7 @@ async def run_checks(settings: Settings) -> list[Check]:
         checks.append(await _bounded(name, probe))
     if checks[-4].status != "fail":  # the database answered: are its migrations applied?
         checks.append(await _bounded("migrations", _migrations(settings)))
+    checks.append(await _bounded("embeddings", _embeddings(settings)))
     checks += _ports(settings)
     return checks
 
@@ -275,6 +276,32 @@ async def _es_version(nodes: list[str]) -> str:
             except Exception as exc:
                 failure = exc
     raise failure or ValueError("no node")
+
+
+async def _embeddings(s: Settings) -> Check:
+    """The offline model loads, or the configured endpoint answers a probe (docs/embeddings.md)."""
+    from capstan.embeddings.factory import build_embedder
+    from capstan.embeddings.port import EmbeddingError
+
+    fix = (
+        "fix CAPSTAN_EMBEDDINGS_URL / _MODEL / _API_KEY, or unset the URL for the offline model"
+        if s.embeddings_url
+        else "reinstall Capstan (scripts/bootstrap, or pip install -c constraints.txt .)"
+    )
+    options = s.model_copy(
+        update={"embeddings_max_attempts": 1, "embeddings_timeout_seconds": TIMEOUT}
+    )
+    try:
+        embedder = await build_embedder(options)
+    except (EmbeddingError, httpx.HTTPError, ValueError) as exc:
+        return Check("embeddings", "fail", str(exc), fix)
+    await embedder.aclose()
+    where = f"endpoint {_redact(s.embeddings_url)}" if s.embeddings_url else "offline"
+    return Check(
+        "embeddings",
+        "ok",
+        f"{where}: {embedder.model}, {embedder.dimension} dimensions, version {embedder.version}",
+    )
 
 
 async def _migrations(s: Settings) -> Check:
