@@ -9,6 +9,8 @@ from typing import Protocol, TypeVar
 import pytest
 
 from capstan.localcluster import (
+    ElasticCluster,
+    ElasticNode,
     PostgresPair,
     RabbitCluster,
     RabbitNode,
@@ -19,6 +21,8 @@ from capstan.localcluster import (
 from tests.conftest import REQUIRE
 
 __all__ = [
+    "ElasticCluster",
+    "ElasticNode",
     "PostgresPair",
     "RabbitCluster",
     "RabbitNode",

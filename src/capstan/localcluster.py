@@ -1,9 +1,11 @@
-"""Private server topologies on loopback, from Debian packages: a PostgreSQL primary with a
-streaming replica, a Redis primary + replica + three Sentinels, a three-node RabbitMQ cluster.
+"""Private server topologies on loopback, from Debian packages and the Elasticsearch that
+scripts/services fetched from Maven Central: a PostgreSQL primary with a streaming replica, a
+Redis primary + replica + three Sentinels, a three-node RabbitMQ cluster, a three-node
+Elasticsearch cluster.
 
 Each server runs on free ports in its own directory, so stopping one disturbs nothing else and
 never the shared servers of scripts/services. The tests under tests/scale kill them;
-`python -m capstan.localcluster up DIR` starts all three for `scripts/stack up --scale` and
+`python -m capstan.localcluster up DIR` starts all four for `scripts/stack up --scale` and
 writes the CAPSTAN_* URLs that reach them to DIR/env; `down DIR` stops them.
 """
 
@@ -13,12 +15,14 @@ import argparse
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -360,23 +364,249 @@ class RabbitCluster:
             node.stop()
 
 
+ES_USER = "capstan-es"  # scripts/services creates it: Elasticsearch refuses to run as root
+ES_HEAP = "512m"
+
+
+def es_home() -> Path:
+    """The distribution scripts/services fetched from Maven Central (the same version)."""
+    services = Path(os.environ.get("CAPSTAN_SERVICES_DIR", "/var/tmp/capstan-services"))
+    version = os.environ.get("CAPSTAN_ES_VERSION", "8.19.21")
+    home = services / "elasticsearch" / f"elasticsearch-{version}"
+    if not (home / ".capstan-complete").exists():
+        missing(f"Elasticsearch {version} is not installed at {home} (scripts/services up does it)")
+    return home
+
+
+def java_home() -> Path:
+    """A JDK 17+ the way scripts/services finds one (ES_JAVA_HOME, else OpenJDK 17 or 21)."""
+    if os.environ.get("ES_JAVA_HOME"):
+        candidates = [Path(os.environ["ES_JAVA_HOME"])]
+    else:
+        jvm = Path("/usr/lib/jvm")
+        candidates = [
+            jvm / "java-17-openjdk-amd64",
+            *sorted(jvm.glob("java-17-openjdk-*")),
+            *sorted(jvm.glob("java-21-openjdk-*")),
+        ]
+    for candidate in candidates:
+        if (candidate / "bin" / "java").exists():
+            return candidate
+    missing("no JDK 17+ for Elasticsearch (scripts/services up installs one; or ES_JAVA_HOME)")
+    raise AssertionError  # unreachable: missing() raises
+
+
+class ElasticNode:
+    """One Elasticsearch node: its own config, data, logs and ports, the shared distribution.
+
+    Runs in the foreground (no -d) in its own session, so kill() takes the launcher and the
+    server JVM together, as a crash would; launch() again starts it on the same data."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.name = name
+        self.dir = root / name
+        self.http_port = free_port()
+        self.transport_port = free_port()
+        self.settings: list[str] = []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def prepare(self, home: Path, settings: list[str]) -> None:
+        for sub in ("data", "logs", "tmp"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        # A private copy of the distribution's config: a node may write its keystore there.
+        shutil.copytree(home / "config", self.dir / "config", dirs_exist_ok=True)
+        self.settings = [
+            *settings,
+            f"node.name={self.name}",
+            f"path.data={self.dir / 'data'}",
+            f"path.logs={self.dir / 'logs'}",
+            "http.host=127.0.0.1",
+            f"http.port={self.http_port}",
+            "transport.host=127.0.0.1",
+            f"transport.port={self.transport_port}",
+        ]
+        if os.geteuid() == 0:
+            for path in (self.dir, *self.dir.rglob("*")):
+                shutil.chown(path, ES_USER, ES_USER)
+
+    def launch(self) -> None:
+        home, jdk = es_home(), java_home()
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.dir),
+            "ES_JAVA_HOME": str(jdk),
+            "ES_JAVA_OPTS": f"-Xms{ES_HEAP} -Xmx{ES_HEAP}",
+            "ES_PATH_CONF": str(self.dir / "config"),
+            "ES_TMPDIR": str(self.dir / "tmp"),
+        }
+        command = [str(home / "bin" / "elasticsearch"), *(f"-E{s}" for s in self.settings)]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", ES_USER, "--", *command]
+        with (self.dir / "startup.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                command,
+                env=env,
+                cwd=self.dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+
+    def wait(self, timeout: float = 180.0) -> None:
+        """Until the node listens for HTTP; at once RuntimeError if it exited (a bad setting)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc is None or self.proc.poll() is not None:
+                log = (self.dir / "startup.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"elasticsearch node {self.name} exited:\n{log}")
+            try:
+                wait_port(self.http_port, timeout=1.0, what=f"elasticsearch node {self.name}")
+                return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+
+    def kill(self) -> None:
+        """kill -9 of the launcher and the server JVM."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            self.proc = None
+
+
+class ElasticCluster:
+    """Three Elasticsearch nodes forming one cluster on loopback, security off as the node of
+    scripts/services; each is master-eligible and holds data, so any one may be lost."""
+
+    def __init__(self, size: int = 3) -> None:
+        home = es_home()
+        java_home()
+        if os.geteuid() == 0:
+            try:
+                pwd.getpwnam(ES_USER)
+            except KeyError:
+                missing(f"user {ES_USER} does not exist (scripts/services up elasticsearch)")
+        self.root = Path(tempfile.mkdtemp(prefix="capstan-es-"))
+        self.root.chmod(0o755)
+        tag = uuid.uuid4().hex[:6]
+        self.nodes = [ElasticNode(self.root, f"capstan-es-{tag}-{i}") for i in range(1, size + 1)]
+        common = [
+            # Its own name: a node of another cluster (the shared one) can never join.
+            f"cluster.name=capstan-{tag}",
+            "discovery.seed_hosts=" + ",".join(f"127.0.0.1:{n.transport_port}" for n in self.nodes),
+            # Read on the cluster's very first start only.
+            "cluster.initial_master_nodes=" + ",".join(n.name for n in self.nodes),
+            "xpack.security.enabled=false",
+            "cluster.routing.allocation.disk.threshold_enabled=false",
+            "action.destructive_requires_name=false",
+        ]
+        for node in self.nodes:
+            node.prepare(home, common)
+
+    @property
+    def url(self) -> str:
+        """Every node, as CAPSTAN_SEARCH_URL lists them."""
+        return ",".join(node.url for node in self.nodes)
+
+    def launch(self) -> None:
+        for node in self.nodes:
+            node.launch()
+
+    def wait(self, timeout: float = 300.0) -> None:
+        """Until every running node listens and the cluster is green with all of them."""
+        deadline = time.monotonic() + timeout
+        running = [n for n in self.nodes if n.proc is not None]
+        for node in running:
+            node.wait(max(1.0, deadline - time.monotonic()))
+        self.wait_health(len(running), "green", timeout=max(1.0, deadline - time.monotonic()))
+
+    def start(self) -> None:
+        try:
+            self.launch()
+            self.wait()
+        except BaseException:
+            self.stop()  # no JVM left behind by a cluster that did not form
+            raise
+
+    def health(self) -> dict[str, object] | None:
+        """GET /_cluster/health from the first running node that answers; None if none does."""
+        for node in self.nodes:
+            if node.proc is None:
+                continue
+            try:
+                with urllib.request.urlopen(f"{node.url}/_cluster/health", timeout=2) as answer:
+                    body: dict[str, object] = json.load(answer)
+                    return body
+            except (OSError, ValueError):
+                continue
+        return None
+
+    def wait_health(self, nodes: int, status: str, *, timeout: float = 120.0) -> dict[str, object]:
+        """Poll until `nodes` nodes are in the cluster and it is `status` (or better)."""
+        order = ["red", "yellow", "green"]
+        deadline = time.monotonic() + timeout
+        last: dict[str, object] | None = None
+        while time.monotonic() < deadline:
+            last = self.health()
+            if (
+                last is not None
+                and last.get("number_of_nodes") == nodes
+                and order.index(str(last.get("status"))) >= order.index(status)
+            ):
+                return last
+            time.sleep(0.2)
+        raise RuntimeError(f"elasticsearch cluster not {status} with {nodes} nodes: {last}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 # --- `python -m capstan.localcluster up|down DIR` (scripts/stack up --scale) ----------------
 
 
 def up(directory: Path) -> None:
-    """Start the three topologies; DIR/env (shell syntax) says where, DIR/state.json how to
+    """Start the four topologies; DIR/env (shell syntax) says where, DIR/state.json how to
     stop them. The replica replicates asynchronously here: see docs/deployment.md."""
     directory.mkdir(parents=True, exist_ok=True)
-    pair, group, cluster = PostgresPair(), SentinelGroup(), RabbitCluster()
-    pair.start()
-    group.start()
-    cluster.start()
+    pair, group, cluster, search = (
+        PostgresPair(),
+        SentinelGroup(),
+        RabbitCluster(),
+        ElasticCluster(),
+    )
+    try:
+        search.launch()  # the JVMs boot while the others start
+        pair.start()
+        group.start()
+        cluster.start()
+        search.wait()
+    except BaseException:
+        # Nothing left running that `down` would not know of.
+        search.stop()
+        cluster.stop()
+        group.stop()
+        pair.stop()
+        raise
     assert all(node.proc is not None for node in (*group.sentinels, group.primary, group.replica))
     state = {
         "postgres": [str(pair.primary.data), str(pair.replica.data)],
         "pids": [n.proc.pid for n in (*group.sentinels, group.replica, group.primary) if n.proc],
-        "groups": [n.proc.pid for n in cluster.nodes if n.proc],
-        "roots": [str(pair.root), str(group.root), *(str(n.root) for n in cluster.nodes)],
+        "groups": [n.proc.pid for n in cluster.nodes if n.proc]
+        + [n.proc.pid for n in search.nodes if n.proc],
+        "roots": [
+            str(pair.root),
+            str(group.root),
+            *(str(n.root) for n in cluster.nodes),
+            str(search.root),
+        ],
     }
     (directory / "state.json").write_text(json.dumps(state, indent=2))
     sentinels = ",".join(f"127.0.0.1:{s.port}" for s in group.sentinels)
@@ -387,6 +617,7 @@ def up(directory: Path) -> None:
         f"SENTINEL_SERVICE={group.service}\n"
         f"REDIS_PRIMARY_PORT={group.primary.port}\n"
         f"RABBIT_URLS={cluster.url}\n"
+        f"ES_URLS={search.url}\n"
     )
 
 

@@ -34,6 +34,9 @@ from capstan.search.query import FIELD_WEIGHTS, TIER, ParsedQuery, idf, parse
 
 FACET_SIZE = 20
 BULK_TIMEOUT_SECONDS = 60.0
+# Index and alias changes wait until every node has applied the new cluster state: seconds on a
+# busy cluster, more than a search may take.
+MANAGE_TIMEOUT_SECONDS = 30.0
 ANALYZED_CHECK_SECONDS = 30.0
 
 
@@ -95,6 +98,7 @@ class ElasticsearchEngine:
         self.client = AsyncElasticsearch(
             nodes, request_timeout=timeout_seconds, max_retries=len(nodes) - 1
         )
+        self._manage = self.client.options(request_timeout=MANAGE_TIMEOUT_SECONDS).indices
         self.alias = alias
         self.write_alias = f"{alias}-write"
         self.analyzer = analyzer
@@ -153,7 +157,7 @@ class ElasticsearchEngine:
     async def create_index(self, name: str, aliases: Sequence[str] = ()) -> None:
         body = self.body()
         await self._call(
-            self.client.indices.create(
+            self._manage.create(
                 index=name,
                 settings=body["settings"],
                 mappings=body["mappings"],
@@ -176,7 +180,24 @@ class ElasticsearchEngine:
                     if not isinstance(exc.__cause__, ApiError) or exc.__cause__.status_code != 400:
                         raise
             await self._add_analysis_fields()
+            await self._follow_replicas()
             self._ready = True
+
+    async def _follow_replicas(self) -> None:
+        """Indices made under another `replicas` (a single node grown into a cluster) get this
+        one: `number_of_replicas` is a dynamic setting, so no reindex is needed."""
+        found = await self._call(
+            self.client.indices.get_settings(
+                index=self.write_alias, name="index.number_of_replicas"
+            )
+        )
+        for name, index in found.body.items():
+            if int(index["settings"]["index"]["number_of_replicas"]) != self.replicas:
+                await self._call(
+                    self._manage.put_settings(
+                        index=name, settings={"index": {"number_of_replicas": self.replicas}}
+                    )
+                )
 
     async def _add_analysis_fields(self) -> None:
         """Indices made before the analysis fields existed get them (adding fields to a
@@ -189,7 +210,7 @@ class ElasticsearchEngine:
             have = index.get("mappings", {}).get("properties", {})
             missing = {f: added[f] for f in (*TERMS_FIELDS, "terms_norm") if f not in have}
             if missing:
-                await self._call(self.client.indices.put_mapping(index=name, properties=missing))
+                await self._call(self._manage.put_mapping(index=name, properties=missing))
 
     async def analyzed(self) -> bool:
         """Whether the read index was built with the analysis (search/analysis.py); checked
@@ -229,12 +250,12 @@ class ElasticsearchEngine:
         return names
 
     async def update_aliases(self, actions: list[dict[str, Any]]) -> None:
-        await self._call(self.client.indices.update_aliases(actions=actions))
+        await self._call(self._manage.update_aliases(actions=actions))
         self._targets = (0.0, [])
         self._analyzed = (float("-inf"), False)
 
     async def delete_index(self, name: str) -> None:
-        await self._call(self.client.indices.delete(index=name, ignore_unavailable=True))
+        await self._call(self._manage.delete(index=name, ignore_unavailable=True))
 
     async def refresh(self) -> None:
         await self.ensure()
