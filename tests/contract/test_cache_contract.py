@@ -163,7 +163,7 @@ async def test_a_generation_never_goes_back(cache: VersionedCache, gen: int) -> 
 
 async def test_without_a_generation_nothing_is_served_or_filled(key: str) -> None:
     """A new (or flushed) cache: nothing is trusted until a process installs the generation.
-    (A shared Redis has one already; tests/integration/test_cache_generation.py starts a
+    (A shared Redis has one already: tests/integration/test_document_read_redis.py flushes a
     Redis of its own for this case.)"""
     cache = MemoryCache()
     assert await cache.get(key) == CacheRead(None, None)

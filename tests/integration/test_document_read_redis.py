@@ -136,3 +136,29 @@ async def test_pending_invalidations_keep_the_cache_out_of_the_read(
             assert api.container.documents_cache.trusted
     finally:
         await api.container.close()
+
+
+async def test_a_flushed_redis_is_used_again_once_the_generation_is_installed(
+    postgres_url: str, redis_process: RedisProcess, tmp_path: Path
+) -> None:
+    """FLUSHALL drops the cache generation with everything else: nothing can be served or
+    filled until a process installs it again, which the first read that finds it missing
+    makes this process do."""
+    api = await _start(postgres_url, redis_process, tmp_path)
+    try:
+        tenant = await api.tenant()
+        async with api.client(tenant.key) as http:
+            doc = (await http.post("/v1/documents", json={"body": "v1"})).json()
+            url = f"/v1/documents/{doc['id']}"
+            await http.get(url)
+            assert (await http.get(url)).headers["x-cache"] == "hit"
+            admin = aioredis.Redis.from_url(redis_process.url)
+            try:
+                await admin.flushall()
+                back = await _until_hit(http, url)
+                assert back.json()["version"] == 1
+                assert await admin.get("capstan:cache:generation") is not None
+            finally:
+                await admin.aclose()
+    finally:
+        await api.container.close()

@@ -8,7 +8,7 @@ Invariants (tests/integration/test_cache_race.py checks them under concurrency):
   invalidation could not be delivered bumps the durable cache generation before it is
   acknowledged (capstan.cache.generation); after any failure to reach the cache, this process
   installs the database's generation there before it trusts the cache again, so no instance
-  serves an entry filled before that write (tests/integration/test_cache_generation.py).
+  serves an entry filled before that write (tests/gateway/test_cache_generation.py).
 """
 
 from __future__ import annotations
