@@ -12,8 +12,12 @@ export function loadScript(name: string): string {
   return readFileSync(join(__dirname, 'lua', name), 'utf8');
 }
 
-/** Fill after a miss, unless a tombstone or a later version is there. */
+/** Fill after a miss, unless a tombstone or a later version is there, or the generation moved. */
 export const FILL = loadScript('cache_fill.lua');
+/** Read an entry of the current generation, and that generation. */
+export const READ = loadScript('cache_read.lua');
+/** Raise the generation to the database's (never lower it). */
+export const GENERATION = loadScript('cache_generation.lua');
 /** Replace the entry by a tombstone that remembers the newest version seen (tests use it to
  * play the writer's side of the contract; the gateway itself never writes documents). */
 export const INVALIDATE = loadScript('cache_invalidate.lua');
@@ -23,10 +27,13 @@ export const GCRA = loadScript('rate_limit.lua');
 export class CacheUnavailable extends Error {}
 
 export const documentKey = (tenantId: string, docId: string) => `capstan:${tenantId}:doc:${docId}`;
+export const GENERATION_KEY = 'capstan:cache:generation';
 export const sessionKey = (tokenHash: string) => `capstan:session:${tokenHash}`;
 
 type Scripted = Redis & {
-  capstanFill(key: string, version: number, payload: Buffer, ttlMs: number): Promise<number>;
+  capstanFill(key: string, generationKey: string, version: number, payload: Buffer, ttlMs: number, generation: number): Promise<number>;
+  capstanReadBuffer(key: string, generationKey: string): Promise<[Buffer | null, Buffer | null, Buffer | null]>;
+  capstanGeneration(generationKey: string, generation: number): Promise<number>;
   capstanInvalidate(key: string, version: number, ttlMs: number): Promise<number>;
   capstanGcra(key: string, interval: number, tolerance: number): Promise<[number, number, string]>;
 };
@@ -52,7 +59,9 @@ export class RedisLink {
     const sentinel = sentinelOptions(url);
     const client = sentinel ? new Redis({ ...options, ...sentinel }) : new Redis(url, options);
     client.on('error', () => {}); // reported through calls and /readyz
-    client.defineCommand('capstanFill', { numberOfKeys: 1, lua: FILL });
+    client.defineCommand('capstanFill', { numberOfKeys: 2, lua: FILL });
+    client.defineCommand('capstanRead', { numberOfKeys: 2, lua: READ });
+    client.defineCommand('capstanGeneration', { numberOfKeys: 1, lua: GENERATION });
     client.defineCommand('capstanInvalidate', { numberOfKeys: 1, lua: INVALIDATE });
     client.defineCommand('capstanGcra', { numberOfKeys: 1, lua: GCRA });
     this.client = client as Scripted;
@@ -105,19 +114,34 @@ export interface Entry {
   payload: Buffer;
 }
 
+/** An entry of the current generation (or null), and that generation (null: none installed). */
+export interface CacheRead {
+  entry: Entry | null;
+  generation: number | null;
+}
+
 export class DocumentCache {
   constructor(private readonly link: RedisLink, private readonly ttlSeconds: number) {}
 
-  /** HMGET key v d; a hit needs both fields. */
-  async get(key: string): Promise<Entry | null> {
-    const [v, d] = await this.link.call((c) => c.hmgetBuffer(key, 'v', 'd'));
-    if (v == null || d == null) return null;
-    return { version: Number(v.toString()), payload: d };
+  /** cache_read.lua: a hit needs `v`, `d`, and `g` equal to the current generation. */
+  async get(key: string): Promise<CacheRead> {
+    const [v, d, g] = await this.link.call((c) => c.capstanReadBuffer(key, GENERATION_KEY));
+    const generation = g == null ? null : Number(g.toString());
+    if (v == null || d == null) return { entry: null, generation };
+    return { entry: { version: Number(v.toString()), payload: d }, generation };
   }
 
-  async fill(key: string, version: number, payload: Buffer): Promise<boolean> {
-    const stored = await this.link.call((c) => c.capstanFill(key, version, payload, this.ttlSeconds * 1000));
+  /** `generation` is the one `get` returned before the database read. */
+  async fill(key: string, version: number, payload: Buffer, generation: number): Promise<boolean> {
+    const stored = await this.link.call((c) =>
+      c.capstanFill(key, GENERATION_KEY, version, payload, this.ttlSeconds * 1000, generation),
+    );
     return stored === 1;
+  }
+
+  /** Raise the generation to `generation` (the database's); the one Redis now holds. */
+  async installGeneration(generation: number): Promise<number> {
+    return Number(await this.link.call((c) => c.capstanGeneration(GENERATION_KEY, generation)));
   }
 
   async invalidate(key: string, version: number): Promise<number> {

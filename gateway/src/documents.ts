@@ -54,8 +54,19 @@ export function serialize(row: Row): Buffer {
   return Buffer.from('{' + parts.join(',') + '}', 'utf8');
 }
 
+const GENERATION = 'SELECT generation FROM cache_generation WHERE id = 1';
+
+/** Cache-aside reads, with the API's generation rule (docs/contracts/cache.md, "Generations"):
+ * after any failure to reach Redis (or finding no generation there) no entry is served until
+ * this instance has installed the database's generation in Redis; `watch` does so every
+ * CAPSTAN_CACHE_GENERATION_POLL_SECONDS anyway, which also notices an outage while idle. */
 export class DocumentReader {
   private inflight = new Map<string, Promise<Loaded | null>>();
+  private synced = false;
+  private losses = 0; // counts lost(): an install that overlapped one does not count
+  private syncing: Promise<boolean> | null = null;
+  private retryAt = 0;
+  private timer?: NodeJS.Timeout;
 
   constructor(
     private readonly db: Pool,
@@ -71,19 +82,84 @@ export class DocumentReader {
   async read(tenantId: string, docId: string, bypass: boolean): Promise<ReadResult> {
     if (bypass) return this.count({ loaded: await this.load(tenantId, docId), cache: 'bypass' });
     const key = documentKey(tenantId, docId);
+    let generation: number | null = null;
+    if (await this.sync()) {
+      try {
+        const got = await this.cache.get(key);
+        if (got.entry) return this.count({ loaded: got.entry, cache: 'hit' });
+        if (got.generation === null) this.lost(); // a flushed or new Redis: install it first
+        generation = got.generation;
+      } catch (err) {
+        if (!(err instanceof CacheUnavailable)) throw err;
+        this.lost();
+      }
+    }
+    if (generation === null) return this.count({ loaded: await this.load(tenantId, docId), cache: 'degraded' });
+    this.count({ loaded: null, cache: 'miss' });
+    return { loaded: await this.loadOnce(key, tenantId, docId, generation), cache: 'miss' };
+  }
+
+  /** Stop trusting the cache until the next install. */
+  lost(): void {
+    this.losses += 1;
+    if (this.synced) this.metrics.generationSyncs.inc({ cache: 'documents', outcome: 'lost' });
+    this.synced = false;
+  }
+
+  /** Install the database's generation unless done since the last failure; false while Redis
+   * cannot be reached (then tried again at most every 500 ms by requests). */
+  async sync(): Promise<boolean> {
+    if (this.synced) return true;
+    if (Date.now() < this.retryAt) return false;
+    this.syncing ??= this.install().finally(() => {
+      this.syncing = null;
+    });
+    return this.syncing;
+  }
+
+  private async install(): Promise<boolean> {
+    const losses = this.losses;
+    const { rows } = await this.db.query<{ generation: string }>(GENERATION);
+    const generation = rows[0] ? Number(rows[0].generation) : 1;
     try {
-      const entry = await this.cache.get(key);
-      if (entry) return this.count({ loaded: entry, cache: 'hit' });
+      await this.cache.installGeneration(generation);
     } catch (err) {
       if (!(err instanceof CacheUnavailable)) throw err;
-      return this.count({ loaded: await this.load(tenantId, docId), cache: 'degraded' });
+      this.synced = false;
+      this.retryAt = Date.now() + 500;
+      this.metrics.generationSyncs.inc({ cache: 'documents', outcome: 'failed' });
+      return false;
     }
-    this.count({ loaded: null, cache: 'miss' });
-    return { loaded: await this.loadOnce(key, tenantId, docId), cache: 'miss' };
+    this.metrics.generationSyncs.inc({ cache: 'documents', outcome: 'installed' });
+    if (this.losses !== losses) return false; // a failure meanwhile: install again first
+    this.synced = true;
+    this.retryAt = 0;
+    return true;
+  }
+
+  /** Install the generation every `seconds` (a bump by a writer cut off from Redis reaches
+   * this instance within that time; reaching Redis notices an outage while no request comes). */
+  watch(seconds: number, log: (err: Error) => void): void {
+    this.timer = setInterval(() => {
+      if (this.syncing) return;
+      this.syncing = this.install()
+        .catch((err: Error) => {
+          log(err);
+          return this.synced;
+        })
+        .finally(() => {
+          this.syncing = null;
+        });
+    }, seconds * 1000);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
   }
 
   /** Single flight: concurrent misses on one key in this process read the database once. */
-  private loadOnce(key: string, tenantId: string, docId: string): Promise<Loaded | null> {
+  private loadOnce(key: string, tenantId: string, docId: string, generation: number): Promise<Loaded | null> {
     const waiting = this.inflight.get(key);
     if (waiting) {
       this.metrics.coalesced.inc({ cache: 'documents' });
@@ -92,7 +168,7 @@ export class DocumentReader {
     const promise = (async () => {
       try {
         const loaded = await this.load(tenantId, docId);
-        if (loaded) await this.fill(key, loaded);
+        if (loaded) await this.fill(key, loaded, generation);
         return loaded;
       } finally {
         this.inflight.delete(key);
@@ -102,12 +178,13 @@ export class DocumentReader {
     return promise;
   }
 
-  private async fill(key: string, loaded: Loaded): Promise<void> {
+  private async fill(key: string, loaded: Loaded, generation: number): Promise<void> {
     try {
-      const stored = await this.cache.fill(key, loaded.version, loaded.payload);
+      const stored = await this.cache.fill(key, loaded.version, loaded.payload, generation);
       this.metrics.cacheFills.inc({ cache: 'documents', outcome: stored ? 'stored' : 'refused' });
     } catch (err) {
       if (!(err instanceof CacheUnavailable)) throw err;
+      this.lost();
     }
   }
 

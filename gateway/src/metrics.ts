@@ -25,6 +25,7 @@ export class Metrics {
   readonly httpInFlight: Gauge;
   readonly cacheRequests: Counter<'cache' | 'result'>;
   readonly cacheFills: Counter<'cache' | 'outcome'>;
+  readonly generationSyncs: Counter<'cache' | 'outcome'>;
   readonly coalesced: Counter<'cache'>;
   readonly rateLimited: Counter;
   readonly dependencyUp: Gauge<'dependency'>;
@@ -62,6 +63,7 @@ export class Metrics {
     this.httpInFlight = new Gauge({ name: 'capstan_http_requests_in_flight', help: 'requests being answered', registers });
     this.cacheRequests = new Counter({ name: 'capstan_cache_requests_total', help: 'cache lookups', labelNames: ['cache', 'result'], registers });
     this.cacheFills = new Counter({ name: 'capstan_cache_fills_total', help: 'fills after a miss', labelNames: ['cache', 'outcome'], registers });
+    this.generationSyncs = new Counter({ name: 'capstan_cache_generation_syncs_total', help: 'cache generation syncs: installed, failed (cache unreachable), lost (untrusted until the next install)', labelNames: ['cache', 'outcome'], registers });
     this.coalesced = new Counter({ name: 'capstan_cache_coalesced_reads_total', help: 'misses that waited for another read', labelNames: ['cache'], registers });
     this.rateLimited = new Counter({ name: 'capstan_rate_limited_total', help: '429 answers', registers });
     this.dependencyUp = new Gauge({ name: 'capstan_dependency_up', help: 'last readiness probe per dependency', labelNames: ['dependency'], registers });

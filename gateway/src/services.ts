@@ -80,6 +80,10 @@ export class Services {
       this.auth.pollRevocations().catch((err: Error) => this.log.warn({ err: err.message }, 'revocation poll failed'));
     }, this.settings.authRevocationPollSeconds * 1000);
     this.revocationTimer.unref();
+    // And installs the durable cache generation in Redis (documents.ts, docs/contracts/cache.md).
+    this.reader.watch(this.settings.cacheGenerationPollSeconds, (err) =>
+      this.log.warn({ err: err.message }, 'cache generation poll failed'),
+    );
   }
 
   /** Authenticate and charge the caller's rate limit (the API's budget: same script and key).
@@ -136,6 +140,7 @@ export class Services {
     this.closing = true;
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     if (this.revocationTimer) clearInterval(this.revocationTimer);
+    this.reader.stop();
     const hint = `the gateway is shutting down; reconnect in ${this.settings.reconnectMs} ms with your last seq`;
     for (const c of [...this.connections]) c.shutdown(hint);
     this.hub.stop();

@@ -12,6 +12,7 @@ const schema = {
     CAPSTAN_BROKER_URL: { type: 'string', pattern: '^amqps?://' },
     CAPSTAN_BROKER_NAMESPACE: { type: 'string', pattern: '^[a-z0-9][a-z0-9_.\\-]*$', default: 'capstan' },
     CAPSTAN_CACHE_TTL_SECONDS: { type: 'integer', minimum: 1, default: 300 },
+    CAPSTAN_CACHE_GENERATION_POLL_SECONDS: { type: 'number', exclusiveMinimum: 0, default: 1 },
     CAPSTAN_RATE_LIMIT_PER_MINUTE: { type: 'integer', minimum: 1, default: 1200 },
     CAPSTAN_RATE_LIMIT_BURST: { type: 'integer', minimum: 1, default: 200 },
     CAPSTAN_AUTH_CACHE_SECONDS: { type: 'number', minimum: 0, default: 30 },
@@ -41,6 +42,7 @@ export interface Settings {
   brokerUrl: string;
   brokerNamespace: string;
   cacheTtlSeconds: number;
+  cacheGenerationPollSeconds: number;
   rateLimitPerMinute: number;
   rateLimitBurst: number;
   authCacheSeconds: number;
@@ -72,6 +74,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     brokerUrl: e.CAPSTAN_BROKER_URL,
     brokerNamespace: e.CAPSTAN_BROKER_NAMESPACE,
     cacheTtlSeconds: e.CAPSTAN_CACHE_TTL_SECONDS,
+    cacheGenerationPollSeconds: e.CAPSTAN_CACHE_GENERATION_POLL_SECONDS,
     rateLimitPerMinute: e.CAPSTAN_RATE_LIMIT_PER_MINUTE,
     rateLimitBurst: e.CAPSTAN_RATE_LIMIT_BURST,
     authCacheSeconds: e.CAPSTAN_AUTH_CACHE_SECONDS,

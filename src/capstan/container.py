@@ -12,6 +12,7 @@ from capstan.auth.failures import FailedAuthLimiter
 from capstan.auth.revocations import RevocationWatcher
 from capstan.auth.service import Authenticator
 from capstan.broker.port import Broker
+from capstan.cache.generation import Generations
 from capstan.cache.port import RateLimitedReader, RateLimiter, SessionStore, VersionedCache
 from capstan.db.engine import create_engine, sessionmaker
 from capstan.db.fastpath import FastPath
@@ -188,7 +189,7 @@ def build_container(settings: Settings) -> Container:
         session_ttl_seconds=settings.session_ttl_seconds,
         key_cache_seconds=settings.auth_cache_seconds,
     )
-    aside = CacheAside(cache, metrics, ttl_seconds=settings.cache_ttl_seconds)
+    aside = CacheAside(cache, metrics, Generations(db), ttl_seconds=settings.cache_ttl_seconds)
     outbox_wakeup = asyncio.Event()
     task_registry = build_registry(settings)
     topology = Topology(settings.broker_namespace)

@@ -10,10 +10,12 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from capstan.container import Container, build_container
 from capstan.relay.relay import OutboxRelay
+from capstan.relay.replay import replay_unhandled
 from capstan.search.reconcile import build_reconciler
 from capstan.settings import Settings
 from capstan.subscribers.audit import AuditSubscriber
@@ -198,10 +200,21 @@ class Background:
         # Queues exist before the relay publishes, so no event is routed to nowhere.
         for runner in self.runners:
             await runner.start()
+        if self._relay is not None and self._c.settings.broker_url.startswith("memory"):
+            await self._replay()
         loops = list(self._loops)
         if self._relay is not None:
             loops.append(self._relay.run)
         self._tasks = [asyncio.create_task(loop(self._stopping)) for loop in loops]
+
+    async def _replay(self) -> None:
+        """The in-process broker lost its queues with the last process: give each subscriber
+        the events it has no record of (capstan.relay.replay), before anything new."""
+        s = self._c.settings
+        since = datetime.now(UTC) - timedelta(days=s.processed_events_retention_days)
+        await replay_unhandled(
+            self._c.db, self._c.broker, [(r.name, r.spec) for r in self.runners], since=since
+        )
 
     async def stop(self) -> None:
         self._stopping.set()

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     source: str = "capstan"  # CloudEvents `source` and the name this instance reports
 
     cache_ttl_seconds: int = Field(300, ge=1)
+    # How often each API process installs the durable cache generation in Redis (and so how
+    # long a bump by a process cut off from Redis alone can take to reach the others).
+    cache_generation_poll_seconds: float = Field(1.0, gt=0)
     # How long a cache outage is assumed to last before Redis is tried again.
     cache_retry_seconds: float = Field(1.0, ge=0)
     cache_timeout_seconds: float = Field(0.5, gt=0)

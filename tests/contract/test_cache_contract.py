@@ -16,6 +16,8 @@ from capstan.cache.memory import (
     MemorySessionStore,
 )
 from capstan.cache.port import (
+    CachedEntry,
+    CacheRead,
     RateLimitedReader,
     RateLimiter,
     Session,
@@ -61,60 +63,127 @@ def cache(adapters: dict[str, Any]) -> VersionedCache:
 
 
 @pytest.fixture
+async def gen(adapters: dict[str, Any]) -> int:
+    """The generation the cache holds (a shared Redis may hold one already)."""
+    cache: VersionedCache = adapters["cache"]
+    return await cache.install_generation(1)
+
+
+@pytest.fixture
 def key() -> str:
     return f"capstan:test:{uuid.uuid4().hex}"
 
 
 async def test_a_missing_key_is_a_miss(cache: VersionedCache, key: str) -> None:
-    assert await cache.get(key) is None
+    assert (await cache.get(key)).entry is None
 
 
-async def test_a_fill_is_read_back_with_its_version(cache: VersionedCache, key: str) -> None:
-    assert await cache.fill(key, 3, b'{"v":3}', 60)
-    entry = await cache.get(key)
+async def test_a_fill_is_read_back_with_its_version(
+    cache: VersionedCache, key: str, gen: int
+) -> None:
+    assert await cache.fill(key, 3, b'{"v":3}', 60, gen)
+    entry = (await cache.get(key)).entry
     assert entry is not None and (entry.version, entry.payload) == (3, b'{"v":3}')
 
 
-async def test_an_older_fill_never_replaces_a_newer_entry(cache: VersionedCache, key: str) -> None:
-    await cache.fill(key, 5, b"five", 60)
-    assert not await cache.fill(key, 4, b"four", 60)
-    entry = await cache.get(key)
+async def test_an_older_fill_never_replaces_a_newer_entry(
+    cache: VersionedCache, key: str, gen: int
+) -> None:
+    await cache.fill(key, 5, b"five", 60, gen)
+    assert not await cache.fill(key, 4, b"four", 60, gen)
+    entry = (await cache.get(key)).entry
     assert entry is not None and entry.version == 5
 
 
 async def test_invalidation_leaves_a_tombstone_that_refuses_older_fills(
-    cache: VersionedCache, key: str
+    cache: VersionedCache, key: str, gen: int
 ) -> None:
-    await cache.fill(key, 1, b"one", 60)
+    await cache.fill(key, 1, b"one", 60, gen)
     await cache.invalidate(key, 2, 60)
-    assert await cache.get(key) is None
+    assert (await cache.get(key)).entry is None
     # A reader that loaded version 1 before the write committed tries to fill now.
-    assert not await cache.fill(key, 1, b"one", 60)
-    assert await cache.get(key) is None
+    assert not await cache.fill(key, 1, b"one", 60, gen)
+    assert (await cache.get(key)).entry is None
     # A reader that loaded the new version may fill.
-    assert await cache.fill(key, 2, b"two", 60)
-    entry = await cache.get(key)
+    assert await cache.fill(key, 2, b"two", 60, gen)
+    entry = (await cache.get(key)).entry
     assert entry is not None and entry.payload == b"two"
 
 
-async def test_invalidating_an_absent_key_still_guards_it(cache: VersionedCache, key: str) -> None:
+async def test_invalidating_an_absent_key_still_guards_it(
+    cache: VersionedCache, key: str, gen: int
+) -> None:
     await cache.invalidate(key, 7, 60)
-    assert not await cache.fill(key, 6, b"six", 60)
-    assert await cache.fill(key, 7, b"seven", 60)
+    assert not await cache.fill(key, 6, b"six", 60, gen)
+    assert await cache.fill(key, 7, b"seven", 60, gen)
 
 
 async def test_an_older_invalidation_does_not_lower_the_guard(
-    cache: VersionedCache, key: str
+    cache: VersionedCache, key: str, gen: int
 ) -> None:
     await cache.invalidate(key, 9, 60)
     await cache.invalidate(key, 4, 60)
-    assert not await cache.fill(key, 8, b"eight", 60)
+    assert not await cache.fill(key, 8, b"eight", 60, gen)
 
 
-async def test_entries_expire(cache: VersionedCache, key: str) -> None:
-    await cache.fill(key, 1, b"one", 1)
+async def test_entries_expire(cache: VersionedCache, key: str, gen: int) -> None:
+    await cache.fill(key, 1, b"one", 1, gen)
     await asyncio.sleep(1.2)
-    assert await cache.get(key) is None
+    assert (await cache.get(key)).entry is None
+
+
+# --- Generations: an invalidation that never arrived is covered by a newer generation -------
+
+
+async def test_a_new_generation_makes_older_entries_misses(
+    cache: VersionedCache, key: str, gen: int
+) -> None:
+    assert await cache.fill(key, 3, b"three", 60, gen)
+    assert await cache.install_generation(gen + 1) == gen + 1
+    assert await cache.get(key) == CacheRead(None, gen + 1)
+    # The same version may be filled again under the new generation (nothing newer is known).
+    assert await cache.fill(key, 3, b"three", 60, gen + 1)
+    assert await cache.get(key) == CacheRead(CachedEntry(3, b"three"), gen + 1)
+
+
+async def test_a_fill_under_a_generation_that_moved_on_is_refused(
+    cache: VersionedCache, key: str, gen: int
+) -> None:
+    before = await cache.get(key)  # a reader misses, then reads the database...
+    assert before == CacheRead(None, gen)
+    await cache.install_generation(gen + 1)  # ...while a missed invalidation is made up for
+    assert not await cache.fill(key, 1, b"old", 60, gen)
+    assert (await cache.get(key)).entry is None
+
+
+async def test_a_generation_never_goes_back(cache: VersionedCache, gen: int) -> None:
+    assert await cache.install_generation(gen + 2) == gen + 2
+    assert await cache.install_generation(gen + 1) == gen + 2
+
+
+async def test_without_a_generation_nothing_is_served_or_filled(key: str) -> None:
+    """A new (or flushed) cache: nothing is trusted until a process installs the generation.
+    (A shared Redis has one already: tests/integration/test_document_read_redis.py flushes a
+    Redis of its own for this case.)"""
+    cache = MemoryCache()
+    assert await cache.get(key) == CacheRead(None, None)
+    assert not await cache.fill(key, 1, b"one", 60, 1)
+    assert await cache.install_generation(1) == 1
+    assert await cache.fill(key, 1, b"one", 60, 1)
+
+
+async def test_the_combined_read_reports_the_generation_and_skips_older_entries(
+    adapters: dict[str, Any], key: str, gen: int
+) -> None:
+    reader: RateLimitedReader = adapters["reader"]
+    cache: VersionedCache = adapters["cache"]
+    name = uuid.uuid4().hex
+    await cache.fill(key, 2, b"two", 60, gen)
+    got = await reader.hit_and_get(name, 600, 100, key)
+    assert (got.entry, got.generation) == (CachedEntry(2, b"two"), gen)
+    await cache.install_generation(gen + 1)
+    got = await reader.hit_and_get(name, 600, 100, key)
+    assert (got.entry, got.generation) == (None, gen + 1)
 
 
 async def test_a_session_is_stored_read_and_revoked(adapters: dict[str, Any]) -> None:
@@ -206,29 +275,29 @@ async def test_the_combined_read_spends_the_same_budget_as_the_limiter(
 
 
 async def test_the_combined_read_sees_hits_misses_and_tombstones(
-    adapters: dict[str, Any], key: str
+    adapters: dict[str, Any], key: str, gen: int
 ) -> None:
     reader: RateLimitedReader = adapters["reader"]
     cache: VersionedCache = adapters["cache"]
     name = uuid.uuid4().hex
     assert (await reader.hit_and_get(name, 600, 100, key)).entry is None  # missing
-    await cache.fill(key, 4, b'{"v":4}', 60)
+    await cache.fill(key, 4, b'{"v":4}', 60, gen)
     got = await reader.hit_and_get(name, 600, 100, key)
-    assert got.decision.allowed and got.entry == await cache.get(key)
+    assert got.decision.allowed and got.entry == (await cache.get(key)).entry
     assert got.entry is not None and (got.entry.version, got.entry.payload) == (4, b'{"v":4}')
     await cache.invalidate(key, 5, 60)
     assert (await reader.hit_and_get(name, 600, 100, key)).entry is None  # tombstone
 
 
 async def test_concurrent_combined_reads_are_each_decided_exactly(
-    adapters: dict[str, Any], key: str
+    adapters: dict[str, Any], key: str, gen: int
 ) -> None:
     """Fifty at once (the Redis adapter sends them pipelined): exactly the burst is allowed,
     and every allowed call reads its own key's entry."""
     reader: RateLimitedReader = adapters["reader"]
     other = f"capstan:test:{uuid.uuid4().hex}"
-    await adapters["cache"].fill(key, 1, b"one", 60)
-    await adapters["cache"].fill(other, 2, b"two", 60)
+    await adapters["cache"].fill(key, 1, b"one", 60, gen)
+    await adapters["cache"].fill(other, 2, b"two", 60, gen)
     name = uuid.uuid4().hex
     reads = await asyncio.gather(
         *(reader.hit_and_get(name, 1, 10, key if n % 2 else other) for n in range(50))
@@ -241,9 +310,11 @@ async def test_concurrent_combined_reads_are_each_decided_exactly(
     assert sorted(r.decision.remaining for _, r in allowed) == list(range(10))
 
 
-async def test_a_refused_combined_read_returns_no_entry(adapters: dict[str, Any], key: str) -> None:
+async def test_a_refused_combined_read_returns_no_entry(
+    adapters: dict[str, Any], key: str, gen: int
+) -> None:
     reader: RateLimitedReader = adapters["reader"]
-    await adapters["cache"].fill(key, 1, b"one", 60)
+    await adapters["cache"].fill(key, 1, b"one", 60, gen)
     name = uuid.uuid4().hex
     assert (await reader.hit_and_get(name, 60, 1, key)).entry is not None
     refused = await reader.hit_and_get(name, 60, 1, key)
@@ -260,13 +331,18 @@ async def test_scripts_survive_a_redis_that_forgot_them(redis_url: str, key: str
         cache, limiter = RedisCache(link), RedisRateLimiter(link)
         reader = RedisRateLimitedReader(link)
         await link.client.script_flush()
-        assert await cache.fill(key, 1, b"v1", 60)
-        assert (await cache.get(key)) is not None
+        gen = await cache.install_generation(1)
+        await link.client.script_flush()
+        assert await cache.fill(key, 1, b"v1", 60, gen)
+        assert (await cache.get(key)).entry is not None
         await link.client.script_flush()
         await cache.invalidate(key, 2, 60)
         await link.client.script_flush()
         assert (await limiter.hit(uuid.uuid4().hex, 60, 1)).allowed
         await link.client.script_flush()
+        await link.client.script_flush()
         assert (await reader.hit_and_get(uuid.uuid4().hex, 60, 1, key)).entry is None
+        await link.client.script_flush()
+        assert (await cache.get(key)).generation == gen
     finally:
         await link.close()

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import REQUIRE, Stack, free_port, stack_settings, start_stack, stop_stack
+from tests.conftest import REQUIRE, Api, Stack, free_port, stack_settings, start_stack, stop_stack
 
 GATEWAY = Path(__file__).resolve().parents[2] / "gateway"
 SERVER = GATEWAY / "dist" / "server.js"
@@ -55,7 +55,7 @@ def _tail(log: Path) -> str:
     return log.read_text()[-2000:]
 
 
-async def start_gateway(stack: Stack, log: Path, **extra: str) -> Gateway:
+async def start_gateway(stack: Stack | Api, log: Path, **extra: str) -> Gateway:
     node = _need_gateway()
     s = stack.container.settings
     port = free_port()

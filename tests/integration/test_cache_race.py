@@ -21,6 +21,23 @@ from capstan.observability.metrics import Metrics
 from tests.conftest import Api, embedded_settings, production_settings, start_api
 
 
+class StubGenerations:
+    """The durable generation without a database (capstan.cache.generation.GenerationStore)."""
+
+    def __init__(self) -> None:
+        self.value = 1
+
+    async def current(self) -> int:
+        return self.value
+
+    async def bump(self) -> int:
+        self.value += 1
+        return self.value
+
+    async def catch_up(self, generation: int) -> None:
+        self.value = max(self.value, generation)
+
+
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def versioned_cache(request: pytest.FixtureRequest) -> AsyncIterator[VersionedCache]:
     if request.param == "memory":
@@ -36,7 +53,7 @@ async def versioned_cache(request: pytest.FixtureRequest) -> AsyncIterator[Versi
 async def test_a_reader_that_loaded_before_a_write_cannot_put_the_old_version_back(
     versioned_cache: VersionedCache,
 ) -> None:
-    aside = CacheAside(versioned_cache, Metrics(), ttl_seconds=60)
+    aside = CacheAside(versioned_cache, Metrics(), StubGenerations(), ttl_seconds=60)
     key = f"capstan:test:{uuid.uuid4().hex}"
     row = {"version": 1}
     loaded_old = asyncio.Event()
@@ -65,7 +82,7 @@ async def test_a_reader_that_loaded_before_a_write_cannot_put_the_old_version_ba
 
 
 async def test_readers_arriving_after_a_write_do_not_join_an_older_load() -> None:
-    aside = CacheAside(MemoryCache(), Metrics(), ttl_seconds=60)
+    aside = CacheAside(MemoryCache(), Metrics(), StubGenerations(), ttl_seconds=60)
     row = {"version": 1}
     release = asyncio.Event()
 

@@ -1,6 +1,6 @@
 """The lean document read against a private Redis: one command per cache hit; with Redis down
 or hung it fails open on the rate limit, degrades to PostgreSQL, and never trusts the cache
-while an invalidation is undelivered."""
+again before it has installed the cache generation a missed invalidation bumped."""
 
 from __future__ import annotations
 
@@ -59,7 +59,8 @@ async def test_a_cache_hit_costs_one_redis_command(
         async with api.client(tenant.key) as http:
             doc = (await http.post("/v1/documents", json={"body": "v1"})).json()
             url = f"/v1/documents/{doc['id']}"
-            await http.get(url)  # the miss fills the cache
+            await http.get(url)  # the miss fills the cache (after syncing the generation)
+            await http.get(url)  # the first hit loads the script into Redis
             admin = aioredis.Redis.from_url(redis_process.url)
             await admin.config_resetstat()
             await admin.aclose()
@@ -68,8 +69,9 @@ async def test_a_cache_hit_costs_one_redis_command(
         stats = await _commands(redis_process)
         # Ours: the reset and the HELLO of the client reading the stats.
         assert (stats.pop("config|resetstat"), stats.pop("hello")) == (1, 1)
-        # The API's: one EVALSHA per hit; Redis also counts the commands the script runs.
-        assert stats == {"evalsha": 5, "time": 5, "get": 5, "set": 5, "hmget": 5}
+        # The API's: one EVALSHA per hit; Redis also counts the commands the script runs (a
+        # GET of the rate cell and one of the cache generation).
+        assert stats == {"evalsha": 5, "time": 5, "get": 10, "set": 5, "hmget": 5}
     finally:
         await api.container.close()
 
@@ -105,8 +107,8 @@ async def test_redis_down_degrades_reads_and_refuses_sessions_clearly(
 async def test_pending_invalidations_keep_the_cache_out_of_the_read(
     postgres_url: str, redis_process: RedisProcess, tmp_path: Path
 ) -> None:
-    """Redis paused: the write's invalidation is deferred and Redis, once resumed, still holds
-    v1. The one-command hit path must not serve it before the invalidation lands."""
+    """Redis paused: the write's invalidation is missed (the generation is bumped instead) and
+    Redis, once resumed, still holds v1. The one-command hit path must not serve it."""
     api = await _start(postgres_url, redis_process, tmp_path)
     assert redis_process.proc is not None
     pid = redis_process.proc.pid
@@ -125,12 +127,38 @@ async def test_pending_invalidations_keep_the_cache_out_of_the_read(
             finally:
                 os.kill(pid, signal.SIGCONT)
 
-            # Redis answers again and still holds v1 until the deferred invalidation lands.
+            # Redis answers again and still holds v1, of the generation before the bump.
             first = await http.get(url)
             assert (first.status_code, first.json()["version"]) == (200, 2)
             assert first.headers["x-cache"] != "hit"
             back = await _until_hit(http, url)
             assert back.json()["version"] == 2 and back.headers["etag"] == '"2"'
             assert api.container.documents_cache.trusted
+    finally:
+        await api.container.close()
+
+
+async def test_a_flushed_redis_is_used_again_once_the_generation_is_installed(
+    postgres_url: str, redis_process: RedisProcess, tmp_path: Path
+) -> None:
+    """FLUSHALL drops the cache generation with everything else: nothing can be served or
+    filled until a process installs it again, which the first read that finds it missing
+    makes this process do."""
+    api = await _start(postgres_url, redis_process, tmp_path)
+    try:
+        tenant = await api.tenant()
+        async with api.client(tenant.key) as http:
+            doc = (await http.post("/v1/documents", json={"body": "v1"})).json()
+            url = f"/v1/documents/{doc['id']}"
+            await http.get(url)
+            assert (await http.get(url)).headers["x-cache"] == "hit"
+            admin = aioredis.Redis.from_url(redis_process.url)
+            try:
+                await admin.flushall()
+                back = await _until_hit(http, url)
+                assert back.json()["version"] == 1
+                assert await admin.get("capstan:cache:generation") is not None
+            finally:
+                await admin.aclose()
     finally:
         await api.container.close()

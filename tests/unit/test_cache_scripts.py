@@ -26,6 +26,8 @@ async def test_python_adapters_register_the_shared_files() -> None:
         )
         registered = {
             "cache_fill.lua": cache._fill.script,
+            "cache_read.lua": cache._read.script,
+            "cache_generation.lua": cache._generation.script,
             "cache_invalidate.lua": cache._invalidate.script,
             "rate_limit.lua": limiter._gcra.script,
             "rate_limited_read.lua": reader._script.script,
@@ -41,7 +43,13 @@ def test_gateway_reads_the_shared_files() -> None:
     # rate_limited_read.lua is the API's alone (its lean document read); the gateway's build
     # copies it along with the others.
     cache_ts = (ROOT / "gateway" / "src" / "cache.ts").read_text()
-    for name in ("cache_fill.lua", "cache_invalidate.lua", "rate_limit.lua"):
+    for name in (
+        "cache_fill.lua",
+        "cache_read.lua",
+        "cache_generation.lua",
+        "cache_invalidate.lua",
+        "rate_limit.lua",
+    ):
         assert f"loadScript('{name}')" in cache_ts, name
     copy = (ROOT / "gateway" / "scripts" / "copy-lua.js").read_text()
     assert "'../../src/capstan/cache/lua'" in copy

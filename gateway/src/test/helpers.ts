@@ -32,7 +32,9 @@ CREATE TABLE documents (id varchar(36) PRIMARY KEY, tenant_id varchar(36) NOT NU
   version integer NOT NULL, created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL);
 CREATE TABLE audit_log (seq bigserial PRIMARY KEY, event_id varchar(36) UNIQUE NOT NULL, tenant_id varchar(36) NOT NULL,
   type varchar(200) NOT NULL, subject varchar(200) NOT NULL, time timestamptz NOT NULL, recorded_at timestamptz NOT NULL, envelope jsonb NOT NULL);
-CREATE INDEX ix_audit_log_tenant_seq ON audit_log (tenant_id, seq);`;
+CREATE INDEX ix_audit_log_tenant_seq ON audit_log (tenant_id, seq);
+CREATE TABLE cache_generation (id integer PRIMARY KEY, generation bigint NOT NULL);
+INSERT INTO cache_generation VALUES (1, 1);`;
 
 export interface Harness {
   url: string;

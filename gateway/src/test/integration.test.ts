@@ -5,7 +5,7 @@ import { after, before, describe, test } from 'node:test';
 import { Redis } from 'ioredis';
 import { randomUUID } from 'node:crypto';
 import WebSocket from 'ws';
-import { documentKey, FILL, INVALIDATE } from '../cache';
+import { documentKey, FILL, GENERATION_KEY, INVALIDATE } from '../cache';
 import { harness, servers, SseReader, type Harness } from './helpers';
 
 const skip = servers() === null ? 'needs CAPSTAN_TEST_DATABASE_URL, _REDIS_URL, _AMQP_URL' : false;
@@ -133,14 +133,16 @@ describe('gateway', { skip }, () => {
     assert.equal(r.headers.get('etag'), '"3"');
     assert.equal(body, `{"id":"${id}","collection":"notes","title":"T","body":"B","tags":["x"],"metadata":{"a":10,"b":1.0},"version":3,"created_at":"2026-11-26T10:19:55.904335Z","updated_at":"2026-11-26T10:19:56Z"}`);
     const key = documentKey(t.id, id);
-    assert.deepEqual(await redis.hmget(key, 'v', 'd'), ['3', body]);
+    const generation = await redis.get(GENERATION_KEY); // installed by the gateway before its fill
+    assert.ok(generation);
+    assert.deepEqual(await redis.hmget(key, 'v', 'd', 'g'), ['3', body, generation]);
     r = await get();
     assert.equal(r.headers.get('x-cache'), 'hit');
     assert.equal(await r.text(), body);
     assert.equal((await get({ 'cache-control': 'no-cache' })).headers.get('x-cache'), 'bypass');
     // A writer commits version 4 and invalidates; a late fill with version 3 is refused.
     await redis.eval(INVALIDATE, 1, key, 4, 300000);
-    assert.equal(await redis.eval(FILL, 1, key, 3, body, 300000), 0);
+    assert.equal(await redis.eval(FILL, 2, key, GENERATION_KEY, 3, body, 300000, generation), 0);
     await h.db.query("UPDATE documents SET version = 4, title = 'T4' WHERE id = $1", [id]);
     r = await get();
     assert.equal(r.headers.get('x-cache'), 'miss');

@@ -23,15 +23,19 @@ test('the Redis scripts are the shared contract files, byte for byte, and nothin
   const files = readdirSync(shared).filter((name) => name.endsWith('.lua')).sort();
   assert.deepEqual(files, [
     'cache_fill.lua',
+    'cache_generation.lua',
     'cache_invalidate.lua',
+    'cache_read.lua',
     'rate_limit.lua',
-    'rate_limited_read.lua', // the API's cached read (rate limit + HMGET); unused here
+    'rate_limited_read.lua', // the API's cached read (rate limit + cache_read); unused here
   ]);
   const link = new RedisLink('redis://127.0.0.1:1'); // lazy: never connects
   try {
     const registered = link.client.scriptsSet as Record<string, { lua: string }>;
     const byCommand: Record<string, string> = {
       capstanFill: 'cache_fill.lua',
+      capstanRead: 'cache_read.lua',
+      capstanGeneration: 'cache_generation.lua',
       capstanInvalidate: 'cache_invalidate.lua',
       capstanGcra: 'rate_limit.lua',
     };

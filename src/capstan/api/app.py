@@ -57,13 +57,21 @@ def create_app(
         # Every API instance applies every key revocation (auth/revocations.py).
         stopping = asyncio.Event()
         watcher = asyncio.create_task(the_container.revocations.run(stopping))
+        # And installs the durable cache generation in Redis (capstan.cache.generation); an
+        # in-process cache is never out of reach, so it needs no watch.
+        shared = not the_container.settings.cache_url.startswith("memory")
+        poll = the_container.settings.cache_generation_poll_seconds
+        generations = asyncio.create_task(
+            the_container.documents_cache.watch(stopping, poll) if shared else stopping.wait()
+        )
         try:
             yield
         finally:
             stopping.set()
             # A poll stuck on an unreachable database must not hold up shutdown.
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(watcher, timeout=5)
+            for task in (watcher, generations):
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(task, timeout=5)
             if background is not None:
                 await background.stop()
             if own:

@@ -1,5 +1,8 @@
 """The in-process broker used by `capstan dev`: the same semantics as RabbitMQ in one process
-(topic routing, per-queue delivery, acknowledgements, delayed retry, dead letters)."""
+(topic routing, per-queue delivery, acknowledgements, delayed retry, dead letters).
+
+Unlike RabbitMQ it keeps nothing when the process ends; what the relay had published and no
+subscriber had handled is replayed from the outbox at the next start (capstan.relay.replay)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from capstan.cache.gcra import gcra
-from capstan.cache.port import CachedEntry, LimitedRead, RateDecision, Session
+from capstan.cache.port import CachedEntry, CacheRead, LimitedRead, RateDecision, Session
 
 
 @dataclass(slots=True)
@@ -15,14 +15,16 @@ class _Slot:
     version: int
     payload: bytes | None  # None is a tombstone
     expires_at: float
+    generation: int | None = None
 
 
 class MemoryCache:
-    """A bounded LRU with the same version rules as the Redis adapter."""
+    """A bounded LRU with the same version and generation rules as the Redis adapter."""
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self._slots: OrderedDict[str, _Slot] = OrderedDict()
         self._max_entries = max_entries
+        self._generation: int | None = None
 
     def _live(self, key: str) -> _Slot | None:
         slot = self._slots.get(key)
@@ -40,20 +42,37 @@ class MemoryCache:
         while len(self._slots) > self._max_entries:
             self._slots.popitem(last=False)
 
-    async def get(self, key: str) -> CachedEntry | None:
-        slot = self._live(key)
-        if slot is None or slot.payload is None:
-            return None
-        return CachedEntry(slot.version, slot.payload)
+    def _current(self, slot: _Slot | None) -> bool:
+        return (
+            slot is not None
+            and slot.payload is not None
+            and self._generation is not None
+            and slot.generation == self._generation
+        )
 
-    async def fill(self, key: str, version: int, payload: bytes, ttl_seconds: int) -> bool:
+    async def get(self, key: str) -> CacheRead:
+        slot = self._live(key)
+        if slot is None or slot.payload is None or not self._current(slot):
+            return CacheRead(None, self._generation)
+        return CacheRead(CachedEntry(slot.version, slot.payload), self._generation)
+
+    async def fill(
+        self, key: str, version: int, payload: bytes, ttl_seconds: int, generation: int
+    ) -> bool:
+        if self._generation is None or generation != self._generation:
+            return False
         slot = self._live(key)
         if slot is not None and (
-            slot.version > version or (slot.version == version and slot.payload is not None)
+            slot.version > version or (slot.version == version and self._current(slot))
         ):
             return False
-        self._store(key, _Slot(version, payload, time.monotonic() + ttl_seconds))
+        expires_at = time.monotonic() + ttl_seconds
+        self._store(key, _Slot(version, payload, expires_at, generation))
         return True
+
+    async def install_generation(self, generation: int) -> int:
+        self._generation = max(generation, self._generation or 0)
+        return self._generation
 
     async def invalidate(self, key: str, version: int, ttl_seconds: int) -> None:
         slot = self._live(key)
@@ -122,4 +141,5 @@ class MemoryRateLimitedReader:
         decision = await self._limiter.hit(rate_key, rate_per_minute, burst)
         if not decision.allowed:
             return LimitedRead(decision, None)
-        return LimitedRead(decision, await self._cache.get(cache_key))
+        read = await self._cache.get(cache_key)
+        return LimitedRead(decision, read.entry, read.generation)

@@ -16,22 +16,41 @@ class CachedEntry:
     payload: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class CacheRead:
+    entry: CachedEntry | None  # None when missing, a tombstone, or of an older generation
+    # The cache's generation now (None: unknown until a process installs it); a fill after
+    # this read passes it back, so a generation bumped meanwhile refuses that fill.
+    generation: int | None
+
+
 class VersionedCache(Protocol):
-    """A cache whose entries carry the version of the row they copy.
+    """A cache whose entries carry the version of the row they copy, and the generation they
+    were filled under (docs/contracts/cache.md).
 
     `invalidate` leaves a tombstone holding the new version, and `fill` refuses to store a
     version older than what is (or was, per the tombstone) there: a reader that loaded an old
     row before a write committed can never put it back after that write's invalidation.
+    An invalidation that cannot be delivered bumps the durable generation instead
+    (capstan.cache.generation); once installed here, every entry of an older generation is a
+    miss, and so is everything while no generation is installed.
     """
 
-    async def get(self, key: str) -> CachedEntry | None: ...
+    async def get(self, key: str) -> CacheRead: ...
 
-    async def fill(self, key: str, version: int, payload: bytes, ttl_seconds: int) -> bool:
-        """Store unless a newer version or tombstone is there; True when stored."""
+    async def fill(
+        self, key: str, version: int, payload: bytes, ttl_seconds: int, generation: int
+    ) -> bool:
+        """Store unless a newer version or tombstone is there, or the generation is no longer
+        `generation` (the one `get` returned before the database read); True when stored."""
         ...
 
     async def invalidate(self, key: str, version: int, ttl_seconds: int) -> None:
         """Drop the entry and remember that versions below `version` are stale."""
+        ...
+
+    async def install_generation(self, generation: int) -> int:
+        """Raise the cache's generation to `generation` (never lower it); the one now held."""
         ...
 
     async def ping(self) -> None: ...
@@ -79,7 +98,8 @@ class RateLimiter(Protocol):
 @dataclass(frozen=True, slots=True)
 class LimitedRead:
     decision: RateDecision
-    entry: CachedEntry | None  # None when refused, missing or a tombstone
+    entry: CachedEntry | None  # None when refused, missing, a tombstone or of an old generation
+    generation: int | None = None  # as CacheRead's; None also when refused
 
 
 class RateLimitedReader(Protocol):

@@ -19,6 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from capstan.cache.connect import redis_from_url
 from capstan.cache.port import (
     CachedEntry,
+    CacheRead,
     CacheUnavailable,
     LimitedRead,
     RateDecision,
@@ -37,6 +38,8 @@ def load_script(name: str) -> str:
 
 
 _FILL = load_script("cache_fill.lua")
+_READ = load_script("cache_read.lua")
+_GENERATION = load_script("cache_generation.lua")
 _INVALIDATE = load_script("cache_invalidate.lua")
 _GCRA = load_script("rate_limit.lua")
 _LIMITED_READ = load_script("rate_limited_read.lua")
@@ -86,28 +89,48 @@ class RedisLink:
         await self.client.aclose()
 
 
+GENERATION_KEY = "capstan:cache:generation"
+
+
+def cache_read(version: Any, payload: Any, generation: Any) -> CacheRead:
+    """CacheRead from the reply of cache_read.lua (or the tail of rate_limited_read.lua)."""
+    known = None if generation is None else int(generation)
+    if version is None or payload is None:
+        return CacheRead(None, known)
+    body = payload if isinstance(payload, bytes) else payload.encode()
+    return CacheRead(CachedEntry(int(version), body), known)
+
+
 class RedisCache:
     def __init__(self, link: RedisLink) -> None:
         self._link = link
         self._fill = link.client.register_script(_FILL)
+        self._read = link.client.register_script(_READ)
         self._invalidate = link.client.register_script(_INVALIDATE)
+        self._generation = link.client.register_script(_GENERATION)
 
-    async def get(self, key: str) -> CachedEntry | None:
-        version, payload = await self._link.call(lambda c: c.hmget(key, "v", "d"))
-        if payload is None or version is None:
-            return None
-        return CachedEntry(
-            int(version), payload if isinstance(payload, bytes) else payload.encode()
-        )
+    async def get(self, key: str) -> CacheRead:
+        keys = [key, GENERATION_KEY]
+        version, payload, generation = await self._link.call(lambda _c: self._read(keys=keys))
+        return cache_read(version, payload, generation)
 
-    async def fill(self, key: str, version: int, payload: bytes, ttl_seconds: int) -> bool:
-        args: list[Any] = [version, payload, ttl_seconds * 1000]
-        stored = await self._link.call(lambda _c: self._fill(keys=[key], args=args))
+    async def fill(
+        self, key: str, version: int, payload: bytes, ttl_seconds: int, generation: int
+    ) -> bool:
+        args: list[Any] = [version, payload, ttl_seconds * 1000, generation]
+        keys = [key, GENERATION_KEY]
+        stored = await self._link.call(lambda _c: self._fill(keys=keys, args=args))
         return bool(stored)
 
     async def invalidate(self, key: str, version: int, ttl_seconds: int) -> None:
         args = [version, ttl_seconds * 1000]
         await self._link.call(lambda _c: self._invalidate(keys=[key], args=args))
+
+    async def install_generation(self, generation: int) -> int:
+        now = await self._link.call(
+            lambda _c: self._generation(keys=[GENERATION_KEY], args=[generation])
+        )
+        return int(now)
 
     async def ping(self) -> None:
         await self._link.ping()
@@ -215,14 +238,18 @@ class RedisRateLimitedReader:
         self, rate_key: str, rate_per_minute: int, burst: int, cache_key: str
     ) -> LimitedRead:
         reply = await self._call(
-            [rate_limit_key(rate_key), cache_key, *_gcra_args(rate_per_minute, burst)]
+            [
+                rate_limit_key(rate_key),
+                cache_key,
+                GENERATION_KEY,
+                *_gcra_args(rate_per_minute, burst),
+            ]
         )
         decision = RateDecision(bool(reply[0]), int(reply[1]), float(reply[2]))
-        # A refusal stops after the decision; a tombstone or a miss lacks `d` (and maybe `v`).
-        version, payload = (reply[3], reply[4]) if len(reply) == 5 else (None, None)
-        if version is None or payload is None:
+        if len(reply) != 6:  # a refusal stops after the decision
             return LimitedRead(decision, None)
-        return LimitedRead(decision, CachedEntry(int(version), payload))
+        read = cache_read(reply[3], reply[4], reply[5])
+        return LimitedRead(decision, read.entry, read.generation)
 
     async def _call(self, keys_and_args: list[Any]) -> Any:
         if not self._link.available:
@@ -267,6 +294,6 @@ class RedisRateLimitedReader:
         # a second round trip per batch.
         pipe = client.pipeline(transaction=False)
         for keys_and_args in calls:
-            pipe.evalsha(self._script.sha, 2, *keys_and_args)
+            pipe.evalsha(self._script.sha, 3, *keys_and_args)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies

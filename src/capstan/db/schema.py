@@ -223,6 +223,15 @@ class ProcessedEvent(Base):
     processed_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
+class CacheGeneration(Base):
+    """One row: the document cache's durable generation (capstan.cache.generation)."""
+
+    __tablename__ = "cache_generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    generation: Mapped[int] = mapped_column(BigInteger)
+
+
 class AuditEntry(Base):
     """The append-only audit log; `seq` is the order of the events feed and realtime resume."""
 

@@ -4,23 +4,33 @@ Invariants (tests/integration/test_cache_race.py checks them under concurrency):
 - once a write is acknowledged, no read returns an older version: writers invalidate after
   commit with a tombstone, and fills carrying an older version are refused by the cache;
 - concurrent misses on one key in this process cost one database read (single flight);
-- the cache being down degrades reads to the database, never to an error; invalidations that
-  could not be delivered are retried before this process trusts the cache again.
+- the cache being down degrades reads to the database, never to an error. A write whose
+  invalidation could not be delivered bumps the durable cache generation before it is
+  acknowledged (capstan.cache.generation); after any failure to reach the cache, this process
+  installs the database's generation there before it trusts the cache again, so no instance
+  serves an entry filled before that write (tests/gateway/test_cache_generation.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from prometheus_client import Counter
 
+from capstan.cache.generation import GenerationStore
 from capstan.cache.port import CachedEntry, CacheUnavailable, VersionedCache
 from capstan.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+# While the cache is unreachable, requests try to sync at most this often (each try reads the
+# generation from the database).
+SYNC_RETRY_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,14 +54,26 @@ def document_key(tenant_id: str, doc_id: str) -> str:
 
 class CacheAside:
     def __init__(
-        self, cache: VersionedCache, metrics: Metrics, *, ttl_seconds: int, name: str = "documents"
+        self,
+        cache: VersionedCache,
+        metrics: Metrics,
+        generations: GenerationStore,
+        *,
+        ttl_seconds: int,
+        name: str = "documents",
     ) -> None:
         self._cache = cache
         self._metrics = metrics
+        self._generations = generations
         self._ttl = ttl_seconds
         self._name = name
         self._inflight: dict[str, asyncio.Future[Loaded | None]] = {}
-        self._pending: dict[str, int] = {}  # key -> version of invalidations not yet delivered
+        # True once this process has installed the database's generation in the cache, and
+        # since then has not failed to reach it. Starts False: a new process syncs first.
+        self._synced = False
+        self._losses = 0  # counts `lost()`: an install that overlapped one does not count
+        self._sync_lock = asyncio.Lock()
+        self._retry_at = 0.0  # after a failed sync, requests wait this long before the next
         self._counters: dict[str, Counter] = {}  # result -> its labelled counter (labels() is slow)
 
     async def read(
@@ -61,30 +83,34 @@ class CacheAside:
         if bypass:
             self._count("bypass")
             return ReadResult(await load(), "bypass")
-        usable = await self._flush_pending()
-        if usable:
+        generation = None
+        if await self.sync():
             try:
-                entry = await self._cache.get(key)
+                got = await self._cache.get(key)
             except CacheUnavailable:
-                usable = False
+                self.lost()
             else:
-                if entry is not None:
+                if got.entry is not None:
                     self._count("hit")
-                    return ReadResult(Loaded(entry.version, entry.payload), "hit")
-        if not usable:
+                    return ReadResult(Loaded(got.entry.version, got.entry.payload), "hit")
+                if got.generation is None:
+                    self.lost()  # flushed or new: install it before serving anything
+                generation = got.generation
+        if generation is None:
             self._count("degraded")
             return ReadResult(await load(), "degraded")
         self._count("miss")
-        return ReadResult(await self._load_once(key, load), "miss")
+        return ReadResult(await self._load_once(key, load, generation), "miss")
 
     @property
     def trusted(self) -> bool:
-        """False while an invalidation is undelivered: the cache must not be read until then.
+        """False until this process has synced the generation since it last failed to reach
+        the cache: an entry must not be served until then.
 
-        A caller that fetches an entry itself (see `hit`) checks this *before* its fetch: an
-        entry fetched while an invalidation was pending may be the very one it should remove.
+        A caller that fetches an entry itself (see `hit`) checks this *before* its fetch, and
+        calls `lost` when its fetch fails or finds no generation.
         """
-        return not self._pending
+        return self._synced
 
     def hit(self, entry: CachedEntry) -> Loaded:
         """Serve an entry the caller fetched itself (with the rate limit, in one round trip)
@@ -92,8 +118,63 @@ class CacheAside:
         self._count("hit")
         return Loaded(entry.version, entry.payload)
 
+    def lost(self) -> None:
+        """The cache could not be reached (or had no generation): sync before trusting it."""
+        self._losses += 1
+        if self._synced:
+            self._synced = False
+            self._metrics.cache_generation_syncs.labels(self._name, "lost").inc()
+
+    async def sync(self) -> bool:
+        """Install the database's generation in the cache unless done since the last failure;
+        False while the cache cannot be reached."""
+        if self._synced:
+            return True
+        if time.monotonic() < self._retry_at:
+            return False
+        async with self._sync_lock:
+            if self._synced:
+                return True
+            if time.monotonic() < self._retry_at:
+                return False
+            return await self._install()
+
+    async def _install(self) -> bool:
+        # A loss while this runs may come with a bump this database read missed (see
+        # `invalidate`): then this install proves nothing, and the next one must run.
+        losses = self._losses
+        generation = await self._generations.current()
+        try:
+            held = await self._cache.install_generation(generation)
+        except CacheUnavailable:
+            self._synced = False
+            self._retry_at = time.monotonic() + SYNC_RETRY_SECONDS
+            self._metrics.cache_generation_syncs.labels(self._name, "failed").inc()
+            return False
+        if held > generation:  # Redis is ahead (a restored database): the next bump must pass it
+            await self._generations.catch_up(held)
+        self._metrics.cache_generation_syncs.labels(self._name, "installed").inc()
+        if self._losses != losses:
+            return False
+        self._synced = True
+        self._retry_at = 0.0
+        return True
+
+    async def watch(self, stopping: asyncio.Event, every_seconds: float) -> None:
+        """Every `every_seconds`, install the database's generation (so a bump by a process
+        that cannot reach the cache takes effect within that time) and, by reaching the
+        cache, notice an outage even while no request comes."""
+        while not stopping.is_set():
+            try:
+                async with self._sync_lock:
+                    await self._install()
+            except Exception as exc:  # the database down: requests will say so; keep going
+                log.warning("cache generation poll failed", extra={"error": repr(exc)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), every_seconds)
+
     async def _load_once(
-        self, key: str, load: Callable[[], Awaitable[Loaded | None]]
+        self, key: str, load: Callable[[], Awaitable[Loaded | None]], generation: int
     ) -> Loaded | None:
         waiting = self._inflight.get(key)
         if waiting is not None:
@@ -109,7 +190,7 @@ class CacheAside:
                 self._metrics.cache_loads.labels(self._name).inc()
             loaded = entry if entry is not None else await load()
             if loaded is not None and entry is None:
-                await self._fill(key, loaded)
+                await self._fill(key, loaded, generation)
         except BaseException as exc:
             future.set_exception(exc)
             # Mark retrieved so a future nobody awaited does not log "never retrieved".
@@ -125,44 +206,45 @@ class CacheAside:
 
     async def _recheck(self, key: str) -> Loaded | None:
         try:
-            entry = await self._cache.get(key)
+            got = await self._cache.get(key)
         except CacheUnavailable:
+            self.lost()
             return None
-        return None if entry is None else Loaded(entry.version, entry.payload)
+        return None if got.entry is None else Loaded(got.entry.version, got.entry.payload)
 
-    async def _fill(self, key: str, loaded: Loaded) -> None:
+    async def _fill(self, key: str, loaded: Loaded, generation: int) -> None:
         try:
-            stored = await self._cache.fill(key, loaded.version, loaded.payload, self._ttl)
+            stored = await self._cache.fill(
+                key, loaded.version, loaded.payload, self._ttl, generation
+            )
         except CacheUnavailable:
+            self.lost()
             return
         self._metrics.cache_fills.labels(self._name, "stored" if stored else "refused").inc()
 
     async def invalidate(self, key: str, version: int) -> None:
-        """Call after the write committed; `version` is the new (or deleted + 1) version."""
+        """Call after the write committed, before acknowledging it; `version` is the new (or
+        deleted + 1) version. When the cache cannot take the tombstone, bumps the durable
+        generation instead (raising if the database cannot take that either)."""
         # A load that started before the commit may return the old row: readers arriving
         # from now on must not join it.
         self._inflight.pop(key, None)
         try:
             await self._cache.invalidate(key, version, self._ttl)
         except CacheUnavailable:
-            self._pending[key] = max(version, self._pending.get(key, 0))
+            # Bump, then mark lost: an install that read the generation before the bump
+            # committed overlaps the loss, so it cannot mark this process synced.
+            try:
+                generation = await self._generations.bump()
+            finally:
+                self.lost()
             self._metrics.cache_invalidations.labels(self._name, "deferred").inc()
-            log.warning("cache invalidation deferred: cache unavailable", extra={"key": key})
+            log.warning(
+                "cache invalidation missed: generation bumped",
+                extra={"key": key, "generation": generation},
+            )
         else:
             self._metrics.cache_invalidations.labels(self._name, "ok").inc()
-
-    async def _flush_pending(self) -> bool:
-        """Deliver deferred invalidations; False while any is still undelivered."""
-        while self._pending:
-            key, version = next(iter(self._pending.items()))
-            try:
-                await self._cache.invalidate(key, version, self._ttl)
-            except CacheUnavailable:
-                return False
-            if self._pending.get(key) == version:
-                del self._pending[key]
-            self._metrics.cache_invalidations.labels(self._name, "ok").inc()
-        return True
 
     def _count(self, result: str) -> None:
         counter = self._counters.get(result)

@@ -7,10 +7,10 @@ OpenAPI describes. Same contracts, fewer steps:
 
 - auth: `Authorization: Bearer` with an API key or a session token (`Authenticator`), 401
   problem+json otherwise; errors are raised and rendered by the app's problem handlers;
-- a trusted cache hit costs one Redis command: the rate limit and the read are one script
-  (`RateLimitedReader`); a miss or the cache down then goes through `DocumentStore.read` as
-  before (the request counted once), and so do no-cache and pending invalidations after the
-  limiter alone;
+- a trusted cache hit costs one Redis command: the rate limit and the read (of an entry of the
+  current cache generation) are one script (`RateLimitedReader`); a miss or the cache down
+  then goes through `DocumentStore.read` as before (the request counted once), and so do
+  no-cache and an unsynced generation (after a failure to reach Redis) after the limiter alone;
 - `ETag`, `X-Cache`, `If-None-Match` -> 304; request id, metrics per route and the access log
   come from RequestContextMiddleware, which sees this route's template as usual.
 """
@@ -108,12 +108,15 @@ class DocumentReadEndpoint:
                     who.rate_key, settings.rate_limit_per_minute, settings.rate_limit_burst, key
                 )
             except CacheUnavailable:
-                pass  # fail open, like the limiter alone; the store's read degrades to the DB
+                # Fail open, like the limiter alone; the store's read degrades to the DB.
+                c.documents_cache.lost()
             else:
                 enforce(c, got.decision)
                 if got.entry is not None:
                     loaded = c.documents_cache.hit(got.entry)
                     return loaded.version, loaded.payload, "hit"
+                if got.generation is None:
+                    c.documents_cache.lost()  # a flushed or new Redis: sync first
         else:
             await check_rate(c, who)
         view = await c.documents.read(who.tenant_id, doc_id, bypass_cache=bypass)

@@ -1,7 +1,8 @@
 """The document operations every caller (API, task handlers) goes through.
 
 Each write is one transaction holding the row and its outbox event; the cache is invalidated
-after the commit, before the caller acknowledges.
+after the commit, before the caller acknowledges (or, when the cache cannot be reached, the
+durable cache generation is bumped: capstan.documents.cache).
 """
 
 from __future__ import annotations

@@ -35,13 +35,22 @@ class Metrics:
         )
         self.cache_fills = Counter(
             "capstan_cache_fills_total",
-            "Cache fills after a miss; refused means a newer version or tombstone was there.",
+            "Cache fills after a miss; refused means a newer version or tombstone was there, "
+            "or the generation changed since the read.",
             ["cache", "outcome"],
             registry=r,
         )
         self.cache_invalidations = Counter(
             "capstan_cache_invalidations_total",
-            "Invalidations after writes; deferred means the cache was down and it is retried.",
+            "Invalidations after writes; deferred means the cache was down: the durable "
+            "generation was bumped instead (and the cache subscriber retries the tombstone).",
+            ["cache", "outcome"],
+            registry=r,
+        )
+        self.cache_generation_syncs = Counter(
+            "capstan_cache_generation_syncs_total",
+            "Cache generation syncs: installed (from the database), failed (cache unreachable), "
+            "lost (this process stops trusting the cache until the next install).",
             ["cache", "outcome"],
             registry=r,
         )

@@ -1,9 +1,10 @@
 -- Cache contract (docs/contracts/cache.md): a rate-limit hit and a document read in one round
 -- trip, for the API's cached GET /v1/documents/{id}. The single copy: capstan.cache.redis loads it.
--- KEYS[1] = capstan:ratelimit:{api_key_id}, KEYS[2] = capstan:{tenant_id}:doc:{document_id};
--- ARGV = emission interval (seconds), burst tolerance (seconds).
--- Returns {allowed 0|1, remaining, retry-after seconds as a string, v, d}: the GCRA decision of
--- rate_limit.lua, then HMGET KEYS[2] v d (nil, nil when refused, missing or a tombstone).
+-- KEYS[1] = capstan:ratelimit:{api_key_id}, KEYS[2] = capstan:{tenant_id}:doc:{document_id},
+-- KEYS[3] = capstan:cache:generation; ARGV = emission interval (seconds), burst tolerance
+-- (seconds). Returns {allowed 0|1, remaining, retry-after seconds as a string, v, d,
+-- generation}: the GCRA decision of rate_limit.lua, then what cache_read.lua returns for
+-- KEYS[2] (nothing more when refused).
 -- The GCRA below is rate_limit.lua's line for line: tests/contract/test_cache_contract.py checks
 -- that both scripts decide alike.
 local t = redis.call('TIME')
@@ -20,5 +21,7 @@ end
 redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
 local remaining = math.floor((tolerance - (new_tat - interval - now)) / interval + 1e-9)
 if remaining < 0 then remaining = 0 end
-local entry = redis.call('HMGET', KEYS[2], 'v', 'd')
-return {1, remaining, '0', entry[1], entry[2]}
+local gen = redis.call('GET', KEYS[3])
+local entry = redis.call('HMGET', KEYS[2], 'v', 'd', 'g')
+if not gen or entry[3] ~= gen then return {1, remaining, '0', false, false, gen} end
+return {1, remaining, '0', entry[1], entry[2], gen}
