@@ -102,6 +102,7 @@ def build_runner(c: Container, subscriber: Subscriber) -> SubscriberRunner:
         max_attempts=getattr(subscriber, "max_attempts", None) or s.event_max_attempts,
         retry_delays_ms=s.event_retry_delays_ms,
         topology=c.topology,
+        record_all=s.broker_url.startswith("memory"),
     )
 
 

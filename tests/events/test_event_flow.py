@@ -84,7 +84,8 @@ async def test_every_subscriber_applies_each_event_exactly_once(stack: Stack) ->
         )
     assert unpublished == 0
     assert await _audit_count(stack, tenant.id) == 20
-    # Idempotent by themselves (versions), the indexer and the cache record nothing per event.
+    # Idempotent by themselves (versions), the indexer and the cache record nothing per event;
+    # with the in-process broker every handling is on record (a restart replays from it).
     async with stack.container.db() as session:
         recorded = await session.scalar(
             select(func.count())
@@ -96,7 +97,8 @@ async def test_every_subscriber_applies_each_event_exactly_once(stack: Stack) ->
                 ),
             )
         )
-    assert recorded == 0
+    in_process = stack.container.settings.broker_url.startswith("memory")
+    assert recorded == (20 if in_process else 0)  # the creates reach the indexer only
 
 
 async def test_a_duplicate_delivery_has_one_effect(stack: Stack) -> None:

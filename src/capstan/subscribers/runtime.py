@@ -96,6 +96,7 @@ class SubscriberRunner:
         max_attempts: int,
         retry_delays_ms: list[int],
         topology: Topology,
+        record_all: bool = False,
     ) -> None:
         self.subscriber = subscriber
         self.spec = queue_spec(subscriber, retry_delays_ms, topology)
@@ -112,8 +113,10 @@ class SubscriberRunner:
         self._batched = batched(subscriber)
         self._prefetch = ordered_batch if self._batched else prefetch
         self._apply_batch: ApplyBatch | None = getattr(subscriber, "apply_batch", None)
-        self._apply_idempotent: ApplyIdempotent | None = getattr(
-            subscriber, "apply_idempotent", None
+        # The in-process broker forgets its queues on a crash: there every handling is on
+        # record (processed_events), which is what relay/replay.py replays from at start.
+        self._apply_idempotent: ApplyIdempotent | None = (
+            None if record_all else getattr(subscriber, "apply_idempotent", None)
         )
         # Deliveries waiting for the ordered loop, each with the future its handler call
         # waits on: a broker handler returns once its delivery is settled (port contract).
