@@ -161,6 +161,21 @@ def test_migrate_says_what_it_applied_then_that_nothing_was_left(tmp_path: Path)
     assert "already up to date: nothing to apply" in again.stderr
 
 
+@pytest.mark.postgres
+def test_migrate_takes_a_libpq_host_list(tmp_path: Path, postgres_url: str) -> None:
+    """The scale-out form of CAPSTAN_DATABASE_URL (`h1:p1,h2:p2/db?target_session_attrs=
+    read-write`, what `scripts/stack up --scale` sets): migrate reaches the primary and says so
+    without the password (it failed on SQLAlchemy's URL parser)."""
+    userinfo, _, rest = postgres_url.partition("@")
+    hostport, _, database = rest.partition("/")
+    url = f"{userinfo}@{hostport},{hostport}/{database}?target_session_attrs=read-write"
+    env = user_env(tmp_path, tmp_path / "data") | {"CAPSTAN_DATABASE_URL": url}
+    done = capstan("migrate", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "already up to date" in done.stderr and f"{hostport},{hostport}" in done.stderr
+    assert userinfo.partition("//")[2] + "@" not in done.stderr  # user:password@
+
+
 # --- ports ---------------------------------------------------------------------------------
 
 

@@ -42,3 +42,19 @@ def test_the_filter_rewrites_message_extras_and_traceback() -> None:
     logged = out.getvalue()
     assert "ValueError" in logged and "https://h/p?[redacted]" in logged
     assert not any(f"secret{i}" in logged for i in range(1, 5))
+
+
+def test_display_url_hides_passwords_of_every_url_form() -> None:
+    from capstan.observability.redaction import display_url
+
+    assert display_url("postgresql://capstan:s3cret@db:5432/capstan") == (
+        "postgresql://capstan:***@db:5432/capstan"
+    )
+    # libpq's host list (scale-out): SQLAlchemy does not parse it; the userinfo goes.
+    shown = display_url(
+        "postgresql://capstan:s3cret@127.0.0.1:5432,127.0.0.1:5433/capstan"
+        "?target_session_attrs=read-write"
+    )
+    assert "s3cret" not in shown and "127.0.0.1:5432,127.0.0.1:5433/capstan" in shown
+    nodes = display_url("amqp://u:p1@r1:5672/v,amqp://u:p2@r2:5672/v")
+    assert "p1" not in nodes and "p2" not in nodes and "r1:5672" in nodes and "r2:5672" in nodes

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 import capstan
+from capstan.observability.redaction import display_url
 from capstan.settings import Settings
 
 Status = Literal["ok", "warn", "fail"]
@@ -141,18 +142,6 @@ def _versions() -> list[Check]:
     return checks
 
 
-def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    if url.count("://") > 1:  # several nodes as full URLs (capstan.node_urls): each its own
-        return ",".join(_redact(part.strip()) for part in url.split(",") if "://" in part)
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy parses (amqp://, http://): drop the userinfo
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://{rest.rpartition('@')[2]}" if rest else url
-
-
 async def _database(s: Settings) -> Check:
     from sqlalchemy import text
 
@@ -170,18 +159,18 @@ async def _database(s: Settings) -> Check:
         async with engine.connect() as conn:
             if engine.dialect.name == "sqlite":
                 version = await conn.scalar(text("SELECT sqlite_version()"))
-                return Check("database", "ok", f"SQLite {version} ({_redact(s.database_url)})")
+                return Check("database", "ok", f"SQLite {version} ({display_url(s.database_url)})")
             number = int(await conn.scalar(text("SHOW server_version_num")) or 0)
     except Exception as exc:
         return Check(
             "database",
             "fail",
-            f"{_redact(s.database_url)}: {_first_line(exc)}",
+            f"{display_url(s.database_url)}: {_first_line(exc)}",
             "start PostgreSQL or fix CAPSTAN_DATABASE_URL",
         )
     finally:
         await engine.dispose()
-    shown = f"PostgreSQL {number // 10000}.{number % 10000} ({_redact(s.database_url)})"
+    shown = f"PostgreSQL {number // 10000}.{number % 10000} ({display_url(s.database_url)})"
     if number < 150000:
         return Check("database", "warn", shown, "Capstan is tested on PostgreSQL 15 or newer")
     return Check("database", "ok", shown)
@@ -200,14 +189,14 @@ async def _redis(url: str) -> Check:
         return Check(
             "cache",
             "fail",
-            f"{_redact(url)}: {_first_line(exc)}",
+            f"{display_url(url)}: {_first_line(exc)}",
             "start Redis or fix CAPSTAN_CACHE_URL",
         )
     finally:
         await client.aclose()
     version = str(info.get("redis_version", "?"))
     status: Status = "ok" if int(version.split(".")[0] or 0) >= 7 else "warn"
-    return Check("cache", status, f"Redis {version} ({_redact(url)})", "Capstan needs Redis 7+")
+    return Check("cache", status, f"Redis {version} ({display_url(url)})", "Capstan needs Redis 7+")
 
 
 async def _rabbitmq(url: str) -> Check:
@@ -224,7 +213,7 @@ async def _rabbitmq(url: str) -> Check:
         try:
             connection = await aiormq.connect(node)
         except Exception as exc:
-            down.append(f"{_redact(node)}: {_first_line(exc)}")
+            down.append(f"{display_url(node)}: {_first_line(exc)}")
             continue
         try:
             raw = connection.server_properties.get("version", "?")
@@ -235,7 +224,7 @@ async def _rabbitmq(url: str) -> Check:
         return Check("broker", "fail", "; ".join(down), "start RabbitMQ or fix CAPSTAN_BROKER_URL")
     version = min(versions)
     parts = [int(p) if p.isdigit() else 0 for p in [*version.split("."), "0", "0"][:2]]
-    shown = f"RabbitMQ {version} ({_redact(url)})"
+    shown = f"RabbitMQ {version} ({display_url(url)})"
     if down:
         return Check("broker", "warn", f"{shown}; down: {'; '.join(down)}", "start the node")
     status: Status = "ok" if tuple(parts) >= (3, 10) else "warn"
@@ -253,12 +242,12 @@ async def _elasticsearch(url: str) -> Check:
         return Check(
             "search",
             "warn",
-            f"{_redact(url)}: {_first_line(exc)}",
+            f"{display_url(url)}: {_first_line(exc)}",
             "start Elasticsearch or fix CAPSTAN_SEARCH_URL (meanwhile search is degraded: "
             "PostgreSQL full-text answers)",
         )
     status: Status = "ok" if version.startswith("8.") else "warn"
-    return Check("search", status, f"Elasticsearch {version} ({_redact(url)})", "use 8.x")
+    return Check("search", status, f"Elasticsearch {version} ({display_url(url)})", "use 8.x")
 
 
 async def _es_version(nodes: list[str]) -> str:
@@ -296,7 +285,7 @@ async def _embeddings(s: Settings) -> Check:
     except (EmbeddingError, httpx.HTTPError, ValueError) as exc:
         return Check("embeddings", "fail", str(exc), fix)
     await embedder.aclose()
-    where = f"endpoint {_redact(s.embeddings_url)}" if s.embeddings_url else "offline"
+    where = f"endpoint {display_url(s.embeddings_url)}" if s.embeddings_url else "offline"
     return Check(
         "embeddings",
         "ok",

@@ -96,13 +96,12 @@ def _settings(data_dir: Path | None = None, port: int | None = None) -> Settings
 @app.command()
 def migrate() -> None:
     """Create or upgrade the database schema, and say what was applied."""
-    from sqlalchemy.engine import make_url
-
     from capstan.db.migrate import upgrade
+    from capstan.observability.redaction import display_url
 
     settings = _settings()
     _ensure_data_dir(settings)
-    where = make_url(settings.database_url).render_as_string(hide_password=True)
+    where = display_url(settings.database_url)
     applied = asyncio.run(upgrade(settings.database_url))
     if applied:
         err.print(

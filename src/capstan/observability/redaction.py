@@ -36,6 +36,21 @@ def redact(text: str) -> str:
     return text
 
 
+def display_url(url: str) -> str:
+    """A server URL as the CLI shows it: password hidden, the rest kept. Several nodes as full
+    URLs (capstan.node_urls) are shown each; a URL SQLAlchemy does not parse (amqp://,
+    http://, a libpq host list `h1:5432,h2:5432`) loses its userinfo instead."""
+    from sqlalchemy.engine import make_url
+
+    if url.count("://") > 1:
+        return ",".join(display_url(part.strip()) for part in url.split(",") if "://" in part)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://{rest.rpartition('@')[2]}" if rest else url
+
+
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
 
 
