@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +26,7 @@ from capstan.embeddings.port import (
     Vector,
     check_texts,
 )
+from capstan.retry import Backoff
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_SECONDS = 30.0
@@ -145,7 +145,7 @@ class OpenAICompatibleEmbedder:
         if retry_after is not None:
             return min(retry_after, MAX_RETRY_AFTER_SECONDS)
         # Full jitter: concurrent callers that failed together do not retry together.
-        return random.uniform(0, self.retry_base_seconds * 2 ** (attempt - 1))
+        return Backoff(self.retry_base_seconds, jitter="full").delay(attempt)
 
     def _vectors(self, response: httpx.Response, expected: int) -> list[Vector]:
         try:

@@ -20,6 +20,7 @@ from capstan.db.schema import OutboxEvent
 from capstan.events.envelope import encode
 from capstan.events.topology import Topology
 from capstan.observability.metrics import Metrics
+from capstan.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 RELAY_LOCK_KEY = 0x0CA5_7A11
 CLEANUP_EVERY_SECONDS = 60.0
 GAUGES_EVERY_SECONDS = 2.0
+# After a failed batch: 0.5, 1, 2, 4, then 5 s until one succeeds (one loop: no jitter).
+RETRY = Backoff(0.5, 5.0, jitter="none")
 
 
 class OutboxRelay:
@@ -70,7 +73,7 @@ class OutboxRelay:
     async def run(self, stopping: asyncio.Event) -> None:
         """Relay until `stopping` is set."""
         listener = asyncio.create_task(self._listen(stopping)) if self._postgres else None
-        backoff = 0.5
+        failures = 0
         last_cleanup = last_gauges = 0.0
         try:
             while not stopping.is_set():
@@ -82,15 +85,15 @@ class OutboxRelay:
                 except BrokerUnavailable as exc:
                     self._metrics.relay_failures.inc()
                     log.warning("relay: broker unavailable, retrying", extra={"error": str(exc)})
-                    await _wait(stopping, backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    failures += 1
+                    await _wait(stopping, RETRY.delay(failures))
                     continue
                 except Exception:
                     log.exception("relay: batch failed, retrying")
-                    await _wait(stopping, backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    failures += 1
+                    await _wait(stopping, RETRY.delay(failures))
                     continue
-                backoff = 0.5
+                failures = 0
                 now = time.monotonic()
                 if now - last_gauges > GAUGES_EVERY_SECONDS:
                     last_gauges = now

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from capstan.events.envelope import Event, MalformedEvent, parse_event
 from capstan.events.topology import Topology
 from capstan.observability.context import reset_request_id, set_request_id
 from capstan.observability.metrics import Metrics
+from capstan.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,8 @@ class SubscriberRunner:
         self._stopping = False
         self._busy = False
         self._max_attempts = max_attempts
-        self._base_delay_ms = min(retry_delays_ms)
         self._max_delay_ms = max(retry_delays_ms)
+        self._backoff = Backoff(min(retry_delays_ms), self._max_delay_ms)
         self._consumer: Consumer | None = None
         self.last_handled = 0.0  # monotonic time of the last event handled
 
@@ -363,9 +363,8 @@ class SubscriberRunner:
             await delivery.dead_letter(f"{type(exc).__name__}: {exc}")
             self._metrics.events_consumed.labels(name, "dead_lettered").inc()
             return
-        # Exponential backoff with full jitter, rounded up to a retry tier by the broker.
-        ceiling = self._base_delay_ms * 2 ** (delivery.attempt - 1)
-        delay = int(ceiling / 2 + random.random() * ceiling / 2)
+        # Rounded up to a retry tier by the broker.
+        delay = int(self._backoff.delay(delivery.attempt))
         log.warning(
             "event handling failed, will retry",
             extra={

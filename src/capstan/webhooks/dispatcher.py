@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from capstan.db.schema import Webhook, WebhookAttempt, WebhookDelivery
 from capstan.events.envelope import encode
 from capstan.observability.metrics import Metrics
+from capstan.retry import Backoff
 from capstan.settings import Settings
 from capstan.webhooks.address_guard import (
     AddressRefused,
@@ -69,11 +70,10 @@ class Result:
 
 
 def backoff_seconds(base: float, attempts: int, jitter: float) -> float:
-    """Delay before the next try after `attempts` failures: base·2^(attempts-1), capped at an
-    hour, spread over its upper half (`jitter` in [0, 1]) so retries of many deliveries do not
-    move in lockstep while each delay stays at least half its nominal value."""
-    ceiling = min(MAX_DELAY_SECONDS, base * 2.0 ** max(attempts - 1, 0))
-    return ceiling / 2 + jitter * ceiling / 2
+    """Delay before the next try after `attempts` failures (capstan.retry), capped at an hour,
+    over its upper half (`jitter` in [0, 1]): retries of many deliveries do not move in
+    lockstep, and each delay stays at least half its nominal value."""
+    return Backoff(base, MAX_DELAY_SECONDS).delay(attempts, jitter)
 
 
 def pinned_request(

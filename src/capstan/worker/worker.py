@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 import os
-import random
 import socket
 import time
 import uuid
@@ -21,6 +20,7 @@ from capstan.container import Container
 from capstan.db.errors import is_database_down
 from capstan.db.schema import Task, WorkerRecord
 from capstan.observability.context import reset_request_id, set_request_id
+from capstan.retry import Backoff
 from capstan.tasks import statements
 from capstan.tasks.context import Effect, TaskCancelled, TaskContext
 from capstan.tasks.progress import ProgressReporter
@@ -258,11 +258,9 @@ class Worker:
         s = self._c.settings
         delay = 0.0
         if outcome == "error" and task.attempts < task.max_attempts:
-            # Exponential backoff with jitter (half to all of the ceiling), capped.
-            ceiling = min(
-                s.task_retry_base_seconds * 2 ** (task.attempts - 1), s.task_retry_max_seconds
+            delay = Backoff(s.task_retry_base_seconds, s.task_retry_max_seconds).delay(
+                task.attempts
             )
-            delay = ceiling / 2 + random.random() * ceiling / 2
             values: dict[str, Any] = dict(
                 status="queued",
                 run_at=now + timedelta(seconds=delay),
