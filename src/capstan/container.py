@@ -227,7 +227,7 @@ def build_container(settings: Settings) -> Container:
             # Direct dispatch only onto a broker other processes share: an in-memory queue
             # would keep the task from the `capstan dev` server that shares this data dir;
             # the outbox reaches it (and is as quick in one process: the relay wakes at once).
-            broker=None if settings.broker_url.startswith("memory") else broker,
+            broker=None if settings.broker_in_process else broker,
             topology=topology,
             fast=fast,
         ),

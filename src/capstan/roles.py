@@ -102,7 +102,7 @@ def build_runner(c: Container, subscriber: Subscriber) -> SubscriberRunner:
         max_attempts=getattr(subscriber, "max_attempts", None) or s.event_max_attempts,
         retry_delays_ms=s.event_retry_delays_ms,
         topology=c.topology,
-        record_all=s.broker_url.startswith("memory"),
+        record_all=s.broker_in_process,
     )
 
 
@@ -201,7 +201,7 @@ class Background:
         # Queues exist before the relay publishes, so no event is routed to nowhere.
         for runner in self.runners:
             await runner.start()
-        if self._relay is not None and self._c.settings.broker_url.startswith("memory"):
+        if self._relay is not None and self._c.settings.broker_in_process:
             await self._replay()
         loops = list(self._loops)
         if self._relay is not None:

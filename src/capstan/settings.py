@@ -204,6 +204,11 @@ class Settings(BaseSettings):
         return self.database_url.startswith("sqlite") and self.cache_url.startswith("memory")
 
     @property
+    def broker_in_process(self) -> bool:
+        """The in-process broker (`memory://`): shared by nothing, kept by nothing on a crash."""
+        return self.broker_url.startswith("memory")
+
+    @property
     def async_database_url(self) -> str:
         """The database URL with the async driver SQLAlchemy needs."""
         return to_async_url(self.database_url)

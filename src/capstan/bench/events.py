@@ -72,7 +72,7 @@ from capstan.bench.latency import (
     write_kind,
 )
 from capstan.bench.outbox import event_times, handled, max_outbox_id, outbox_progress
-from capstan.bench.processes import ChildProcess, Samples, start_role, stop_all
+from capstan.bench.processes import ChildProcess, Samples, scrape_all, start_role, stop_all
 from capstan.bench.rabbitmq import check_servers, remove_namespace, wait_consumers
 from capstan.bench.report import (
     default_output,
@@ -134,15 +134,6 @@ def broker_names(
 
 
 # ---------------------------------------------------------------- metrics of the roles
-
-
-async def _scrape_all(roles: list[ChildProcess]) -> Samples:
-    """Every role's samples, summed (each process counts its own)."""
-    total: Samples = {}
-    for role in roles:
-        for key, value in (await role.scrape(METRIC_FAMILIES)).items():
-            total[key] = total.get(key, 0.0) + value
-    return total
 
 
 def metrics_view(before: Samples, after: Samples) -> dict[str, Any]:
@@ -446,7 +437,7 @@ async def _step(
     total = len(schedule(rate, duration_s))
     task = progress.add_task(f"{label}: writing", total=total)
     lo = await max_outbox_id(container)
-    before = await _scrape_all(roles)
+    before = await scrape_all(roles, METRIC_FAMILIES)
     cpu_before = CpuSnapshot.take(roles)
 
     def tick() -> None:
@@ -470,7 +461,7 @@ async def _step(
     drain_started = time.monotonic()
     drained = False
     while time.monotonic() - drain_started < opts.drain_timeout:
-        done_by = handled(before, await _scrape_all(roles))
+        done_by = handled(before, await scrape_all(roles, METRIC_FAMILIES))
         now = await outbox_progress(container, lo, hi, patterns, done_by)
         progress.update(task, total=max(now.expected, 1), completed=now.done)
         if now.published == now.rows and now.done >= now.expected:
@@ -481,7 +472,7 @@ async def _step(
         await asyncio.sleep(DRAIN_POLL_S)
     drain_s = time.monotonic() - drain_started
     progress.update(task, description=f"{label}: done", visible=False)
-    after = await _scrape_all(roles)
+    after = await scrape_all(roles, METRIC_FAMILIES)
 
     events_times = await event_times(container, lo, hi)
     achieved = stats.achieved_rate()

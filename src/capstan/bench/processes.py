@@ -143,3 +143,14 @@ def stop_all(processes: Iterable[ChildProcess]) -> None:
             process.stop()
         except Exception as exc:
             err.print(f"[red]could not stop {process.label} (pid {process.proc.pid}): {exc}[/red]")
+
+
+async def scrape_all(processes: Iterable[ChildProcess], families: Collection[str]) -> Samples:
+    """The samples of these families on every process's /metrics, summed (each counts its own);
+    processes without a metrics port are left out."""
+    total: Samples = {}
+    for process in processes:
+        if process.metrics_port:
+            for key, value in (await process.scrape(families)).items():
+                total[key] = total.get(key, 0.0) + value
+    return total

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from capstan.bench.common import BenchError
 from capstan.bench.cpu import CpuSnapshot
-from capstan.bench.processes import ChildProcess, Samples
+from capstan.bench.processes import ChildProcess, Samples, scrape_all
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -60,12 +60,7 @@ class Run:
 
     async def consumed(self) -> Samples:
         """The subscribers' event counters (capstan_events_consumed_total), every role summed."""
-        total: Samples = {}
-        for child in self.children:
-            if child.metrics_port:
-                for key, value in (await child.scrape(("capstan_events_consumed",))).items():
-                    total[key] = total.get(key, 0.0) + value
-        return total
+        return await scrape_all(self.children, ("capstan_events_consumed",))
 
     def cpu(self) -> CpuSnapshot:
         """CPU so far of the bench, each started process's whole session, and the servers."""

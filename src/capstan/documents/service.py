@@ -23,7 +23,7 @@ from capstan.documents import repository, statements
 from capstan.documents.cache import CacheAside, Loaded, document_key
 from capstan.documents.schemas import DocumentCreate, DocumentRead, DocumentUpdate
 from capstan.errors import InvalidInput, NotFound, PreconditionFailed
-from capstan.events.outbox import add_event, envelope
+from capstan.events.outbox import add_envelope, envelope
 from capstan.ids import uuid7
 from capstan.search.analysis import search_columns
 
@@ -133,14 +133,7 @@ class DocumentStore:
         if self._fast is not None:
             for name, value in search_columns(doc.title, doc.body, doc.tags).items():
                 setattr(doc, name, value)
-            event = envelope(
-                source=self._source,
-                entity="document",
-                action="created",
-                tenant_id=tenant_id,
-                subject=f"documents/{doc.id}",
-                data=_event_data(doc),
-            )
+            event = self._envelope(doc, "created")
             await self._fast.execute(statements.CREATE, *statements.create_args(doc, event))
         else:
             async with self._db.begin() as session:
@@ -222,9 +215,8 @@ class DocumentStore:
             )
         return doc
 
-    def _event(self, session: AsyncSession, doc: Document, action: str) -> None:
-        add_event(
-            session,
+    def _envelope(self, doc: Document, action: str) -> dict[str, Any]:
+        return envelope(
             source=self._source,
             entity="document",
             action=action,
@@ -232,6 +224,9 @@ class DocumentStore:
             subject=f"documents/{doc.id}",
             data=_event_data(doc),
         )
+
+    def _event(self, session: AsyncSession, doc: Document, action: str) -> None:
+        add_envelope(session, self._envelope(doc, action))
 
 
 def _unique(tags: list[str]) -> list[str]:

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import inspect
 
 from capstan.db.schema import Document
-from capstan.events.outbox import routing_key
+from capstan.events.outbox import OUTBOX_INSERT, routing_key
 
 # (column, attribute): the `metadata` column is the `metadata_` attribute.
 _COLUMNS = [
@@ -27,7 +27,7 @@ WITH created AS (
   VALUES ({", ".join(f"${i + 1}" for i in range(_N))})
   RETURNING tenant_id
 )
-INSERT INTO outbox (event_id, tenant_id, routing_key, subject, channel, envelope, created_at)
+{OUTBOX_INSERT}
 SELECT ${_N + 1}, c.tenant_id, ${_N + 2}, ${_N + 3}, 'events', ${_N + 4}::jsonb, ${_N + 5}
   FROM created c
 """

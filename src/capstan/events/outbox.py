@@ -14,6 +14,13 @@ from capstan.observability.context import current_request_id
 _UNSET: Any = object()
 
 
+# The outbox row's columns, as the hot single statements (capstan.tasks.statements,
+# capstan.documents.statements) insert them next to the row change they announce.
+OUTBOX_INSERT = (
+    "INSERT INTO outbox (event_id, tenant_id, routing_key, subject, channel, envelope, created_at)"
+)
+
+
 def envelope_head(
     *, source: str, entity: str, action: str, request_id: str | None = _UNSET
 ) -> dict[str, Any]:

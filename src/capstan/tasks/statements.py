@@ -13,13 +13,10 @@ from typing import Any
 
 from capstan.db.fastpath import FastPath
 from capstan.db.schema import Task
-from capstan.events.outbox import envelope_head, routing_key
+from capstan.events.outbox import OUTBOX_INSERT, envelope_head, routing_key
 
 _TASK_COLUMNS = [c.name for c in Task.__table__.columns]
 
-_OUTBOX_INSERT = (
-    "INSERT INTO outbox (event_id, tenant_id, routing_key, subject, channel, envelope, created_at)"
-)
 
 # $1 task id, $2 worker id, $3 now, $4 event id, $5 envelope head (no tenant/subject/data).
 CLAIM = f"""
@@ -29,7 +26,7 @@ WITH claimed AS (
    WHERE id = $1 AND status = 'queued' AND run_at <= $3
   RETURNING *
 ), announced AS (
-  {_OUTBOX_INSERT}
+  {OUTBOX_INSERT}
   SELECT $4, c.tenant_id, 'task.started', 'tasks/' || c.id, 'events',
          $5::jsonb
          || jsonb_strip_nulls(jsonb_build_object(
@@ -60,7 +57,7 @@ WITH finished AS (
    WHERE id = $1 AND status = 'running' AND worker_id = $2 AND attempts = $3
   RETURNING id
 ), announced AS (
-  {_OUTBOX_INSERT}
+  {OUTBOX_INSERT}
   SELECT $10, $11, $12, 'tasks/' || f.id, 'events', $13::jsonb, $9 FROM finished f
 )
 SELECT id FROM finished
@@ -79,7 +76,7 @@ WITH created AS (
   ON CONFLICT DO NOTHING
   RETURNING id, tenant_id
 ), announced AS (
-  {_OUTBOX_INSERT}
+  {OUTBOX_INSERT}
   SELECT ${_N + 1}, c.tenant_id, 'task.queued', 'tasks/' || c.id, 'events', ${_N + 2}::jsonb,
          ${_N + 3}
     FROM created c
