@@ -32,6 +32,9 @@ def test_it_reports_chunks_per_second_of_both_embedders(
         **os.environ,
         "CAPSTAN_EMBEDDINGS_URL": server.url,
         "CAPSTAN_EMBEDDINGS_MODEL": server.model,
+        # No --chunk-size/--chunk-overlap: the settings give them.
+        "CAPSTAN_EMBEDDINGS_CHUNK_SIZE": "800",
+        "CAPSTAN_EMBEDDINGS_CHUNK_OVERLAP": "100",
     }
     done = subprocess.run(
         [
@@ -60,7 +63,9 @@ def test_it_reports_chunks_per_second_of_both_embedders(
     result = json.loads(output.read_text())
     assert result["benchmark"] == "embeddings" and result["valid"]
     assert result["corpus"]["documents"] > 50
-    assert 300 < result["corpus"]["mean_chunk_chars"] <= 1000
+    params = result["parameters"]
+    assert (params["chunk_size_chars"], params["chunk_overlap_chars"]) == (800, 100)
+    assert 300 < result["corpus"]["mean_chunk_chars"] <= 800
     assert result["chunking"]["chunks_per_s"] > 0
     offline = result["embedding"]["offline"]
     assert offline["model"] == "wordllama-l2-supercat-256" and offline["dimension"] == 256

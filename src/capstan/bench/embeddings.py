@@ -236,8 +236,14 @@ def embeddings_command(
     chunks: Annotated[int, typer.Option(min=1, help="Chunks to embed per round.")] = 5000,
     batch_size: Annotated[int, typer.Option(min=1, help="Chunks per embed() call.")] = 64,
     rounds: Annotated[int, typer.Option(min=1, help="Measured rounds; the median wins.")] = 3,
-    chunk_size: Annotated[int, typer.Option(min=16, help="Chunk size in characters.")] = 1000,
-    chunk_overlap: Annotated[int, typer.Option(min=0, help="Overlap in characters.")] = 150,
+    chunk_size: Annotated[
+        int | None,
+        typer.Option(min=16, help="Chunk size in characters (CAPSTAN_EMBEDDINGS_CHUNK_SIZE)."),
+    ] = None,
+    chunk_overlap: Annotated[
+        int | None,
+        typer.Option(min=0, help="Overlap in characters (CAPSTAN_EMBEDDINGS_CHUNK_OVERLAP)."),
+    ] = None,
     endpoint: Annotated[
         str, typer.Option(help="An OpenAI-compatible base URL to measure too.")
     ] = "",
@@ -247,6 +253,11 @@ def embeddings_command(
     ] = None,
 ) -> None:
     """Chunks/s of the chunker and of the embedder(s) on this machine."""
+    from capstan.settings import Settings
+
+    settings = Settings()
+    chunk_size = settings.embeddings_chunk_size if chunk_size is None else chunk_size
+    chunk_overlap = settings.embeddings_chunk_overlap if chunk_overlap is None else chunk_overlap
     if chunk_overlap >= chunk_size:
         raise typer.BadParameter("--chunk-overlap must be smaller than --chunk-size")
     now = datetime.now(UTC)
