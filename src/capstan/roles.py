@@ -72,6 +72,7 @@ def build_relay(c: Container) -> OutboxRelay:
         ],
         task_queue=lambda queue: task_queue_spec(c.topology, queue),
         fast=c.fast,
+        linger_seconds=s.outbox_linger_ms / 1000,
     )
 
 

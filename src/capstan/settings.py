@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     broker_namespace: str = Field("capstan", pattern=r"^[a-z0-9][a-z0-9_.\-]*$")
     outbox_batch_size: int = Field(500, ge=1, le=10_000)
     outbox_poll_seconds: float = Field(1.0, gt=0)
+    # Under load the relay lets a batch gather the commits of this window (0: publish each
+    # wakeup at once); an idle relay never waits. See docs/services.md ("Relay").
+    outbox_linger_ms: float = Field(5.0, ge=0, le=1000)
     outbox_retention_hours: float = Field(24.0, ge=0)
     subscribers: list[str] = ["indexer", "cache", "audit", "notifier"]
     # In-flight events per subscriber; each holds a database connection while it is handled,
