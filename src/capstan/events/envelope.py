@@ -24,6 +24,9 @@ class Event:
     tenant_id: str
     data: dict[str, Any]
     envelope: dict[str, Any]
+    # The bytes received: stores that keep the envelope as JSON take them as they are instead
+    # of encoding `envelope` again (the audit batch).
+    body: bytes = b""
 
     @property
     def routing_key(self) -> str:
@@ -59,6 +62,7 @@ def parse_event(body: bytes) -> Event:
         tenant_id=str(env["tenantid"]),
         data=data,
         envelope=env,
+        body=body,
     )
 
 

@@ -22,10 +22,12 @@ from capstan.events.envelope import Event, encode
 from capstan.subscribers.runtime import ApplyBatch, Outcome
 
 # Rows are inserted in the batch's order (ORDER BY the ordinality), so seq follows queue order.
+# The envelopes arrive as the JSON text received (PostgreSQL parses it once, into jsonb): no
+# encoding of the decoded envelope again on this side.
 AUDIT_BATCH = """
 INSERT INTO audit_log (event_id, tenant_id, type, subject, time, recorded_at, envelope)
-SELECT b.event_id, b.tenant_id, b.type, b.subject, b.time, $6, b.envelope
-  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $7::jsonb[])
+SELECT b.event_id, b.tenant_id, b.type, b.subject, b.time, $6, b.envelope::jsonb
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $7::text[])
        WITH ORDINALITY AS b(event_id, tenant_id, type, subject, time, envelope, n)
  ORDER BY b.n
 ON CONFLICT (event_id) DO NOTHING
@@ -70,7 +72,7 @@ class AuditSubscriber:
             [e.subject for e in events],
             [e.time for e in events],
             datetime.now(UTC),
-            [e.envelope for e in events],
+            [e.body.decode() if e.body else encode(e.envelope).decode() for e in events],
         )
         seqs = {row["event_id"]: row["seq"] for row in rows}
         applied: list[tuple[Outcome | None, bool]] = []
