@@ -39,6 +39,7 @@ from yarl import URL
 
 from capstan.broker.port import BrokerUnavailable, Delivery, Handler, Message, QueueSpec
 from capstan.node_urls import node_urls
+from capstan.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ ATTEMPT_HEADER = "x-capstan-attempt"
 REASON_HEADER = "x-capstan-death-reason"
 # How long a call waits for a first connection before reporting the broker unavailable.
 CONNECT_WAIT_SECONDS = 10.0
+# Between rounds of connection attempts over every node: 0.5, 1, 2 ... 10 s, jittered so that
+# processes that lost the broker together do not all reconnect at the same instant.
+CONNECT_RETRY = Backoff(0.5, 10.0, jitter="half")
 # What acking on a channel that is closing or closed raises. RabbitMQ hands every message
 # that channel did not ack back to its queue, so there is nothing left to do.
 _CHANNEL_GONE = (
@@ -269,7 +273,6 @@ class RabbitBroker:
             self._connecting = asyncio.create_task(self._connect_forever())
 
     async def _connect_forever(self) -> None:
-        delay = 0.5
         attempt = 0
         while True:
             connection = _NodesConnection(
@@ -290,8 +293,7 @@ class RabbitBroker:
                 with contextlib.suppress(Exception):
                     await connection.close()
                 if attempt % len(self._nodes) == 0:  # every node tried: back off
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 10.0)
+                    await asyncio.sleep(CONNECT_RETRY.delay(attempt // len(self._nodes)))
 
     async def _ready(self) -> AbstractRobustConnection:
         await self.connect()

@@ -29,6 +29,8 @@ from capstan.tasks.service import stage_event, task_event
 from capstan.worker.queues import task_queue_spec
 
 log = logging.getLogger(__name__)
+# Recording an outcome through a database outage: 0.2, 0.4 ... 5 s, 60 tries (a few minutes).
+RECORD_RETRY = Backoff(0.2, 5.0, jitter="half")
 
 
 class Worker:
@@ -208,16 +210,14 @@ class Worker:
             reset_request_id(token)
         elapsed = time.perf_counter() - started
         # The outcome is in hand: keep trying to record it through a database outage.
-        delay = 0.2
-        for _ in range(60):
+        for attempt in range(1, 61):
             try:
                 return await self._finish(task, outcome, value, error, effects, elapsed)
             except Exception as exc:
                 if not is_database_down(exc):
                     raise
                 log.warning("recording the outcome failed, retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(RECORD_RETRY.delay(attempt))
         log.error("gave up recording a task outcome", extra={"task": task.id})
         return None  # no longer listed by our heartbeat: the reaper re-queues it
 
