@@ -14,7 +14,7 @@ from capstan.auth.service import Authenticator
 from capstan.broker.port import Broker
 from capstan.cache.generation import Generations
 from capstan.cache.port import RateLimitedReader, RateLimiter, SessionStore, VersionedCache
-from capstan.db.engine import create_engine, sessionmaker
+from capstan.db.dialect import Dialect, dialect_for
 from capstan.db.fastpath import FastPath
 from capstan.db.replica import ReadRouter
 from capstan.documents.cache import CacheAside
@@ -23,8 +23,10 @@ from capstan.events.topology import Topology
 from capstan.observability.metrics import Metrics
 from capstan.search.elasticsearch import ElasticsearchEngine
 from capstan.search.port import SearchEngine
+from capstan.search.postgres_fts import PostgresFts
 from capstan.search.service import SearchService
 from capstan.search.sql import DatabaseSearch
+from capstan.search.sqlite_fts import SqliteFts
 from capstan.settings import Settings, host_list_as_params
 from capstan.signals.port import SignalBus
 from capstan.tasks.registry import TaskRegistry, build_registry
@@ -36,6 +38,8 @@ class Container:
     settings: Settings
     metrics: Metrics
     engine: AsyncEngine
+    # How this database differs from the other one (capstan.db.dialect), chosen once here.
+    dialect: Dialect
     db: async_sessionmaker[AsyncSession]
     # List and search reads: on the replica when one is configured and current, else `engine`.
     reads: ReadRouter
@@ -82,11 +86,12 @@ class Container:
 def build_container(settings: Settings) -> Container:
     """Wire the process from settings; nothing connects until `start()`."""
     metrics = Metrics()
-    engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
-    db = sessionmaker(engine)
+    dialect = dialect_for(settings.database_url)
+    engine = dialect.create_engine(settings.database_url, pool_size=settings.database_pool_size)
+    db = dialect.sessionmaker(engine)
     reads = ReadRouter(
         engine,
-        create_engine(settings.database_read_url, pool_size=settings.database_pool_size)
+        dialect.create_engine(settings.database_read_url, pool_size=settings.database_pool_size)
         if settings.database_read_url
         else None,
         max_wait_seconds=settings.database_read_max_wait_seconds,
@@ -94,12 +99,13 @@ def build_container(settings: Settings) -> Container:
         on_route=lambda target: metrics.db_routed_reads.labels(target).inc(),
     )
     closers: list[Any] = []
-    fast = None
-    if engine.dialect.name == "postgresql" and settings.database_fast_path:
-        fast = FastPath(
-            host_list_as_params(settings.database_url),
-            max_size=settings.database_fast_pool_size,
+    fast = (
+        dialect.fast_path(
+            host_list_as_params(settings.database_url), max_size=settings.database_fast_pool_size
         )
+        if settings.database_fast_path
+        else None
+    )
 
     cache: VersionedCache
     sessions: SessionStore
@@ -146,7 +152,7 @@ def build_container(settings: Settings) -> Container:
         signals = RedisSignals(link, settings.cache_url, metrics)
 
     broker: Broker
-    if settings.broker_url.startswith("memory"):
+    if settings.broker_in_process:
         from capstan.broker.memory import MemoryBroker
 
         broker = MemoryBroker()
@@ -156,15 +162,9 @@ def build_container(settings: Settings) -> Container:
         broker = RabbitBroker(settings.broker_url, queue_type=settings.broker_queue_type)
 
     search: SearchEngine
-    database_search: DatabaseSearch
-    if engine.dialect.name == "sqlite":
-        from capstan.search.sqlite_fts import SqliteFts
-
-        database_search = SqliteFts(engine, reads)
-    else:
-        from capstan.search.postgres_fts import PostgresFts
-
-        database_search = PostgresFts(engine, reads)
+    database_search: DatabaseSearch = dialect.choose(sqlite=SqliteFts, postgresql=PostgresFts)(
+        engine, reads
+    )
     index: ElasticsearchEngine | None = None
     if settings.search_url.startswith("http"):
         index = ElasticsearchEngine(
@@ -197,6 +197,7 @@ def build_container(settings: Settings) -> Container:
         settings=settings,
         metrics=metrics,
         engine=engine,
+        dialect=dialect,
         db=db,
         reads=reads,
         cache=cache,
@@ -213,7 +214,7 @@ def build_container(settings: Settings) -> Container:
         ),
         revocations=RevocationWatcher(db, auth, poll_seconds=settings.auth_revocation_poll_seconds),
         documents=DocumentStore(
-            db, aside, settings.source, on_commit=outbox_wakeup.set, reads=reads, fast=fast
+            db, dialect, aside, settings.source, on_commit=outbox_wakeup.set, reads=reads, fast=fast
         ),
         documents_cache=aside,
         outbox_wakeup=outbox_wakeup,

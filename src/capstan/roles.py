@@ -61,6 +61,7 @@ def build_relay(c: Container) -> OutboxRelay:
         c.db,
         c.broker,
         c.metrics,
+        dialect=c.dialect,
         batch_size=s.outbox_batch_size,
         poll_seconds=s.outbox_poll_seconds,
         retention_hours=s.outbox_retention_hours,

@@ -192,11 +192,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _fill_database_url(self) -> Settings:
+        from capstan.db.dialect import dialect_for
+
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'capstan.db'}"
+        dialect = dialect_for(self.database_url)  # an unsupported scheme fails here, named
         if self.database_read_url and not (
-            self.database_url.startswith(("postgresql", "postgres:"))
-            and self.database_read_url.startswith(("postgresql", "postgres:"))
+            dialect.read_replicas and dialect_for(self.database_read_url) is dialect
         ):
             raise ValueError("database_read_url needs PostgreSQL for both it and database_url")
         return self
@@ -204,7 +206,9 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         """True when every backend is the in-process one."""
-        return self.database_url.startswith("sqlite") and self.cache_url.startswith("memory")
+        from capstan.db.dialect import dialect_for
+
+        return dialect_for(self.database_url).is_file and self.cache_url.startswith("memory")
 
     @property
     def broker_in_process(self) -> bool:

@@ -207,7 +207,7 @@ async def test_the_one_statement_create_writes_what_the_orm_path_writes(
             tags=["b", "a", "b"],
             metadata={"nested": {"k": [1, 2.5, None, True]}},
         )
-        orm = DocumentStore(c.db, c.documents_cache, settings.source)
+        orm = DocumentStore(c.db, c.dialect, c.documents_cache, settings.source)
         made = [await c.documents.create(tenant.id, body), await orm.create(tenant.id, body)]
 
         async with c.db() as session:

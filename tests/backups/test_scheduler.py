@@ -12,9 +12,10 @@ from prometheus_client import generate_latest
 from capstan.backups import service
 from capstan.backups.manifest import backup_root, list_backups
 from capstan.container import build_container
+from capstan.db.dialect import POSTGRESQL
 from capstan.db.engine import create_engine
 from capstan.observability.metrics import Metrics
-from capstan.scheduler.core import Job, LocalLock, PostgresLock, Scheduler, next_run
+from capstan.scheduler.core import DatabaseLock, Job, LocalLock, Scheduler, next_run
 from capstan.scheduler.jobs import BackupJob, build_scheduler
 from tests.backups.conftest import ScratchDb, embedded, start
 from tests.backups.test_verify_prune import _fake_backup
@@ -131,8 +132,8 @@ async def test_advisory_lock_keeps_two_schedulers_from_running_a_job_at_once(
     engine_a, engine_b = create_engine(scratch_db.url), create_engine(scratch_db.url)
     try:
         job_a, job_b = _blocking_job(started, release), _blocking_job(started, release)
-        a = Scheduler([job_a], PostgresLock(engine_a), clock=FakeClock(T0))
-        b = Scheduler([job_b], PostgresLock(engine_b), clock=FakeClock(T0))
+        a = Scheduler([job_a], DatabaseLock(engine_a, POSTGRESQL), clock=FakeClock(T0))
+        b = Scheduler([job_b], DatabaseLock(engine_b, POSTGRESQL), clock=FakeClock(T0))
         await _two_schedulers_one_runs(a, b, started, release)
     finally:
         await engine_a.dispose()

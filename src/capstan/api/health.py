@@ -50,12 +50,12 @@ async def probe_all(c: Container) -> dict[str, dict[str, Any]]:
 
     s = c.settings
     probes: dict[str, tuple[Callable[[], Awaitable[None]], bool, str]] = {
-        "database": (database, True, c.engine.dialect.name),
+        "database": (database, True, c.dialect.name),
         "cache": (c.cache.ping, False, "memory" if s.cache_url.startswith("memory") else "redis"),
         "broker": (
             c.broker.ping,
             False,
-            "memory" if s.broker_url.startswith("memory") else "rabbitmq",
+            "memory" if s.broker_in_process else "rabbitmq",
         ),
         "search": (c.search.ping, False, c.search.name),
     }

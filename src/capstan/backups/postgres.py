@@ -19,6 +19,7 @@ import asyncpg
 from sqlalchemy.engine import URL, make_url
 
 from capstan.backups.progress import BackupError, Reporter, run_tool, step, watch_file
+from capstan.db.dialect import dialect_for
 
 TableStats = dict[str, dict[str, Any]]
 
@@ -111,9 +112,16 @@ async def primary_of(url: str) -> str:
     raise BackupError(f"no PostgreSQL primary among {hosts}: {'; '.join(errors)}")
 
 
+def _is_server_url(url: str) -> bool:
+    try:
+        return not dialect_for(url).is_file
+    except ValueError:
+        return False
+
+
 def conn_from_url(url: str) -> Conn:
     parsed = make_url(url)
-    if parsed.get_backend_name() != "postgresql":
+    if not _is_server_url(url):
         raise BackupError(f"not a PostgreSQL URL: {parsed.render_as_string()}")
     return Conn(parsed.set(drivername="postgresql"))
 

@@ -33,6 +33,7 @@ from capstan.backups.manifest import (
 )
 from capstan.backups.progress import BackupError, Reporter, Silent, step
 from capstan.cache.connect import primary_url
+from capstan.db.dialect import dialect_for
 from capstan.settings import Settings
 
 PG_FILE = "postgres.dump"
@@ -45,7 +46,8 @@ STALE_TMP = timedelta(hours=12)
 
 
 def _is_sqlite(settings: Settings) -> bool:
-    return settings.database_url.startswith("sqlite")
+    # A file database is backed up by copying the file (backups/sqlite.py), a server by pg_dump.
+    return dialect_for(settings.database_url).is_file
 
 
 def _uses_redis(settings: Settings) -> bool:
@@ -118,7 +120,7 @@ async def create(
                 settings.broker_management_url, tmp / RABBIT_FILE
             )
             artifacts.append(describe(tmp, "rabbitmq-definitions", RABBIT_FILE, source))
-        elif not settings.broker_url.startswith("memory"):
+        elif not settings.broker_in_process:
             notes.append("CAPSTAN_BROKER_MANAGEMENT_URL is unset: RabbitMQ definitions skipped")
         manifest = Manifest(
             id=backup_id,

@@ -12,13 +12,21 @@ from sqlalchemy.engine import make_url
 
 from capstan.backups.postgres import TableStats
 from capstan.backups.progress import BackupError
+from capstan.db.dialect import dialect_for
 
 PAGES_PER_STEP = 4096
 
 
+def _is_file_url(url: str) -> bool:
+    try:
+        return dialect_for(url).is_file
+    except ValueError:
+        return False
+
+
 def database_path(url: str) -> Path:
     parsed = make_url(url)
-    if not parsed.get_backend_name().startswith("sqlite") or not parsed.database:
+    if not _is_file_url(url) or not parsed.database:
         raise BackupError(f"not a SQLite file URL: {url}")
     return Path(parsed.database)
 

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 import capstan
+from capstan.db.dialect import dialect_for
 from capstan.observability.redaction import display_url
 from capstan.settings import Settings
 
@@ -105,7 +106,7 @@ def _settings_check(s: Settings) -> Check:
 
     mode = "embedded" if s.embedded else "production"
     where = f"data dir {s.data_dir}"
-    if s.database_url.startswith("sqlite") and "CAPSTAN_DATA_DIR" not in os.environ:
+    if dialect_for(s.database_url).is_file and "CAPSTAN_DATA_DIR" not in os.environ:
         how = locate()[1]
         where += {"found": "", "last-dev": " (the last capstan dev's)", "new": " (not created)"}[
             how
@@ -145,19 +146,18 @@ def _versions() -> list[Check]:
 async def _database(s: Settings) -> Check:
     from sqlalchemy import text
 
-    from capstan.db.engine import create_engine
-
-    if s.database_url.startswith("sqlite") and not s.data_dir.exists():
+    dialect = dialect_for(s.database_url)
+    if dialect.is_file and not s.data_dir.exists():
         return Check(
             "database",
             "fail",
             f"no data dir at {s.data_dir}",
             "start `scripts/dev` (or run `capstan migrate`) here, or set CAPSTAN_DATA_DIR",
         )
-    engine = create_engine(s.database_url, pool_size=1)
+    engine = dialect.create_engine(s.database_url, pool_size=1)
     try:
         async with engine.connect() as conn:
-            if engine.dialect.name == "sqlite":
+            if dialect.is_file:
                 version = await conn.scalar(text("SELECT sqlite_version()"))
                 return Check("database", "ok", f"SQLite {version} ({display_url(s.database_url)})")
             number = int(await conn.scalar(text("SHOW server_version_num")) or 0)
@@ -312,7 +312,7 @@ def _ports(s: Settings) -> list[Check]:
     from capstan.roles import ROLE_METRICS_PORTS
 
     checks = []
-    if s.database_url.startswith("sqlite"):
+    if dialect_for(s.database_url).is_file:
         url = running_server(s.data_dir) if s.data_dir.exists() else None
         checks.append(
             Check(

@@ -25,6 +25,7 @@ from capstan.cli.doctor import doctor
 from capstan.cli.failures import describe
 from capstan.cli.keys import keys_app, register_tenant_commands
 from capstan.container import build_container
+from capstan.db.dialect import dialect_for
 from capstan.search.cli import app as search_app
 from capstan.settings import Settings
 from capstan.tasks.cli import require_broker, tasks_app
@@ -437,7 +438,7 @@ def _ensure_data_dir(settings: Settings, *, quiet: bool = False) -> None:
     since a server elsewhere would not know what it holds."""
     from capstan.datadir import locate
 
-    if not settings.database_url.startswith("sqlite") or "CAPSTAN_DATA_DIR" in os.environ:
+    if not dialect_for(settings.database_url).is_file or "CAPSTAN_DATA_DIR" in os.environ:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         return
     _path, how = locate()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Select, exists, func, select, type_coerce
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from capstan.db.dialect import Dialect
 from capstan.db.schema import Document
 
 
@@ -24,16 +24,9 @@ async def get_for_update(session: AsyncSession, tenant_id: str, doc_id: str) -> 
     )
 
 
-def _has_tag(stmt: Select[Document], dialect: str, tag: str) -> Select[Document]:
-    # The one dialect difference for tags: JSONB containment (GIN-indexed) vs json_each.
-    if dialect == "postgresql":
-        return stmt.where(type_coerce(Document.tags, JSONB).contains([tag]))
-    each = func.json_each(Document.tags).table_valued("value")
-    return stmt.where(exists(select(1).select_from(each).where(each.c.value == tag)))
-
-
 async def page(
     session: AsyncSession,
+    dialect: Dialect,
     tenant_id: str,
     *,
     collection: str | None,
@@ -46,7 +39,7 @@ async def page(
     if collection is not None:
         stmt = stmt.where(Document.collection == collection)
     if tag is not None:
-        stmt = _has_tag(stmt, session.get_bind().dialect.name, tag)
+        stmt = stmt.where(dialect.has_tag(Document.tags, tag))
     if after_id is not None:
         stmt = stmt.where(Document.id > after_id)
     stmt = stmt.order_by(Document.id).limit(limit)

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from capstan.db.dialect import Dialect
 from capstan.db.fastpath import FastPath
 from capstan.db.replica import ReadRouter
 from capstan.db.schema import Document
@@ -85,6 +86,7 @@ class DocumentStore:
     def __init__(
         self,
         db: async_sessionmaker[AsyncSession],
+        dialect: Dialect,
         cache: CacheAside,
         source: str,
         on_commit: Callable[[], None] = lambda: None,
@@ -92,6 +94,7 @@ class DocumentStore:
         fast: FastPath | None = None,
     ):
         self._db = db
+        self._dialect = dialect
         # PostgreSQL: a create is one statement on raw asyncpg (the ORM flush was a quarter
         # of the API's CPU per write).
         self._fast = fast
@@ -190,7 +193,13 @@ class DocumentStore:
 
         async def page(session: AsyncSession) -> list[Document]:
             return await repository.page(
-                session, tenant_id, collection=collection, tag=tag, after_id=after, limit=limit + 1
+                session,
+                self._dialect,
+                tenant_id,
+                collection=collection,
+                tag=tag,
+                after_id=after,
+                limit=limit + 1,
             )
 
         if self._reads is not None:

@@ -9,12 +9,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from capstan.broker.port import Broker, BrokerUnavailable, Message, QueueSpec
+from capstan.db.dialect import Dialect
 from capstan.db.fastpath import FastPath
 from capstan.db.schema import OutboxEvent
 from capstan.events.envelope import encode
@@ -24,12 +24,14 @@ from capstan.retry import Backoff
 
 log = logging.getLogger(__name__)
 
-# pg_advisory_xact_lock key: one relay publishes at a time, in commit order.
+# Transaction lock key (an advisory lock on PostgreSQL): one relay publishes at a time, in
+# commit order.
 RELAY_LOCK_KEY = 0x0CA5_7A11
 CLEANUP_EVERY_SECONDS = 60.0
 GAUGES_EVERY_SECONDS = 2.0
 # After a failed batch: 0.5, 1, 2, 4, then 5 s until one succeeds (one loop: no jitter).
 RETRY = Backoff(0.5, 5.0, jitter="none")
+OUTBOX_CHANNEL = "capstan_outbox"
 
 
 class OutboxRelay:
@@ -40,6 +42,7 @@ class OutboxRelay:
         broker: Broker,
         metrics: Metrics,
         *,
+        dialect: Dialect,
         batch_size: int = 500,
         poll_seconds: float = 1.0,
         retention_hours: float = 24.0,
@@ -64,7 +67,7 @@ class OutboxRelay:
         self._poll_seconds = poll_seconds
         self._retention = timedelta(hours=retention_hours)
         self._wakeup = wakeup or asyncio.Event()
-        self._postgres = engine.dialect.name == "postgresql"
+        self._dialect = dialect
         self.fail_after_publish: Callable[[], None] | None = None  # crash injection for tests
         self._fast = fast
         # Under load, the next batch waits until `linger_seconds` after the last one so that
@@ -79,7 +82,11 @@ class OutboxRelay:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Relay until `stopping` is set."""
-        listener = asyncio.create_task(self._listen(stopping)) if self._postgres else None
+        # Commits on other processes wake us through the database's notifications, where it
+        # has them (triggers NOTIFY capstan_outbox; migration 0002).
+        listener = asyncio.create_task(
+            self._dialect.listen(self._engine, OUTBOX_CHANNEL, self._wakeup.set, stopping)
+        )
         failures = 0
         last_cleanup = last_gauges = 0.0
         last_sent = -float("inf")
@@ -117,19 +124,16 @@ class OutboxRelay:
                     if window > 0 and not stopping.is_set():
                         await self.linger(stopping, window)
         finally:
-            if listener is not None:
-                listener.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await listener
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
 
     async def relay_once(self) -> int:
         """Publish one batch of unpublished events; returns how many were published."""
         if self._fast is not None:
             return await self._relay_once_fast(self._fast)
         async with self._db.begin() as session:
-            if self._postgres and not await session.scalar(
-                select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY))
-            ):
+            if not await self._dialect.try_transaction_lock(session, RELAY_LOCK_KEY):
                 return 0  # another relay is publishing; we are its standby
             await self._ensure_queues()
             rows = list(
@@ -255,30 +259,6 @@ class OutboxRelay:
                 oldest = oldest.replace(tzinfo=UTC)
             age = max((datetime.now(UTC) - oldest).total_seconds(), 0.0)
         self._metrics.outbox_oldest_age.set(age)
-
-    async def _listen(self, stopping: asyncio.Event) -> None:
-        """LISTEN capstan_outbox on a dedicated connection, reconnecting when it drops."""
-        import asyncpg
-
-        # A connection of its own: a pooled one would go back to the pool still listening.
-        dsn = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        while not stopping.is_set():
-            conn: Any = None
-            try:
-                conn = await asyncpg.connect(dsn, timeout=5)
-                await conn.add_listener("capstan_outbox", lambda *_: self._wakeup.set())
-                self._wakeup.set()  # catch up on whatever was committed while deaf
-                while not stopping.is_set() and not conn.is_closed():
-                    await _wait(stopping, 1.0)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("relay: LISTEN connection lost", extra={"error": str(exc)})
-                await _wait(stopping, 1.0)
-            finally:
-                if conn is not None and not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await conn.close(timeout=2)
 
 
 # The lock is taken once, before the scan (an uncorrelated subquery); without it no row is

@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from croniter import croniter
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from capstan.db.dialect import Dialect
 
 log = logging.getLogger(__name__)
 
@@ -87,23 +88,16 @@ def advisory_key(name: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-class PostgresLock:
-    """A session advisory lock held on a dedicated connection for the job's duration."""
+class DatabaseLock:
+    """The database's lock per job, held for the job's duration: one scheduler among every
+    process on the database runs it (a session advisory lock on PostgreSQL)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, dialect: Dialect) -> None:
         self._engine = engine
+        self._dialect = dialect
 
-    @contextlib.asynccontextmanager
-    async def hold(self, name: str) -> AsyncIterator[bool]:
-        key = advisory_key(name)
-        async with self._engine.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            taken = bool(await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}))
-            try:
-                yield taken
-            finally:
-                if taken:
-                    await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    def hold(self, name: str) -> contextlib.AbstractAsyncContextManager[bool]:
+        return self._dialect.hold_lock(self._engine, advisory_key(name))
 
 
 class Scheduler:

@@ -21,7 +21,7 @@ from capstan.backups.manifest import backup_root, list_backups
 from capstan.backups.progress import BackupError
 from capstan.container import Container
 from capstan.observability.metrics import Metrics
-from capstan.scheduler.core import Clock, Job, JobLock, LocalLock, PostgresLock, Scheduler, utc_now
+from capstan.scheduler.core import Clock, DatabaseLock, Job, JobLock, Scheduler, utc_now
 from capstan.scheduler.retention import RetentionJob
 from capstan.settings import Settings
 
@@ -75,7 +75,7 @@ class BackupJob:
 
 
 def job_lock(c: Container) -> JobLock:
-    return PostgresLock(c.engine) if c.engine.dialect.name == "postgresql" else LocalLock()
+    return DatabaseLock(c.engine, c.dialect)
 
 
 def build_scheduler(c: Container, *, clock: Clock = utc_now) -> Scheduler:

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from capstan.cli.running import running_server
 from capstan.container import Container, build_container
+from capstan.db.dialect import dialect_for
 from capstan.db.schema import OutboxEvent, Task
 from capstan.settings import Settings
 from capstan.tasks.registry import check_submit
@@ -27,7 +28,7 @@ err = Console(stderr=True, soft_wrap=True)  # paths and URLs stay whole
 
 async def _with_container(work: Any) -> Any:
     settings = Settings()
-    if settings.database_url.startswith("sqlite"):
+    if dialect_for(settings.database_url).is_file:
         from capstan.db.migrate import upgrade
 
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -42,7 +43,7 @@ async def _with_container(work: Any) -> Any:
 
 def require_broker(settings: Settings, command: str) -> None:
     """Refuse, in one line, a broker operation that embedded mode has no broker for."""
-    if settings.broker_url.startswith("memory"):
+    if settings.broker_in_process:
         err.print(
             f"[red]error:[/red] `capstan {command}` works on RabbitMQ, and this is embedded mode "
             "(CAPSTAN_BROKER_URL=memory://): its queues live inside the `capstan dev` process. "
@@ -106,7 +107,7 @@ def submit(
         except CapstanError as exc:
             err.print(f"[red]{exc.detail}[/red]")
             raise typer.Exit(1) from exc
-        if not c.settings.broker_url.startswith("memory"):
+        if not c.settings.broker_in_process:
             # Production: the task and its message are in the outbox; the relay and workers
             # of the deployment take it from there, like a task submitted through the API.
             return (

@@ -1,6 +1,6 @@
 """Housekeeping that keeps the task system truthful: dispatch due tasks (scheduled runs and
 retries), return tasks of dead workers to the queue, and publish queue gauges. Runs in every
-worker process; on PostgreSQL an advisory lock lets one of them act per round."""
+worker process; a transaction lock (advisory on PostgreSQL) lets one of them act per round."""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ BATCH = 500
 class TaskMaintenance:
     def __init__(self, c: Container) -> None:
         self._c = c
-        self._postgres = c.engine.dialect.name == "postgresql"
 
     async def run(self, stopping: asyncio.Event) -> None:
         poll = self._c.settings.task_poll_seconds
@@ -41,9 +40,7 @@ class TaskMaintenance:
         """One round: (tasks dispatched, tasks reaped)."""
         now = datetime.now(UTC)
         async with self._c.db.begin() as session:
-            if self._postgres and not await session.scalar(
-                select(func.pg_try_advisory_xact_lock(MAINTENANCE_LOCK_KEY))
-            ):
+            if not await self._c.dialect.try_transaction_lock(session, MAINTENANCE_LOCK_KEY):
                 return 0, 0
             due = list(
                 await session.scalars(

@@ -65,7 +65,7 @@ async def load_database(name: str, url: str, corpus: Sequence[CorpusDoc]) -> Loa
     """A migrated database at `url` (SQLite file or PostgreSQL) with the corpus as rows."""
     from sqlalchemy import insert
 
-    from capstan.db.engine import create_engine, sessionmaker
+    from capstan.db.dialect import dialect_for
     from capstan.db.migrate import upgrade
     from capstan.db.schema import Document
     from capstan.search.postgres_fts import PostgresFts
@@ -73,8 +73,9 @@ async def load_database(name: str, url: str, corpus: Sequence[CorpusDoc]) -> Loa
     from capstan.tenants.service import create_tenant
 
     await upgrade(url)
-    engine = create_engine(url, pool_size=2)
-    async with sessionmaker(engine).begin() as session:
+    dialect = dialect_for(url)
+    engine = dialect.create_engine(url, pool_size=2)
+    async with dialect.sessionmaker(engine).begin() as session:
         tenant_id = (await create_tenant(session, f"relevance-{secrets.token_hex(4)}")).tenant_id
     docs = index_docs(tenant_id, corpus)
     rows = [
@@ -95,7 +96,7 @@ async def load_database(name: str, url: str, corpus: Sequence[CorpusDoc]) -> Loa
     async with engine.begin() as conn:
         # The terms columns come from the insert default (capstan.db.schema._terms).
         await conn.execute(insert(Document.__table__), rows)  # type: ignore[arg-type]
-    search: SearchEngine = SqliteFts(engine) if url.startswith("sqlite") else PostgresFts(engine)
+    search: SearchEngine = dialect.choose(sqlite=SqliteFts, postgresql=PostgresFts)(engine)
     keys = {d.id: str(d.metadata["key"]) for d in docs}
     return Loaded(name, _asker(search, tenant_id, keys), [engine.dispose])
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from capstan.db.dialect import dialect_for
 from capstan.search.relevance.corpus import CorpusDoc, Query, build_corpus, build_queries
 from capstan.search.relevance.engines import (
     Loaded,
@@ -35,10 +36,17 @@ class Backends:
     def from_env(cls) -> Backends:
         env = os.environ
         pg = env.get("CAPSTAN_DATABASE_URL") or env.get("CAPSTAN_TEST_DATABASE_URL")
-        if pg is not None and not pg.startswith(("postgresql://", "postgres://")):
-            pg = None
+        if pg is not None and not _database_server(pg):
+            pg = None  # a SQLite URL: the sqlite-fts5 engine runs anyway
         es = env.get("CAPSTAN_SEARCH_URL") or env.get("CAPSTAN_TEST_ELASTICSEARCH_URL")
         return cls(pg, es)
+
+
+def _database_server(url: str) -> bool:
+    try:
+        return not dialect_for(url).is_file
+    except ValueError:  # not a database URL Capstan knows
+        return False
 
 
 def score(ranked: Sequence[list[str]], queries: Sequence[Query]) -> dict[str, float]:
