@@ -208,7 +208,10 @@ async def test_the_one_statement_create_writes_what_the_orm_path_writes(
             metadata={"nested": {"k": [1, 2.5, None, True]}},
         )
         orm = DocumentStore(c.db, c.dialect, c.documents_cache, settings.source)
-        made = [await c.documents.create(tenant.id, body), await orm.create(tenant.id, body)]
+        made = [
+            await c.documents.create_one(tenant.id, body),
+            await orm.create_one(tenant.id, body),
+        ]
 
         async with c.db() as session:
             rows = [await session.get(Document, d.id) for d in made]

@@ -85,6 +85,7 @@ from capstan.bench.report import (
     publish,
     result_header,
 )
+from capstan.db.unit import unit_of_work
 
 if TYPE_CHECKING:
     from capstan.container import Container
@@ -249,11 +250,11 @@ async def generate(
             try:
                 if update_ids and write_kind(i, update_share) == "update":
                     doc_id = update_ids[int(i * update_share) % len(update_ids)]
-                    await store.update(
-                        tenant_id, doc_id, DocumentUpdate(title=f"bench update {i}", body=BODY)
-                    )
+                    async with unit_of_work(container.db) as uow:
+                        patch = DocumentUpdate(title=f"bench update {i}", body=BODY)
+                        await store.update(uow, tenant_id, doc_id, patch)
                 else:
-                    doc = await store.create(
+                    doc = await store.create_one(
                         tenant_id,
                         DocumentCreate(
                             collection="bench", title=f"bench create {i}", body=BODY, tags=["b"]

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from capstan.api.deps import ContainerDep, PrincipalDep
+from capstan.db.unit import unit_of_work
 from capstan.documents.schemas import DocumentCreate, DocumentPage, DocumentRead, DocumentUpdate
 from capstan.documents.service import serialize, to_read
 from capstan.errors import InvalidInput
@@ -51,7 +52,7 @@ def none_match(value: str | None, version: int) -> bool:
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DocumentRead)
 async def create_document(body: DocumentCreate, c: ContainerDep, who: PrincipalDep) -> Response:
     """Store a new document (version 1)."""
-    doc = await c.documents.create(who.tenant_id, body)
+    doc = await c.documents.create_one(who.tenant_id, body)
     return Response(
         serialize(doc),
         status_code=201,
@@ -90,7 +91,9 @@ async def update_document(
     if_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Change some fields; with `If-Match`, only if the document is still at that version."""
-    doc = await c.documents.update(who.tenant_id, doc_id, body, if_match=parse_if_match(if_match))
+    expected = parse_if_match(if_match)
+    async with unit_of_work(c.db) as uow:
+        doc = await c.documents.update(uow, who.tenant_id, doc_id, body, if_match=expected)
     return Response(serialize(doc), media_type=JSON, headers={"ETag": etag(doc.version)})
 
 
@@ -102,7 +105,9 @@ async def delete_document(
     if_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Delete a document."""
-    await c.documents.delete(who.tenant_id, doc_id, if_match=parse_if_match(if_match))
+    expected = parse_if_match(if_match)
+    async with unit_of_work(c.db) as uow:
+        await c.documents.delete(uow, who.tenant_id, doc_id, if_match=expected)
     return Response(status_code=204)
 
 

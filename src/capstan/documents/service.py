@@ -1,8 +1,11 @@
 """The document operations every caller (API, task handlers) goes through.
 
-Each write is one transaction holding the row and its outbox event; the cache is invalidated
-after the commit, before the caller acknowledges (or, when the cache cannot be reached, the
-durable cache generation is bumped: capstan.documents.cache).
+Writes work in the caller's unit of work (capstan.db.unit): the row and its outbox event are
+flushed into the caller's transaction; the cache is invalidated after that transaction
+commits, before the caller acknowledges (or, when the cache cannot be reached, the durable
+cache generation is bumped: capstan.documents.cache). `create_one` is the exception the hot
+path needs: on PostgreSQL a create that is the whole unit of work is ONE autocommitted
+statement holding the row and its event (capstan.db.fastpath).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from capstan.db.dialect import Dialect
 from capstan.db.fastpath import FastPath
 from capstan.db.replica import ReadRouter
 from capstan.db.schema import Document
+from capstan.db.unit import UnitOfWork, unit_of_work
 from capstan.documents import repository, statements
 from capstan.documents.cache import CacheAside, Loaded, document_key
 from capstan.documents.schemas import DocumentCreate, DocumentRead, DocumentUpdate
@@ -119,9 +123,32 @@ class DocumentStore:
             raise NotFound(f"document {doc_id} does not exist")
         return DocumentView(doc_id, result.loaded.version, result.loaded.payload, result.cache)
 
-    async def create(self, tenant_id: str, body: DocumentCreate) -> Document:
+    async def create_one(self, tenant_id: str, body: DocumentCreate) -> Document:
+        """Create a document as a unit of work of its own (the API's POST)."""
+        if self._fast is None:
+            async with unit_of_work(self._db) as uow:
+                return await self.create(uow, tenant_id, body)
+        doc = self._new(tenant_id, body)
+        for name, value in search_columns(doc.title, doc.body, doc.tags).items():
+            setattr(doc, name, value)
+        event = self._envelope(doc, "created")
+        await self._fast.execute(statements.CREATE, *statements.create_args(doc, event))
+        self._on_commit()
+        return doc
+
+    async def create(self, uow: UnitOfWork, tenant_id: str, body: DocumentCreate) -> Document:
+        """A new document (version 1) and its event in the caller's transaction."""
+        doc = self._new(tenant_id, body)
+        uow.session.add(doc)
+        self._event(uow.session, doc, "created")
+        await uow.session.flush()
+        uow.after_commit(self._on_commit)
+        # No invalidation needed: nobody can have cached an id that did not exist.
+        return doc
+
+    def _new(self, tenant_id: str, body: DocumentCreate) -> Document:
         now = datetime.now(UTC)
-        doc = Document(
+        return Document(
             id=uuid7(),
             tenant_id=tenant_id,
             collection=body.collection,
@@ -133,52 +160,57 @@ class DocumentStore:
             created_at=now,
             updated_at=now,
         )
-        if self._fast is not None:
-            for name, value in search_columns(doc.title, doc.body, doc.tags).items():
-                setattr(doc, name, value)
-            event = self._envelope(doc, "created")
-            await self._fast.execute(statements.CREATE, *statements.create_args(doc, event))
-        else:
-            async with self._db.begin() as session:
-                session.add(doc)
-                self._event(session, doc, "created")
-        self._on_commit()
-        # No invalidation needed: nobody can have cached an id that did not exist.
-        return doc
 
     async def update(
-        self, tenant_id: str, doc_id: str, patch: DocumentUpdate, *, if_match: int | None = None
+        self,
+        uow: UnitOfWork,
+        tenant_id: str,
+        doc_id: str,
+        patch: DocumentUpdate,
+        *,
+        if_match: int | None = None,
     ) -> Document:
-        async with self._db.begin() as session:
-            doc = await self._locked(session, tenant_id, doc_id, if_match)
-            changes = patch.model_dump(exclude_unset=True)
-            changed = False
-            for field, value in changes.items():
-                if value is None:
-                    raise InvalidInput(f"{field} cannot be null", field=field)
-                if field == "tags":
-                    value = _unique(value)
-                attribute = "metadata_" if field == "metadata" else field
-                if getattr(doc, attribute) != value:
-                    setattr(doc, attribute, value)
-                    changed = True
-            if not changed:  # `PATCH {}` or the same values: no new version, no event
-                return doc
-            doc.version += 1
-            doc.updated_at = datetime.now(UTC)
-            self._event(session, doc, "updated")
-        self._on_commit()
-        await self._cache.invalidate(document_key(tenant_id, doc_id), doc.version)
+        """Change some fields in the caller's transaction; with `if_match`, only if the
+        document is still at that version (PreconditionFailed otherwise)."""
+        session = uow.session
+        doc = await self._locked(session, tenant_id, doc_id, if_match)
+        changes = patch.model_dump(exclude_unset=True)
+        changed = False
+        for field, value in changes.items():
+            if value is None:
+                raise InvalidInput(f"{field} cannot be null", field=field)
+            if field == "tags":
+                value = _unique(value)
+            attribute = "metadata_" if field == "metadata" else field
+            if getattr(doc, attribute) != value:
+                setattr(doc, attribute, value)
+                changed = True
+        if not changed:  # `PATCH {}` or the same values: no new version, no event
+            return doc
+        doc.version += 1
+        doc.updated_at = datetime.now(UTC)
+        self._event(session, doc, "updated")
+        await session.flush()
+        version = doc.version
+        uow.after_commit(self._on_commit)
+        uow.after_commit(lambda: self._cache.invalidate(document_key(tenant_id, doc_id), version))
         return doc
 
-    async def delete(self, tenant_id: str, doc_id: str, *, if_match: int | None = None) -> None:
-        async with self._db.begin() as session:
-            doc = await self._locked(session, tenant_id, doc_id, if_match)
-            await session.delete(doc)
-            self._event(session, doc, "deleted")
-        self._on_commit()
+    async def delete(
+        self, uow: UnitOfWork, tenant_id: str, doc_id: str, *, if_match: int | None = None
+    ) -> None:
+        """Delete the document in the caller's transaction."""
+        session = uow.session
+        doc = await self._locked(session, tenant_id, doc_id, if_match)
+        await session.delete(doc)
+        self._event(session, doc, "deleted")
+        await session.flush()
         # version + 1 outranks every version the document ever had.
-        await self._cache.invalidate(document_key(tenant_id, doc_id), doc.version + 1)
+        outranking = doc.version + 1
+        uow.after_commit(self._on_commit)
+        uow.after_commit(
+            lambda: self._cache.invalidate(document_key(tenant_id, doc_id), outranking)
+        )
 
     async def list(
         self,

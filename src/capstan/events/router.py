@@ -6,11 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 
 from capstan.api.deps import ContainerDep, PrincipalDep
-from capstan.db.schema import AuditEntry
-from capstan.events.envelope import TYPE_PREFIX
+from capstan.events import audit
 
 # seq is a signed 64-bit column: a larger `after` is a 422, not an overflow in the driver.
 MAX_SEQ = 2**63 - 1
@@ -38,14 +36,10 @@ async def list_events(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> EventPage:
     """The tenant's events in the order they were recorded."""
-    stmt = select(AuditEntry).where(AuditEntry.tenant_id == who.tenant_id, AuditEntry.seq > after)
-    if type:
-        full = type if type.startswith(TYPE_PREFIX) else TYPE_PREFIX + type
-        stmt = stmt.where(AuditEntry.type == full)
-    if subject:
-        stmt = stmt.where(AuditEntry.subject == subject)
     async with c.db() as session:
-        rows = list(await session.scalars(stmt.order_by(AuditEntry.seq).limit(limit + 1)))
+        rows = await audit.feed(
+            session, who.tenant_id, after=after, limit=limit + 1, type=type, subject=subject
+        )
     more = len(rows) > limit
     rows = rows[:limit]
     return EventPage(

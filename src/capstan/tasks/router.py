@@ -6,12 +6,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
-from sqlalchemy import select
 
 from capstan.api.deps import ContainerDep, PrincipalDep
 from capstan.auth.admin import ADMIN_ONLY, AdminDep
-from capstan.db.schema import Task, WorkerRecord
 from capstan.errors import Conflict, Forbidden
+from capstan.tasks import repository
 from capstan.tasks.idempotency import differences
 from capstan.tasks.registry import check_submit
 from capstan.tasks.schemas import (
@@ -100,8 +99,8 @@ async def workers(c: ContainerDep, _: AdminDep) -> list[WorkerRead]:
     now = datetime.now(UTC)
     ttl = timedelta(seconds=c.settings.worker_heartbeat_ttl_seconds)
     async with c.db() as session:
-        records = list(await session.scalars(select(WorkerRecord).order_by(WorkerRecord.id)))
-        running = list(await session.scalars(select(Task).where(Task.status == "running")))
+        records = await repository.workers(session)
+        running = await repository.running(session)
     by_worker: dict[str, list[WorkerTask]] = {}
     for task in running:
         elapsed = (now - task.started_at).total_seconds() if task.started_at else 0.0

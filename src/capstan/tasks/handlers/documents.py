@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from capstan.db.unit import unit_of_work
 from capstan.documents.schemas import DocumentUpdate
 from capstan.errors import InvalidInput, NotFound
 from capstan.tasks.context import TaskContext
@@ -52,7 +53,9 @@ async def _enrich(data: EnrichInput, ctx: TaskContext) -> dict[str, Any]:
     # The normal write path: a new version, an outbox event, cache invalidation, reindexing.
     # Writing the same enrichment again (a retried attempt) changes nothing.
     metadata = {**doc["metadata"], "enrichment": enrichment}
-    updated = await store.update(ctx.tenant_id, data.document_id, DocumentUpdate(metadata=metadata))
+    async with unit_of_work(ctx.container.db) as uow:  # the handler owns its unit of work
+        patch = DocumentUpdate(metadata=metadata)
+        updated = await store.update(uow, ctx.tenant_id, data.document_id, patch)
     return {"document_id": data.document_id, "version": updated.version, "enrichment": enrichment}
 
 
