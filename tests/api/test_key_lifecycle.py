@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from capstan.auth.lifecycle import Lifecycle
 from capstan.db.schema import AuditEntry, Document, Task, Tenant, Webhook
+from capstan.db.unit import unit_of_work
 from tests.conftest import Api, start_api
 
 # Long enough that only the revocation machinery, never the cache running out, can end a key.
@@ -135,9 +136,10 @@ async def test_rotation_keeps_the_old_key_working_for_the_overlap_only(cached: A
 
 async def test_an_expiring_key_and_its_sessions_stop_at_its_expiry(cached: Api) -> None:
     tenant = await cached.tenant()
-    created = await Lifecycle(cached.container).create_key(
-        tenant.id, "short", expires_at=datetime.now(UTC) + timedelta(seconds=2)
-    )
+    async with unit_of_work(cached.container.db) as uow:
+        created = await Lifecycle(cached.container).create_key(
+            uow, tenant.id, "short", expires_at=datetime.now(UTC) + timedelta(seconds=2)
+        )
     async with cached.client(created.plaintext) as http:
         assert await status(http) == 200  # now cached
         opened = (await http.post("/v1/sessions")).json()

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from capstan.api.deps import ContainerDep
 from capstan.auth.admin import AdminDep
 from capstan.auth.lifecycle import KeyView, Lifecycle, NewKey, TenantView
+from capstan.db.unit import unit_of_work
 from capstan.storable import StorableInput
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -103,66 +104,90 @@ def key_created(new: NewKey) -> KeyCreated:
 
 
 @router.get("/tenants")
-async def list_tenants(life: LifecycleDep, _: AdminDep) -> list[TenantRead]:
+async def list_tenants(life: LifecycleDep, c: ContainerDep, _: AdminDep) -> list[TenantRead]:
     """Every tenant."""
-    return [tenant_read(t) for t in await life.list_tenants()]
+    async with c.db() as session:
+        return [tenant_read(t) for t in await life.list_tenants(session)]
 
 
 @router.post("/tenants", status_code=status.HTTP_201_CREATED)
-async def create_tenant(body: TenantCreate, life: LifecycleDep, _: AdminDep) -> TenantCreated:
+async def create_tenant(
+    body: TenantCreate, life: LifecycleDep, c: ContainerDep, _: AdminDep
+) -> TenantCreated:
     """A tenant and its first API key (shown once)."""
-    tenant, key = await life.create_tenant(body.name)
+    async with unit_of_work(c.db) as uow:
+        tenant, key = await life.create_tenant(uow, body.name)
     return TenantCreated(**tenant_read(tenant).model_dump(), api_key=key_created(key))
 
 
 @router.post("/tenants/{tenant}/disable")
-async def disable_tenant(tenant: str, life: LifecycleDep, _: AdminDep) -> TenantRead:
+async def disable_tenant(
+    tenant: str, life: LifecycleDep, c: ContainerDep, _: AdminDep
+) -> TenantRead:
     """Its keys and sessions stop working (every instance within the revocation poll)."""
-    return tenant_read(await life.disable_tenant(tenant))
+    async with unit_of_work(c.db) as uow:
+        done = await life.disable_tenant(uow, tenant)
+    return tenant_read(done)
 
 
 @router.post("/tenants/{tenant}/enable")
-async def enable_tenant(tenant: str, life: LifecycleDep, _: AdminDep) -> TenantRead:
+async def enable_tenant(
+    tenant: str, life: LifecycleDep, c: ContainerDep, _: AdminDep
+) -> TenantRead:
     """Its unrevoked, unexpired keys work again."""
-    return tenant_read(await life.enable_tenant(tenant))
+    async with unit_of_work(c.db) as uow:
+        done = await life.enable_tenant(uow, tenant)
+    return tenant_read(done)
 
 
 @router.delete("/tenants/{tenant}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_tenant(tenant: str, life: LifecycleDep, _: AdminDep) -> Response:
+async def delete_tenant(tenant: str, life: LifecycleDep, c: ContainerDep, _: AdminDep) -> Response:
     """Delete the tenant with all its data; its keys and sessions stop working."""
-    await life.delete_tenant(tenant)
+    async with unit_of_work(c.db) as uow:
+        await life.delete_tenant(uow, tenant)
     return Response(status_code=204)
 
 
 @router.get("/keys")
 async def list_keys(
     life: LifecycleDep,
+    c: ContainerDep,
     _: AdminDep,
     tenant: Annotated[str | None, Query(max_length=200, description="id or name")] = None,
 ) -> list[KeyRead]:
     """API keys (never the keys themselves: only their hashes are stored)."""
-    return [key_read(k) for k in await life.list_keys(tenant)]
+    async with c.db() as session:
+        return [key_read(k) for k in await life.list_keys(session, tenant)]
 
 
 @router.post("/keys", status_code=status.HTTP_201_CREATED)
-async def create_key(body: KeyCreate, life: LifecycleDep, _: AdminDep) -> KeyCreated:
+async def create_key(
+    body: KeyCreate, life: LifecycleDep, c: ContainerDep, _: AdminDep
+) -> KeyCreated:
     """A new API key for a tenant (shown once), optionally expiring, optionally admin."""
     expires = None
     if body.expires_in_seconds is not None:
         expires = datetime.now(UTC) + timedelta(seconds=body.expires_in_seconds)
-    return key_created(
-        await life.create_key(body.tenant, body.name, admin=body.admin, expires_at=expires)
-    )
+    async with unit_of_work(c.db) as uow:
+        new = await life.create_key(
+            uow, body.tenant, body.name, admin=body.admin, expires_at=expires
+        )
+    return key_created(new)
 
 
 @router.post("/keys/{key_id}/revoke")
-async def revoke_key(key_id: str, life: LifecycleDep, _: AdminDep) -> KeyRead:
+async def revoke_key(key_id: str, life: LifecycleDep, c: ContainerDep, _: AdminDep) -> KeyRead:
     """The key and its sessions stop working (every instance within the revocation poll)."""
-    return key_read(await life.revoke_key(key_id))
+    async with unit_of_work(c.db) as uow:
+        key = await life.revoke_key(uow, key_id)
+    return key_read(key)
 
 
 @router.post("/keys/{key_id}/rotate", status_code=status.HTTP_201_CREATED)
-async def rotate_key(key_id: str, body: KeyRotate, life: LifecycleDep, _: AdminDep) -> KeyRotated:
+async def rotate_key(
+    key_id: str, body: KeyRotate, life: LifecycleDep, c: ContainerDep, _: AdminDep
+) -> KeyRotated:
     """A replacement key; the old one keeps working for `overlap_seconds`, then stops."""
-    old, new = await life.rotate_key(key_id, body.overlap_seconds)
+    async with unit_of_work(c.db) as uow:
+        old, new = await life.rotate_key(uow, key_id, body.overlap_seconds)
     return KeyRotated(old=key_read(old), new=key_created(new))

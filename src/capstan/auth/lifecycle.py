@@ -1,10 +1,11 @@
 """API key and tenant lifecycle: create, list, revoke, rotate with overlap, disable, delete.
 
-Shared by the admin API and `capstan keys|tenants`. Each operation commits its change with an
-`auth_revocations` row for every key it ends; then this process forgets those keys and
-deletes their sessions at once, and every other API instance does the same when its
-RevocationWatcher next polls (auth/revocations.py): the bound is CAPSTAN_AUTH_REVOCATION_POLL_
-SECONDS, with no extra work on a successful request.
+Shared by the admin API and `capstan keys|tenants`, which own the unit of work. Each operation
+adds its change with an `auth_revocations` row for every key it ends; once the caller's
+transaction commits, this process forgets those keys and deletes their sessions at once, and
+every other API instance does the same when its RevocationWatcher next polls
+(auth/revocations.py): the bound is CAPSTAN_AUTH_REVOCATION_POLL_SECONDS, with no extra work
+on a successful request.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from capstan.db.schema import (
     TaskEffect,
     Tenant,
 )
+from capstan.db.unit import UnitOfWork
 from capstan.documents.cache import document_key
 from capstan.errors import Conflict, NotFound
 from capstan.ids import uuid7
@@ -87,128 +89,137 @@ def tenant_view(row: Tenant) -> TenantView:
 
 
 class Lifecycle:
+    """Tenant and key operations in the caller's unit of work (capstan.db.unit): writes take
+    the caller's `UnitOfWork` and forget revoked keys once it has committed; reads take a
+    session."""
+
     def __init__(self, c: Container) -> None:
         self._c = c
 
     # --- tenants ---------------------------------------------------------------------
 
-    async def list_tenants(self) -> list[TenantView]:
-        async with self._c.db() as session:
-            rows = await session.scalars(select(Tenant).order_by(Tenant.created_at, Tenant.id))
-            return [tenant_view(t) for t in rows]
+    async def list_tenants(self, session: AsyncSession) -> list[TenantView]:
+        rows = await session.scalars(select(Tenant).order_by(Tenant.created_at, Tenant.id))
+        return [tenant_view(t) for t in rows]
 
-    async def create_tenant(self, name: str) -> tuple[TenantView, NewKey]:
+    async def create_tenant(self, uow: UnitOfWork, name: str) -> tuple[TenantView, NewKey]:
         """A tenant with its first (non-admin) key."""
-        async with self._c.db.begin() as session:
-            if await session.scalar(select(Tenant.id).where(Tenant.name == name)) is not None:
-                raise Conflict(f"a tenant named {name!r} already exists")
-            tenant = Tenant(id=uuid7(), name=name, created_at=datetime.now(UTC))
-            session.add(tenant)
-            await session.flush()
-            key = await self._add_key(session, tenant.id, "default", admin=False, expires_at=None)
+        session = uow.session
+        if await session.scalar(select(Tenant.id).where(Tenant.name == name)) is not None:
+            raise Conflict(f"a tenant named {name!r} already exists")
+        tenant = Tenant(id=uuid7(), name=name, created_at=datetime.now(UTC))
+        session.add(tenant)
+        await session.flush()
+        key = await self._add_key(session, tenant.id, "default", admin=False, expires_at=None)
         return tenant_view(tenant), key
 
-    async def tenant(self, id_or_name: str) -> TenantView:
-        async with self._c.db() as session:
-            return tenant_view(await _tenant(session, id_or_name))
+    async def tenant(self, session: AsyncSession, id_or_name: str) -> TenantView:
+        return tenant_view(await _tenant(session, id_or_name))
 
-    async def disable_tenant(self, id_or_name: str) -> TenantView:
+    async def disable_tenant(self, uow: UnitOfWork, id_or_name: str) -> TenantView:
         """Every key and session of the tenant stops working; its data stays."""
         now = datetime.now(UTC)
-        async with self._c.db.begin() as session:
-            tenant = await _tenant(session, id_or_name, lock=True)
-            tenant.disabled_at = tenant.disabled_at or now
-            keys = await self._tenant_keys(session, tenant.id)
-            await _stage_revocations(session, keys, tenant.id, now)
-        await self._forget(keys)
+        tenant = await _tenant(uow.session, id_or_name, lock=True)
+        tenant.disabled_at = tenant.disabled_at or now
+        keys = await self._tenant_keys(uow.session, tenant.id)
+        await _stage_revocations(uow.session, keys, tenant.id, now)
+        await uow.session.flush()
+        uow.after_commit(lambda: self._forget(keys))
         return tenant_view(tenant)
 
-    async def enable_tenant(self, id_or_name: str) -> TenantView:
+    async def enable_tenant(self, uow: UnitOfWork, id_or_name: str) -> TenantView:
         """Its keys that are neither revoked nor expired work again (within 2 x the key
         cache lifetime on instances that saw the disable)."""
-        async with self._c.db.begin() as session:
-            tenant = await _tenant(session, id_or_name, lock=True)
-            tenant.disabled_at = None
-            keys = await self._tenant_keys(session, tenant.id)
-        self._c.auth.remember_again(keys)
+        tenant = await _tenant(uow.session, id_or_name, lock=True)
+        tenant.disabled_at = None
+        keys = await self._tenant_keys(uow.session, tenant.id)
+        await uow.session.flush()
+        uow.after_commit(lambda: self._c.auth.remember_again(keys))
         return tenant_view(tenant)
 
-    async def delete_tenant(self, id_or_name: str) -> dict[str, int]:
+    async def delete_tenant(self, uow: UnitOfWork, id_or_name: str) -> dict[str, int]:
         """The tenant and all its data: documents (and their search and cache entries), tasks,
         webhooks with their deliveries, events, audit log, keys and sessions."""
         now = datetime.now(UTC)
-        async with self._c.db.begin() as session:
-            tenant = await _tenant(session, id_or_name, lock=True)
-            keys = await self._tenant_keys(session, tenant.id)
-            docs = list(
-                await session.execute(
-                    select(Document.id, Document.version).where(Document.tenant_id == tenant.id)
+        session = uow.session
+        tenant = await _tenant(session, id_or_name, lock=True)
+        keys = await self._tenant_keys(session, tenant.id)
+        docs = list(
+            await session.execute(
+                select(Document.id, Document.version).where(Document.tenant_id == tenant.id)
+            )
+        )
+        task_ids = select(Task.id).where(Task.tenant_id == tenant.id).scalar_subquery()
+        await session.execute(delete(TaskEffect).where(TaskEffect.task_id.in_(task_ids)))
+        # Unpublished events would re-create what is deleted (an indexer adding documents).
+        await session.execute(delete(OutboxEvent).where(OutboxEvent.tenant_id == tenant.id))
+        await session.execute(delete(AuditEntry).where(AuditEntry.tenant_id == tenant.id))
+        await session.delete(tenant)  # documents, keys, tasks, webhooks: ON DELETE CASCADE
+        await _stage_revocations(session, keys, tenant.id, now)
+        await session.flush()
+
+        async def gone() -> None:
+            await self._forget(keys)
+            for doc_id, version in docs:
+                await self._c.cache.invalidate(
+                    document_key(tenant.id, doc_id), version + 1, self._c.settings.cache_ttl_seconds
                 )
-            )
-            task_ids = select(Task.id).where(Task.tenant_id == tenant.id).scalar_subquery()
-            await session.execute(delete(TaskEffect).where(TaskEffect.task_id.in_(task_ids)))
-            # Unpublished events would re-create what is deleted (an indexer adding documents).
-            await session.execute(delete(OutboxEvent).where(OutboxEvent.tenant_id == tenant.id))
-            await session.execute(delete(AuditEntry).where(AuditEntry.tenant_id == tenant.id))
-            await session.delete(tenant)  # documents, keys, tasks, webhooks: ON DELETE CASCADE
-            await _stage_revocations(session, keys, tenant.id, now)
-        await self._forget(keys)
-        for doc_id, version in docs:
-            await self._c.cache.invalidate(
-                document_key(tenant.id, doc_id), version + 1, self._c.settings.cache_ttl_seconds
-            )
-        if docs and self._c.search.derived:  # the database search engines went with the rows
-            await self._c.search.delete([Removal(tenant.id, d, v) for d, v in docs])
+            if docs and self._c.search.derived:  # the database search engines went with the rows
+                await self._c.search.delete([Removal(tenant.id, d, v) for d, v in docs])
+
+        uow.after_commit(gone)
         return {"documents": len(docs), "keys": len(keys)}
 
     # --- keys ------------------------------------------------------------------------
 
-    async def list_keys(self, tenant: str | None = None) -> list[KeyView]:
-        async with self._c.db() as session:
-            stmt = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
-            if tenant is not None:
-                stmt = stmt.where(ApiKey.tenant_id == (await _tenant(session, tenant)).id)
-            return [key_view(k) for k in await session.scalars(stmt)]
+    async def list_keys(self, session: AsyncSession, tenant: str | None = None) -> list[KeyView]:
+        stmt = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
+        if tenant is not None:
+            stmt = stmt.where(ApiKey.tenant_id == (await _tenant(session, tenant)).id)
+        return [key_view(k) for k in await session.scalars(stmt)]
 
     async def create_key(
         self,
+        uow: UnitOfWork,
         tenant: str,
         name: str,
         *,
         admin: bool = False,
         expires_at: datetime | None = None,
     ) -> NewKey:
-        async with self._c.db.begin() as session:
-            tenant_id = (await _tenant(session, tenant)).id
-            return await self._add_key(session, tenant_id, name, admin=admin, expires_at=expires_at)
+        tenant_id = (await _tenant(uow.session, tenant)).id
+        return await self._add_key(uow.session, tenant_id, name, admin=admin, expires_at=expires_at)
 
-    async def revoke_key(self, key_id: str) -> KeyView:
+    async def revoke_key(self, uow: UnitOfWork, key_id: str) -> KeyView:
         now = datetime.now(UTC)
-        async with self._c.db.begin() as session:
-            key = await _key(session, key_id)
-            if key.revoked_at is None:
-                key.revoked_at = now
-                await _stage_revocations(session, [key.id], key.tenant_id, now)
-        await self._forget([key.id])
+        key = await _key(uow.session, key_id)
+        if key.revoked_at is None:
+            key.revoked_at = now
+            await _stage_revocations(uow.session, [key.id], key.tenant_id, now)
+            await uow.session.flush()
+        uow.after_commit(lambda: self._forget([key.id]))
         return key_view(key)
 
-    async def rotate_key(self, key_id: str, overlap_seconds: float) -> tuple[KeyView, NewKey]:
+    async def rotate_key(
+        self, uow: UnitOfWork, key_id: str, overlap_seconds: float
+    ) -> tuple[KeyView, NewKey]:
         """A new key with the same tenant, name and scope; the old one keeps working for
         `overlap_seconds` (its sessions too), then stops."""
         now = datetime.now(UTC)
         ends = now + timedelta(seconds=overlap_seconds)
-        async with self._c.db.begin() as session:
-            old = await _key(session, key_id)
-            if old.revoked_at is not None:
-                raise Conflict(f"API key {key_id} is revoked; create a new one instead")
-            if old.expires_at is None or old.expires_at > ends:
-                old.expires_at = ends
-            new = await self._add_key(
-                session, old.tenant_id, old.name, admin=old.admin, expires_at=None
-            )
-            await _stage_revocations(session, [old.id], old.tenant_id, old.expires_at)
+        session = uow.session
+        old = await _key(session, key_id)
+        if old.revoked_at is not None:
+            raise Conflict(f"API key {key_id} is revoked; create a new one instead")
+        if old.expires_at is None or old.expires_at > ends:
+            old.expires_at = ends
+        new = await self._add_key(
+            session, old.tenant_id, old.name, admin=old.admin, expires_at=None
+        )
+        await _stage_revocations(session, [old.id], old.tenant_id, old.expires_at)
+        await session.flush()
         if overlap_seconds <= 0:
-            await self._forget([old.id])
+            uow.after_commit(lambda: self._forget([old.id]))
         return key_view(old), new
 
     # --- internals -------------------------------------------------------------------

@@ -14,9 +14,11 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from capstan.auth.lifecycle import KeyView, Lifecycle, TenantView
 from capstan.container import Container
+from capstan.db.unit import UnitOfWork, unit_of_work
 from capstan.errors import CapstanError
 from capstan.tasks.cli import _with_container
 
@@ -28,10 +30,25 @@ err = Console(stderr=True)
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
 
 
-def _run(work: Callable[[Lifecycle], Awaitable[T]]) -> T:
-    async def go(c: Container) -> T:
-        return await work(Lifecycle(c))
+def _write(work: Callable[[Lifecycle, UnitOfWork], Awaitable[T]]) -> T:
+    """Run `work` as the command's unit of work."""
 
+    async def go(c: Container) -> T:
+        async with unit_of_work(c.db) as uow:
+            return await work(Lifecycle(c), uow)
+
+    return _run(go)
+
+
+def _read(work: Callable[[Lifecycle, AsyncSession], Awaitable[T]]) -> T:
+    async def go(c: Container) -> T:
+        async with c.db() as session:
+            return await work(Lifecycle(c), session)
+
+    return _run(go)
+
+
+def _run(go: Callable[[Container], Awaitable[T]]) -> T:
     try:
         result: T = asyncio.run(_with_container(go))
     except CapstanError as exc:
@@ -86,7 +103,9 @@ def keys_create(
     expires = None
     if expires_in_days is not None:
         expires = datetime.now(UTC) + timedelta(days=expires_in_days)
-    new = _run(lambda life: life.create_key(tenant, name, admin=admin, expires_at=expires))
+    new = _write(
+        lambda life, uow: life.create_key(uow, tenant, name, admin=admin, expires_at=expires)
+    )
     if as_json:
         typer.echo(json.dumps(_key_json(new.key, new.plaintext)))
         return
@@ -100,7 +119,7 @@ def keys_list(
     as_json: JsonOption = False,
 ) -> None:
     """List API keys with their status (the keys themselves are never stored)."""
-    keys = _run(lambda life: life.list_keys(tenant))
+    keys = _read(lambda life, session: life.list_keys(session, tenant))
     columns = ["id", "tenant_id", "name", "admin", "status", "expires_at"]
     _print_rows([_key_json(k) for k in keys], as_json, columns)
 
@@ -108,7 +127,7 @@ def keys_list(
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (16 hex).")]) -> None:
     """Revoke a key: it and its sessions stop working on every instance."""
-    key = _run(lambda life: life.revoke_key(key_id))
+    key = _write(lambda life, uow: life.revoke_key(uow, key_id))
     err.print(f"revoked API key {key.id}")
 
 
@@ -121,7 +140,7 @@ def keys_rotate(
     as_json: JsonOption = False,
 ) -> None:
     """Replace a key: print the new one; the old one stops after the overlap."""
-    old, new = _run(lambda life: life.rotate_key(key_id, overlap_seconds))
+    old, new = _write(lambda life, uow: life.rotate_key(uow, key_id, overlap_seconds))
     if as_json:
         typer.echo(json.dumps({"old": _key_json(old), "new": _key_json(new.key, new.plaintext)}))
         return
@@ -136,19 +155,19 @@ def register_tenant_commands(tenants_app: typer.Typer) -> None:
     @tenants_app.command("list")
     def tenants_list(as_json: JsonOption = False) -> None:
         """List tenants and whether they are active."""
-        tenants = _run(lambda life: life.list_tenants())
+        tenants = _read(lambda life, session: life.list_tenants(session))
         _print_rows([_tenant_json(t) for t in tenants], as_json, ["id", "name", "status"])
 
     @tenants_app.command("disable")
     def tenants_disable(tenant: Annotated[str, typer.Argument(help="Name or id.")]) -> None:
         """Stop every key and session of a tenant (its data stays)."""
-        done = _run(lambda life: life.disable_tenant(tenant))
+        done = _write(lambda life, uow: life.disable_tenant(uow, tenant))
         err.print(f"disabled tenant {done.name} ({done.id})")
 
     @tenants_app.command("enable")
     def tenants_enable(tenant: Annotated[str, typer.Argument(help="Name or id.")]) -> None:
         """Let a disabled tenant's unrevoked keys work again."""
-        done = _run(lambda life: life.enable_tenant(tenant))
+        done = _write(lambda life, uow: life.enable_tenant(uow, tenant))
         err.print(f"enabled tenant {done.name} ({done.id})")
 
     @tenants_app.command("delete")
@@ -159,7 +178,7 @@ def register_tenant_commands(tenants_app: typer.Typer) -> None:
         """Delete a tenant with all its data, keys and sessions. This cannot be undone."""
         if not yes and not typer.confirm(f"Delete tenant {tenant} and all its data?"):
             raise typer.Exit(1)
-        counts = _run(lambda life: life.delete_tenant(tenant))
+        counts = _write(lambda life, uow: life.delete_tenant(uow, tenant))
         err.print(
             f"deleted tenant {tenant}: {counts['documents']} document(s), {counts['keys']} key(s)"
         )

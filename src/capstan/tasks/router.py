@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Response, status
 
 from capstan.api.deps import ContainerDep, PrincipalDep
 from capstan.auth.admin import ADMIN_ONLY, AdminDep
+from capstan.db.unit import unit_of_work
 from capstan.errors import Conflict, Forbidden
 from capstan.tasks import repository
 from capstan.tasks.idempotency import differences
@@ -74,7 +75,9 @@ async def list_tasks(
 @router.post("/v1/tasks/{task_id}/cancel", status_code=status.HTTP_202_ACCEPTED)
 async def cancel_task(task_id: str, c: ContainerDep, who: PrincipalDep) -> TaskRead:
     """Cancel: a queued task at once, a running one at its next cancellation point."""
-    return to_read(await c.tasks.cancel(who.tenant_id, task_id))
+    async with unit_of_work(c.db) as uow:
+        task = await c.tasks.cancel(uow, who.tenant_id, task_id)
+    return to_read(task)
 
 
 @router.get("/v1/task-types")

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from capstan.broker.port import Broker, Message
 from capstan.db.fastpath import FastPath
 from capstan.db.schema import Task
+from capstan.db.unit import UnitOfWork
 from capstan.documents.service import decode_cursor, encode_cursor
 from capstan.errors import Conflict, InvalidInput, NotFound
 from capstan.events.envelope import encode
@@ -130,7 +131,12 @@ class TaskService:
         self._declared: set[str] = set()
 
     async def submit(self, tenant_id: str, body: TaskSubmit) -> tuple[Task, bool]:
-        """The new task (True), or the one already submitted with this idempotency key (False)."""
+        """The new task (True), or the one already submitted with this idempotency key (False).
+
+        A submission is a unit of work of its own, the exception to callers owning it: on
+        PostgreSQL it is ONE statement (the task and its event; issue 11), the idempotency race
+        is settled by reading the winner after the failed insert, and a due task is handed to
+        the broker after the commit."""
         task_type = self._registry.get(body.type)
         try:
             task_type.input_model.model_validate(body.input)
@@ -269,27 +275,27 @@ class TaskService:
         rows = rows[:limit]
         return rows, encode_cursor(rows[-1].id) if more and rows else None
 
-    async def cancel(self, tenant_id: str, task_id: str) -> Task:
-        """Queued: cancelled at once. Running: flagged; the worker stops at its next check."""
+    async def cancel(self, uow: UnitOfWork, tenant_id: str, task_id: str) -> Task:
+        """In the caller's transaction: a queued task is cancelled at once, a running one
+        flagged (its worker stops at its next check)."""
         now = datetime.now(UTC)
-        async with self._db.begin() as session:
-            task = await session.scalar(
-                select(Task)
-                .where(Task.tenant_id == tenant_id, Task.id == task_id)
-                .with_for_update()
-            )
-            if task is None:
-                raise NotFound(f"task {task_id} does not exist")
-            if task.status in FINISHED:
-                raise Conflict(f"task {task_id} is already {task.status}", task_status=task.status)
-            if task.status == "queued":
-                task.status = "cancelled"
-                task.finished_at = now
-                stage_event(session, self._settings.source, task, "cancelled")
-            else:
-                task.cancel_requested = True
-            task.updated_at = now
-        self._on_commit()
+        session = uow.session
+        task = await session.scalar(
+            select(Task).where(Task.tenant_id == tenant_id, Task.id == task_id).with_for_update()
+        )
+        if task is None:
+            raise NotFound(f"task {task_id} does not exist")
+        if task.status in FINISHED:
+            raise Conflict(f"task {task_id} is already {task.status}", task_status=task.status)
+        if task.status == "queued":
+            task.status = "cancelled"
+            task.finished_at = now
+            stage_event(session, self._settings.source, task, "cancelled")
+        else:
+            task.cancel_requested = True
+        task.updated_at = now
+        await session.flush()
+        uow.after_commit(self._on_commit)
         return task
 
 
