@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from capstan.db.schema import Document, OutboxEvent
+from capstan.db.unit import unit_of_work
 from capstan.documents.schemas import DocumentCreate, DocumentUpdate
 from capstan.errors import NotFound
 from capstan.events.envelope import encode, parse_event
@@ -52,7 +53,7 @@ async def random_writes(
             roll = rng.random()
             try:
                 if roll < 0.45 or len(pool) < 5:
-                    doc = await store.create(
+                    doc = await store.create_one(
                         tenant,
                         DocumentCreate(
                             title=rng.choice(WORDS),
@@ -62,14 +63,17 @@ async def random_writes(
                     )
                     pool.append(doc.id)
                 elif roll < 0.8:
-                    await store.update(
-                        tenant,
-                        rng.choice(pool),
-                        DocumentUpdate(body=" ".join(rng.sample(WORDS, 2))),
-                    )
+                    async with unit_of_work(stack.container.db) as uow:
+                        await store.update(
+                            uow,
+                            tenant,
+                            rng.choice(pool),
+                            DocumentUpdate(body=" ".join(rng.sample(WORDS, 2))),
+                        )
                 else:
                     victim = pool.pop(rng.randrange(len(pool)))
-                    await store.delete(tenant, victim)
+                    async with unit_of_work(stack.container.db) as uow:
+                        await store.delete(uow, tenant, victim)
                     deleted.add(victim)
             except NotFound:
                 pass  # another writer deleted it first
