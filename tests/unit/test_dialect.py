@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -20,6 +21,7 @@ from capstan.db.fastpath import FastPath
 from capstan.db.migrate import upgrade
 from capstan.db.schema import Document, ProcessedEvent
 from capstan.ids import uuid7
+from capstan.settings import Settings
 from capstan.tenants.service import create_tenant
 
 PROCESSED: Any = ProcessedEvent.__table__
@@ -56,6 +58,14 @@ def test_the_url_names_the_dialect_once() -> None:
     assert SQLITE.choose(sqlite="a", postgresql="b") == "a"
     assert POSTGRESQL.choose(sqlite="a", postgresql="b") == "b"
     assert SQLITE.is_file and not POSTGRESQL.is_file
+
+
+def test_settings_refuse_a_database_they_have_no_dialect_for(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="unsupported database URL scheme 'mysql'"):
+        Settings(data_dir=tmp_path, database_url="mysql://u@h/db")
+    with pytest.raises(ValidationError, match="database_read_url needs PostgreSQL"):
+        Settings(data_dir=tmp_path, database_read_url="postgresql://u@h/db")  # SQLite primary
+    assert Settings(data_dir=tmp_path).embedded
 
 
 async def test_engine_and_sessions_are_of_the_dialect(database: Db) -> None:
