@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 
 from capstan.broker.memory import MemoryBroker
 from capstan.broker.port import QueueSpec
+from capstan.db.dialect import POSTGRESQL
 from capstan.db.engine import create_engine, sessionmaker
 from capstan.db.fastpath import FastPath
 from capstan.db.migrate import upgrade
@@ -54,6 +55,7 @@ class Relay:
             sessionmaker(self.engine),
             self.broker,
             self.metrics,
+            dialect=POSTGRESQL,
             poll_seconds=0.05,
             fast=self.fast,
             linger_seconds=linger,
