@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from capstan.search.relevance.corpus import CorpusDoc, Query, build_corpus, build_queries
-from capstan.search.relevance.engines import (
+from capstan_bench.relevance.corpus import CorpusDoc, Query, build_corpus, build_queries
+from capstan_bench.relevance.engines import (
     Loaded,
     load_elasticsearch,
     load_postgres,
