@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from capstan.bench.wrk import WrkOutputError, parse_wrk, to_ms, wrk_command
+from capstan_bench.wrk import WrkOutputError, parse_wrk, to_ms, wrk_command
 
 # `capstan bench read --duration 2 --warmup 1 --rounds 1`, the cache-hit target.
 HIT = """\

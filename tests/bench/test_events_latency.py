@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from capstan.bench.common import BenchError
-from capstan.bench.events import broker_names, metrics_view
-from capstan.bench.latency import (
+from capstan_bench.common import BenchError
+from capstan_bench.events import broker_names, metrics_view
+from capstan_bench.latency import (
     DRAIN_GRACE_S,
     EventTimes,
     analyze_step,
@@ -26,7 +26,7 @@ from capstan.bench.latency import (
     timeline,
     write_kind,
 )
-from capstan.bench.rabbitmq import resolve_amqp
+from capstan_bench.rabbitmq import resolve_amqp
 
 PATTERNS = {
     "indexer": ("document.*",),
@@ -303,7 +303,7 @@ def test_metrics_view_takes_deltas() -> None:
 
 
 def test_handled_counts_final_outcomes_since_the_first_scrape() -> None:
-    from capstan.bench.outbox import handled
+    from capstan_bench.outbox import handled
 
     def key(sub: str, outcome: str) -> tuple[str, tuple[tuple[str, str], ...]]:
         return ("capstan_events_consumed_total", (("outcome", outcome), ("subscriber", sub)))

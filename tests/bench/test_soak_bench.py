@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from capstan.bench.soak import GATEWAY_BUILD, GATEWAY_JS
-from capstan.bench.soak_load import MIX
-from capstan.bench.soak_stats import Series, growth, least_squares, op_kind, session_usage
+from capstan_bench.soak import GATEWAY_BUILD, GATEWAY_JS
+from capstan_bench.soak_load import MIX
+from capstan_bench.soak_stats import Series, growth, least_squares, op_kind, session_usage
 from tests.conftest import REQUIRE, service_url
 
 ROLES = ["api", "worker", "relay", "subscribers", "gateway"]

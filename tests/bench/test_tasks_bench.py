@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from capstan.bench.ceiling import task_message_body
-from capstan.bench.cpu import session_cpu
-from capstan.bench.tasks import CELERY_INSTALL, celery_backend_url, missing_celery
-from capstan.bench.tasks_report import (
+from capstan_bench.ceiling import task_message_body
+from capstan_bench.cpu import session_cpu
+from capstan_bench.tasks import CELERY_INSTALL, celery_backend_url, missing_celery
+from capstan_bench.tasks_report import (
     cpu_ms_per_task,
     median_of,
     rate,

@@ -72,7 +72,8 @@ def test_gateway_image() -> None:
 
 def test_build_context_excludes_local_state() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
-    for entry in (".git", ".venv", "**/.env", "**/node_modules", ".capstan"):
+    # bench: the benchmarks (capstan-bench) are in no image (tests/deploy/test_packaging.py).
+    for entry in (".git", ".venv", "**/.env", "**/node_modules", ".capstan", "bench"):
         assert entry in ignored, entry
     for needed in ("src", "pyproject.toml", "README.md", "constraints.txt", "deploy"):
         assert needed not in ignored, needed

@@ -19,11 +19,11 @@ from rich.panel import Panel
 
 import capstan
 from capstan.backups.cli import app as backup_app
-from capstan.bench.read import app as bench_app
 from capstan.cli.data import data_app
 from capstan.cli.doctor import doctor
 from capstan.cli.failures import describe
 from capstan.cli.keys import keys_app, register_tenant_commands
+from capstan.cli.plugins import add_plugins
 from capstan.container import build_container
 from capstan.db.dialect import dialect_for
 from capstan.search.cli import app as search_app
@@ -38,7 +38,6 @@ app.add_typer(keys_app, name="keys")
 events_app = typer.Typer(help="Recover and inspect the event flow.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
 app.add_typer(tasks_app, name="tasks")
-app.add_typer(bench_app, name="bench")
 app.add_typer(search_app, name="search")
 app.add_typer(backup_app, name="backup")
 app.add_typer(data_app, name="data")
@@ -47,6 +46,7 @@ app.add_typer(broker_app, name="broker")
 db_app = typer.Typer(help="PostgreSQL operations (scale-out topology).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.command()(doctor)
+add_plugins(app)  # `capstan bench` and any other installed command group
 
 err = Console(stderr=True, soft_wrap=True)  # paths and URLs stay whole
 

@@ -97,18 +97,3 @@ async def _reconcile(settings: Settings, tenant: str | None, repair: bool) -> di
         return report.as_dict()
     finally:
         await c.close()
-
-
-def _register_bench() -> None:
-    """`capstan bench search`, `relevance` and `search-embedded` live with the other benchmarks."""
-    from capstan.bench.read import app as bench_app
-    from capstan.bench.search import search_command
-    from capstan.search.relevance.cli import relevance_command
-    from capstan.search.relevance.latency import embedded_command
-
-    bench_app.command("search")(search_command)
-    bench_app.command("relevance")(relevance_command)
-    bench_app.command("search-embedded")(embedded_command)
-
-
-_register_bench()

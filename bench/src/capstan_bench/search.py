@@ -24,7 +24,7 @@ from typing import Annotated, Any
 
 import typer
 
-from capstan.bench.common import (
+from capstan_bench.common import (
     BenchError,
     admin,
     err,
@@ -34,8 +34,8 @@ from capstan.bench.common import (
     seed_tenant,
     with_database,
 )
-from capstan.bench.latency import nearest_percentile
-from capstan.bench.report import default_output, write_json
+from capstan_bench.latency import nearest_percentile
+from capstan_bench.report import default_output, write_json
 
 MIX = ("text", "text+filters", "filters")
 

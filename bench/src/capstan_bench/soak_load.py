@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from capstan.bench.common import BenchError
-from capstan.bench.latency import summary_ms
-from capstan.bench.soak_stats import op_kind
+from capstan_bench.common import BenchError
+from capstan_bench.latency import summary_ms
+from capstan_bench.soak_stats import op_kind
 
 # One round of the mix: reads dominate, as in a typical application.
 MIX = (

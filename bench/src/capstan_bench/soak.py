@@ -33,7 +33,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from capstan.bench.common import (
+from capstan_bench.common import (
     ROLE_LOG_LEVEL,
     BenchError,
     ScratchDatabase,
@@ -50,10 +50,10 @@ from capstan.bench.common import (
     settings_for,
     sigterm_as_interrupt,
 )
-from capstan.bench.events import broker_names
-from capstan.bench.processes import ChildProcess, start_role, stop_all
-from capstan.bench.rabbitmq import check_servers, remove_namespace
-from capstan.bench.report import (
+from capstan_bench.events import broker_names
+from capstan_bench.processes import ChildProcess, start_role, stop_all
+from capstan_bench.rabbitmq import check_servers, remove_namespace
+from capstan_bench.report import (
     default_output,
     event_loop,
     fmt,
@@ -64,7 +64,7 @@ from capstan.bench.report import (
     publish,
     result_header,
 )
-from capstan.bench.soak_load import (
+from capstan_bench.soak_load import (
     MIX,
     TASK_TYPE,
     LoadStats,
@@ -74,8 +74,8 @@ from capstan.bench.soak_load import (
     subscribe,
     wait_http,
 )
-from capstan.bench.soak_plot import plot_soak
-from capstan.bench.soak_stats import FLAT_WITHIN_PCT, Series, growth, session_usage
+from capstan_bench.soak_plot import plot_soak
+from capstan_bench.soak_stats import FLAT_WITHIN_PCT, Series, growth, session_usage
 
 GATEWAY_JS = Path(__file__).resolve().parents[3] / "gateway" / "dist" / "server.js"
 GATEWAY_BUILD = "(cd gateway && npm ci && npm run build)"

@@ -8,7 +8,7 @@ One run, against the PostgreSQL and RabbitMQ that `scripts/services up` runs:
 2. Capstan in its production topology, one process per role: `capstan relay`,
    `capstan worker --concurrency N` and `capstan subscriber all` (the task events feed the
    subscribers; `--no-subscribers` leaves them out), with `CAPSTAN_TASKS_ENABLE_TEST_HANDLERS`;
-3. a Celery worker (`celery -A capstan.bench.celery_side worker --concurrency N`) on the same
+3. a Celery worker (`celery -A capstan_bench.celery_side worker --concurrency N`) on the same
    RabbitMQ, its results in the same scratch database (database result backend);
 4. interleaved rounds of: Capstan throughput (N `test.noop` tasks submitted through
    `TaskService.submit`, the Python client the API calls, until all are `succeeded`), Celery
@@ -40,9 +40,9 @@ from typing import Annotated, Any
 
 import typer
 
-from capstan.bench.capstan_side import capstan_latency, capstan_throughput
-from capstan.bench.ceiling import ceiling, task_message_body
-from capstan.bench.common import (
+from capstan_bench.capstan_side import capstan_latency, capstan_throughput
+from capstan_bench.ceiling import ceiling, task_message_body
+from capstan_bench.common import (
     ROLE_LOG_LEVEL,
     BenchError,
     ScratchDatabase,
@@ -57,9 +57,9 @@ from capstan.bench.common import (
     settings_for,
     sigterm_as_interrupt,
 )
-from capstan.bench.processes import ChildProcess, start_role, stop_all
-from capstan.bench.rabbitmq import check_servers, remove_namespace, wait_consumers
-from capstan.bench.report import (
+from capstan_bench.processes import ChildProcess, start_role, stop_all
+from capstan_bench.rabbitmq import check_servers, remove_namespace, wait_consumers
+from capstan_bench.report import (
     default_output,
     load_average,
     machine_environment,
@@ -67,8 +67,8 @@ from capstan.bench.report import (
     progress_bar,
     publish,
 )
-from capstan.bench.tasks_report import cpu_ms_per_task, print_round, render, summarize
-from capstan.bench.tasks_run import CELERY_SUBMIT_THREADS, IDLE_GAP_S, POLL_S, Options, Run
+from capstan_bench.tasks_report import cpu_ms_per_task, print_round, render, summarize
+from capstan_bench.tasks_run import CELERY_SUBMIT_THREADS, IDLE_GAP_S, POLL_S, Options, Run
 
 WARMUP_TASKS = 50
 # A server restarted under the run (by another session, say) may still be coming back: each
@@ -175,7 +175,7 @@ def measure(opts: Options) -> dict[str, Any]:
         with sigterm_as_interrupt():
             tenant_id, _key_id, _key = scratch.create()
             err.print(f"broker namespace [bold]{namespace}[/bold] on {redact(amqp_url)}")
-            from capstan.bench import celery_side
+            from capstan_bench import celery_side
 
             celery_app = celery_side.make_app(
                 amqp_url,
@@ -193,7 +193,7 @@ def measure(opts: Options) -> dict[str, Any]:
             worker = ["worker", "--concurrency", str(opts.concurrency)]
             children.append(start_role("capstan-worker", worker, env, workdir))
             celery_command = [
-                sys.executable, "-m", "celery", "-A", "capstan.bench.celery_side", "worker",
+                sys.executable, "-m", "celery", "-A", "capstan_bench.celery_side", "worker",
                 "--pool", opts.celery_pool, "--concurrency", str(opts.concurrency),
                 "--queues", celery_queue, "--hostname", f"{namespace}@%h",
                 "--without-gossip", "--without-mingle", "--without-heartbeat",
@@ -252,9 +252,9 @@ async def _drive(
     rounds: list[dict[str, Any]],
 ) -> None:
     """Measure, appending each finished round to `rounds` (kept if a later one fails)."""
-    from capstan.bench.celery_side import celery_latency, celery_throughput
     from capstan.container import build_container
     from capstan.roles import build_subscriber, subscriber_names
+    from capstan_bench.celery_side import celery_latency, celery_throughput
 
     # The real broker, as the API has it: submit commits the task and publishes its message
     # straight to RabbitMQ (direct dispatch); an in-memory broker would send every task
@@ -352,6 +352,6 @@ def tasks(
         cleaned_up="the processes, broker namespace and scratch database were cleaned up",
         any_error=True,  # e.g. a server restarted under the run by someone else
     )
-    from capstan.bench.plot import plot_tasks
+    from capstan_bench.plot import plot_tasks
 
     publish(result, output or default_output("tasks", now), render, plot_tasks)

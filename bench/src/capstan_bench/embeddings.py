@@ -28,9 +28,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from capstan.bench.common import BenchError, git_commit, out
-from capstan.bench.latency import nearest_percentile
-from capstan.bench.report import (
+from capstan_bench.common import BenchError, git_commit, out
+from capstan_bench.latency import nearest_percentile
+from capstan_bench.report import (
     Result,
     default_output,
     machine_environment,
@@ -42,7 +42,7 @@ from capstan.bench.report import (
 
 def corpus_documents() -> list[str]:
     """One document per standard-library module: its documented members' docstrings."""
-    from capstan.search.relevance.corpus import build_corpus
+    from capstan_bench.relevance.corpus import build_corpus
 
     by_module: dict[str, list[str]] = {}
     for doc in build_corpus():

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from capstan.search.relevance.corpus import CorpusDoc, build_corpus, build_queries
+from capstan_bench.relevance.corpus import CorpusDoc, build_corpus, build_queries
 
 out = Console()
 
@@ -46,8 +46,8 @@ async def measure(documents: int, queries: int) -> dict[str, Any]:
 
     from capstan.db.engine import create_engine
     from capstan.search.port import SearchQuery
-    from capstan.search.relevance.engines import load_database
     from capstan.search.sqlite_fts import SqliteFts
+    from capstan_bench.relevance.engines import load_database
 
     corpus = build_corpus()
     texts = [q.text for q in build_queries(corpus, per_set=queries)["keywords"]]

@@ -31,7 +31,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from capstan.bench.common import (
+from capstan_bench.common import (
     BenchError,
     ScratchDatabase,
     check_backends,
@@ -45,11 +45,9 @@ from capstan.bench.common import (
     resolve_backends,
     sigterm_as_interrupt,
 )
-from capstan.bench.cpu import cpu_seconds
-from capstan.bench.embeddings import embeddings_command
-from capstan.bench.events import events as events_command
-from capstan.bench.processes import ChildProcess, Samples, capstan_command, stop_all
-from capstan.bench.report import (
+from capstan_bench.cpu import cpu_seconds
+from capstan_bench.processes import ChildProcess, Samples, capstan_command, stop_all
+from capstan_bench.report import (
     default_output,
     event_loop,
     machine_environment,
@@ -59,15 +57,7 @@ from capstan.bench.report import (
     publish,
     result_header,
 )
-from capstan.bench.soak import soak as soak_command
-from capstan.bench.tasks import tasks as tasks_command
-from capstan.bench.wrk import WrkOutputError, WrkResult, parse_wrk, wrk_command, wrk_path
-
-app = typer.Typer(help="Benchmarks against the production backends on this machine.")
-app.command("events")(events_command)  # `capstan bench events`: src/capstan/bench/events.py
-app.command("tasks")(tasks_command)  # `capstan bench tasks`: src/capstan/bench/tasks.py
-app.command("soak")(soak_command)  # `capstan bench soak`: src/capstan/bench/soak.py
-app.command("embeddings")(embeddings_command)  # src/capstan/bench/embeddings.py
+from capstan_bench.wrk import WrkOutputError, WrkResult, parse_wrk, wrk_command, wrk_path
 
 # Design targets from the issue; informational: missing one does not fail the command.
 TARGET_HIT_VS_TRIVIAL = 0.70
@@ -255,7 +245,7 @@ def _environment(wrk: str, versions: dict[str, str], opts: Options) -> dict[str,
     import fastapi
     import uvicorn
 
-    from capstan.bench.wrk import wrk_version
+    from capstan_bench.wrk import wrk_version
 
     return {
         **machine_environment(opts.started_at),
@@ -578,7 +568,6 @@ def render(result: dict[str, Any]) -> None:
     print_invalid(result)
 
 
-@app.command("read")
 def read(
     duration: Annotated[int, typer.Option(min=1, help="Seconds each measured wrk run lasts.")] = 10,
     connections: Annotated[int, typer.Option(min=1, help="wrk connections (-c).")] = 32,
@@ -602,7 +591,6 @@ def read(
     publish(result, output or default_output("read", now), render)
 
 
-@app.command("plot")
 def plot(
     file: Annotated[
         Path, typer.Argument(exists=True, dir_okay=False, help="A read-*.json or events-*.json.")
@@ -610,7 +598,7 @@ def plot(
     output: Annotated[Path | None, typer.Option(help="PNG path (default: FILE with .png).")] = None,
 ) -> None:
     """A bar chart of a `bench read` or `bench events` result; needs matplotlib."""
-    from capstan.bench.plot import MissingMatplotlib, plot_events, plot_read
+    from capstan_bench.plot import MissingMatplotlib, plot_events, plot_read
 
     target = output or file.with_suffix(".png")
     result = json.loads(file.read_text())

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from capstan.db.dialect import dialect_for
-from capstan.search.relevance.corpus import CorpusDoc, Query, build_corpus, build_queries
-from capstan.search.relevance.engines import (
+from capstan_bench.relevance.corpus import CorpusDoc, Query, build_corpus, build_queries
+from capstan_bench.relevance.engines import (
     Loaded,
     load_elasticsearch,
     load_postgres,

@@ -8,8 +8,8 @@ import secrets
 import time
 from typing import Any
 
-from capstan.bench.tasks_report import rate
-from capstan.bench.tasks_run import DONE_TIMEOUT_S, Run, cores
+from capstan_bench.tasks_report import rate
+from capstan_bench.tasks_run import DONE_TIMEOUT_S, Run, cores
 
 
 def task_message_body() -> bytes:

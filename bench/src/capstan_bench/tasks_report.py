@@ -10,9 +10,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from capstan.bench.common import out
-from capstan.bench.latency import summary_ms
-from capstan.bench.report import fmt, print_invalid, result_header
+from capstan_bench.common import out
+from capstan_bench.latency import summary_ms
+from capstan_bench.report import fmt, print_invalid, result_header
 
 # Design targets from the issue; informational: missing them does not fail the command.
 TARGET_VS_CELERY = 2.0

@@ -4,7 +4,7 @@ throughput and idle latency measured from the bench process.
 Celery is NOT a Capstan dependency; it is installed into the bench environment only
 (`.venv/bin/pip install celery psycopg2-binary`). This is the only module that imports it.
 
-The worker process runs `python -m celery -A capstan.bench.celery_side worker ...` and reads
+The worker process runs `python -m celery -A capstan_bench.celery_side worker ...` and reads
 its configuration from the environment (CAPSTAN_BENCH_CELERY_*), which the bench sets; the bench
 process builds the same app with `make_app` to submit with `.delay`.
 
@@ -32,9 +32,9 @@ from typing import Any
 
 from celery import Celery  # bench-only: installed on demand (see bench/README.md)
 
-from capstan.bench.common import BenchError, err
-from capstan.bench.tasks_report import rate
-from capstan.bench.tasks_run import (
+from capstan_bench.common import BenchError, err
+from capstan_bench.tasks_report import rate
+from capstan_bench.tasks_run import (
     CELERY_SUBMIT_THREADS,
     IDLE_GAP_S,
     LATENCY_POLL_S,
@@ -174,7 +174,7 @@ async def celery_latency(run: Run, samples: int, label: str) -> dict[str, Any]:
 
 
 def __getattr__(name: str) -> Any:
-    """`celery -A capstan.bench.celery_side` reads `app`: built from the environment on first
+    """`celery -A capstan_bench.celery_side` reads `app`: built from the environment on first
     use only, so the bench process (which calls `make_app` itself) never has two apps
     registering the same task names."""
     if name != "app":

@@ -42,7 +42,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from capstan.bench.common import (
+from capstan_bench.common import (
     ROLE_LOG_LEVEL,
     BenchError,
     ScratchDatabase,
@@ -58,8 +58,8 @@ from capstan.bench.common import (
     settings_for,
     sigterm_as_interrupt,
 )
-from capstan.bench.cpu import SERVER_COMMS, CpuSnapshot
-from capstan.bench.latency import (
+from capstan_bench.cpu import SERVER_COMMS, CpuSnapshot
+from capstan_bench.latency import (
     DRAIN_GRACE_S,
     MIN_ACHIEVED_SHARE,
     TREND_FACTOR,
@@ -71,10 +71,10 @@ from capstan.bench.latency import (
     summary_ms,
     write_kind,
 )
-from capstan.bench.outbox import event_times, handled, max_outbox_id, outbox_progress
-from capstan.bench.processes import ChildProcess, Samples, scrape_all, start_role, stop_all
-from capstan.bench.rabbitmq import check_servers, remove_namespace, wait_consumers
-from capstan.bench.report import (
+from capstan_bench.outbox import event_times, handled, max_outbox_id, outbox_progress
+from capstan_bench.processes import ChildProcess, Samples, scrape_all, start_role, stop_all
+from capstan_bench.rabbitmq import check_servers, remove_namespace, wait_consumers
+from capstan_bench.report import (
     default_output,
     event_loop,
     fmt,
@@ -695,6 +695,6 @@ def events(
         lambda: measure(opts),
         cleaned_up="the roles, broker namespace and scratch database were cleaned up",
     )
-    from capstan.bench.plot import plot_events
+    from capstan_bench.plot import plot_events
 
     publish(result, output or default_output("events", now), render, plot_events)

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from capstan.bench.common import BenchError
-from capstan.bench.cpu import CpuSnapshot
-from capstan.bench.processes import ChildProcess, Samples, scrape_all
+from capstan_bench.common import BenchError
+from capstan_bench.cpu import CpuSnapshot
+from capstan_bench.processes import ChildProcess, Samples, scrape_all
 
 if TYPE_CHECKING:
     from rich.progress import Progress

@@ -14,7 +14,7 @@ from typing import Any
 
 from capstan.search.analysis import analyzed_text
 from capstan.search.port import IndexDoc, SearchEngine, SearchQuery
-from capstan.search.relevance.corpus import CorpusDoc
+from capstan_bench.relevance.corpus import CorpusDoc
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 Ask = Callable[[str, int], Awaitable[list[str]]]  # (query, k) → document keys, best first
@@ -113,7 +113,7 @@ async def load_sqlite(corpus: Sequence[CorpusDoc]) -> Loaded:
 
 
 async def load_postgres(server_url: str, corpus: Sequence[CorpusDoc]) -> Loaded:
-    from capstan.bench.common import admin, with_database
+    from capstan_bench.common import admin, with_database
 
     name = f"capstan_relevance_{secrets.token_hex(4)}"
     await admin(server_url, f'CREATE DATABASE "{name}"')

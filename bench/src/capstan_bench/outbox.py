@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple
 
-from capstan.bench.latency import EventTimes, expected_subscribers
+from capstan_bench.latency import EventTimes, expected_subscribers
 
 if TYPE_CHECKING:
-    from capstan.bench.processes import Samples
     from capstan.container import Container
+    from capstan_bench.processes import Samples
 
 CONSUMED = "capstan_events_consumed_total"
 # A retried event is handled again later: only these outcomes end an event's handling.

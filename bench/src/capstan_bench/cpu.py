@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from capstan.bench.processes import ChildProcess
+from capstan_bench.processes import ChildProcess
 
 SERVER_COMMS = ("postgres", "beam.smp", "redis-server")  # servers whose CPU we attribute
 

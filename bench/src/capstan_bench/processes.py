@@ -15,7 +15,7 @@ from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from capstan.bench.common import BenchError, err, free_port
+from capstan_bench.common import BenchError, err, free_port
 
 # A sample of /metrics: (sample name, sorted labels) -> value.
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

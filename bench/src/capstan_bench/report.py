@@ -16,7 +16,7 @@ from typing import Any
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from capstan.bench.common import BenchError, err, out
+from capstan_bench.common import BenchError, err, out
 
 Result = dict[str, Any]
 
@@ -126,7 +126,7 @@ def publish(
 ) -> None:
     """Write the JSON, print the tables, draw the PNG next to the JSON (when matplotlib is
     there); exit 1 if the measurement is invalid."""
-    from capstan.bench.plot import MissingMatplotlib
+    from capstan_bench.plot import MissingMatplotlib
 
     write_json(path, result)
     render(result)

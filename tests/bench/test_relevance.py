@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from capstan.search.relevance.run import Backends, run
+from capstan_bench.relevance.run import Backends, run
 from tests.conftest import service_url
 
 QUERIES = 60

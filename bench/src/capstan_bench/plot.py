@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from capstan.bench.report import fmt
+from capstan_bench.report import fmt
 
 ORDER = ("trivial", "hit", "db")
 COLORS = ("#8c8c8c", "#2f7ed8", "#d9822b")

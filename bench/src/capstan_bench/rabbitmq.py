@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from capstan.bench.common import (
+from capstan_bench.common import (
     SERVICES_HINT,
     Backends,
     BenchError,

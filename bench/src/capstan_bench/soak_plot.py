@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from capstan.bench.plot import TARGET_COLOR, _commit, _pyplot, _save
+from capstan_bench.plot import TARGET_COLOR, _commit, _pyplot, _save
 
 COLORS = {
     "api": "#2f7ed8",

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from capstan.bench.common import BenchError, err
-from capstan.bench.outbox import handled, max_outbox_id, outbox_progress
-from capstan.bench.tasks_report import cpu_ms_per_task, rate
-from capstan.bench.tasks_run import IDLE_GAP_S, LATENCY_POLL_S, Run, cores, wait_until
+from capstan_bench.common import BenchError, err
+from capstan_bench.outbox import handled, max_outbox_id, outbox_progress
+from capstan_bench.tasks_report import cpu_ms_per_task, rate
+from capstan_bench.tasks_run import IDLE_GAP_S, LATENCY_POLL_S, Run, cores, wait_until
 
 NOOP_TYPE = "test.noop"
 

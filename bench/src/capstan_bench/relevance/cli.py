@@ -24,7 +24,7 @@ def relevance_command(
     """Recall@1/5/10 and MRR of every engine on the standard library's docstrings, with four
     query sets (sentences, keywords, inflected keywords, keywords plus an absent word), and the
     engines' top-5 agreement. Uses PostgreSQL and Elasticsearch when their URLs are set."""
-    from capstan.search.relevance.run import Backends, run
+    from capstan_bench.relevance.run import Backends, run
 
     result = asyncio.run(run(Backends.from_env(), per_set=queries))
     show(result)
