@@ -42,6 +42,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from capstan.db.unit import unit_of_work
 from capstan_bench.common import (
     ROLE_LOG_LEVEL,
     BenchError,
@@ -85,7 +86,6 @@ from capstan_bench.report import (
     publish,
     result_header,
 )
-from capstan.db.unit import unit_of_work
 
 if TYPE_CHECKING:
     from capstan.container import Container
