@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -372,3 +373,43 @@ class TaskEffect(Base):
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[Any | None] = mapped_column(JSONType, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+# --- Vectors (migration 0008): the database-side vector store (capstan.search.vector_sql), one
+# row per embedded document and one per chunk, in every space (embedding model + version).
+
+
+class VectorDocument(Base):
+    """A document's state in one vector space: its version (or its tombstone, `live` false,
+    at the deleted version + 1) and the fields the structured filters test."""
+
+    __tablename__ = "vector_documents"
+    __table_args__ = (
+        Index("ix_vector_documents_space_tenant_collection", "space", "tenant_id", "collection"),
+    )
+
+    space: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    document_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    live: Mapped[bool] = mapped_column(Boolean)
+    collection: Mapped[str] = mapped_column(String(100))
+    tags: Mapped[list[str]] = mapped_column(JSONType)
+    # "key=value" texts (capstan.search.port.metadata_text), as the Elasticsearch index has.
+    meta: Mapped[list[str]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class VectorChunk(Base):
+    """One embedded chunk: its offsets, its text and its vector (float32, little-endian)."""
+
+    __tablename__ = "vector_chunks"
+
+    space: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    document_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    start_offset: Mapped[int] = mapped_column(Integer)
+    end_offset: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)

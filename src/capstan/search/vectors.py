@@ -23,6 +23,19 @@ class VectorsUnavailable(Exception):
     """The vector store cannot be reached (or did not answer in time)."""
 
 
+class VectorDimensionError(ValueError):
+    """A vector whose length is not its space's dimension (a model mix-up): refused before
+    anything is written or searched."""
+
+
+def check_dimension(space: Space, vector: Sequence[float], what: str) -> None:
+    if len(vector) != space.dimension:
+        raise VectorDimensionError(
+            f"{what} has {len(vector)} dimensions but space {space.model}@{space.version} "
+            f"holds {space.dimension}: vectors of different models cannot be compared"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Space:
     """One embedding model at one version: `key` names it in storage (index, table, column)."""
