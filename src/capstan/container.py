@@ -19,6 +19,7 @@ from capstan.db.fastpath import FastPath
 from capstan.db.replica import ReadRouter
 from capstan.documents.cache import CacheAside
 from capstan.documents.service import DocumentStore
+from capstan.embeddings.wiring import Embeddings, build_embeddings
 from capstan.events.topology import Topology
 from capstan.observability.metrics import Metrics
 from capstan.search.elasticsearch import ElasticsearchEngine
@@ -62,6 +63,8 @@ class Container:
     signals: SignalBus
     # PostgreSQL's single-statement hot paths; None on SQLite or when turned off.
     fast: FastPath | None = None
+    # Chunking, embedding and vector search (issue 16); None when turned off.
+    embeddings: Embeddings | None = None
     _closers: list[Any] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -175,12 +178,16 @@ def build_container(settings: Settings) -> Container:
             replicas=settings.search_replicas,
         )
     search = index if index is not None else database_search
+    embeddings = build_embeddings(settings, engine, db, reads)
+    if embeddings is not None:
+        closers.append(embeddings.pipeline.close)
     searcher = SearchService(
         database_search,
         index,
         metrics,
         timeout_seconds=settings.search_timeout_seconds,
         retry_seconds=settings.search_retry_seconds,
+        vectors=None if embeddings is None else embeddings.search,
     )
 
     auth = Authenticator(
@@ -191,7 +198,9 @@ def build_container(settings: Settings) -> Container:
     )
     aside = CacheAside(cache, metrics, Generations(db), ttl_seconds=settings.cache_ttl_seconds)
     outbox_wakeup = asyncio.Event()
-    task_registry = build_registry(settings)
+    task_registry = build_registry(
+        settings, embeddings=None if embeddings is None else embeddings.pipeline
+    )
     topology = Topology(settings.broker_namespace)
     return Container(
         settings=settings,
@@ -233,6 +242,7 @@ def build_container(settings: Settings) -> Container:
         ),
         topology=topology,
         fast=fast,
+        embeddings=embeddings,
         signals=signals,
         _closers=closers,
     )

@@ -25,6 +25,7 @@ from capstan.cli.doctor import doctor
 from capstan.cli.failures import describe
 from capstan.cli.keys import keys_app, register_tenant_commands
 from capstan.container import build_container
+from capstan.embeddings.cli import app as embeddings_app
 from capstan.search.cli import app as search_app
 from capstan.settings import Settings
 from capstan.tasks.cli import require_broker, tasks_app
@@ -39,6 +40,7 @@ app.add_typer(events_app, name="events")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(bench_app, name="bench")
 app.add_typer(search_app, name="search")
+app.add_typer(embeddings_app, name="embeddings")
 app.add_typer(backup_app, name="backup")
 app.add_typer(data_app, name="data")
 broker_app = typer.Typer(help="The RabbitMQ namespace Capstan uses.", no_args_is_help=True)

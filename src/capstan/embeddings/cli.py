@@ -1,0 +1,75 @@
+"""`capstan embeddings status|reconcile`: the live space and the vectors' drift from the
+database, against the configured database, vector stores and embedder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from capstan.settings import Settings
+
+app = typer.Typer(help="Embeddings: status and drift repair.", no_args_is_help=True)
+err = Console(stderr=True)
+
+
+@app.command("status")
+def status_command(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant id.")] = None,
+) -> None:
+    """The live space (model, version, dimension) and how many documents are current."""
+    typer.echo(json.dumps(asyncio.run(_run(Settings(), tenant, repair=False, status=True))))
+
+
+@app.command("reconcile")
+def reconcile_command(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant id.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report, do not repair.")] = False,
+) -> None:
+    """Resubmit embedding tasks for documents whose vectors are missing or stale; remove
+    vectors of documents that no longer exist."""
+    report = asyncio.run(_run(Settings(), tenant, repair=not dry_run, status=False))
+    typer.echo(json.dumps(report))
+
+
+async def _run(
+    settings: Settings, tenant: str | None, *, repair: bool, status: bool
+) -> dict[str, Any]:
+    from capstan.container import build_container
+    from capstan.embeddings.reconcile import reconcile_embeddings
+
+    c = build_container(settings)
+    try:
+        if c.embeddings is None:
+            return {"unsupported": "embeddings are turned off or no vector store is configured"}
+        pipeline = c.embeddings.pipeline
+        report = await reconcile_embeddings(
+            pipeline,
+            c.db,
+            c.tasks,
+            grace_seconds=0 if status else settings.embeddings_reconcile_grace_seconds,
+            tenants=[tenant] if tenant else None,
+            repair=repair,
+        )
+        out = report.as_dict()
+        if status:
+            space = await pipeline.live_space()
+            out = {
+                "space": {
+                    "model": space.model,
+                    "version": space.version,
+                    "dimension": space.dimension,
+                },
+                "stores": [s.name for s in pipeline.stores],
+                "documents": report.documents,
+                "current": report.current,
+                "missing": report.missing,
+                "stale": report.stale,
+                "extra": report.extra,
+            }
+        return out
+    finally:
+        await c.close()
