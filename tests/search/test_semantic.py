@@ -13,7 +13,7 @@ import pytest
 
 from capstan.embeddings.pipeline import document_text
 from capstan.search.fusion import rrf
-from tests.conftest import Stack
+from tests.conftest import Api, Stack
 from tests.search.conftest import PRODUCTION, close_stack, open_stack
 
 DOCS = {
@@ -256,3 +256,141 @@ async def test_mode_and_body_validation(rag: Stack) -> None:
             assert r.headers["content-type"].startswith("application/problem+json")
         # Without text, the default is the structured (keyword) flow
         assert (await search(client, collection="kb"))["mode"] == "keyword"
+
+
+async def test_a_burst_of_updates_embeds_the_latest_version_once(rag: Stack) -> None:
+    api = rag.api
+    tenant = await api.tenant()
+    async with api.client(tenant.key) as client:
+        doc = await create(client, *DOCS["bread"])
+        for i in range(5):
+            r = await client.patch(f"/v1/documents/{doc['id']}", json={"body": f"Loaf {i}."})
+            assert r.status_code == 200, r.text
+        await embedded(rag, tenant.id, {doc["id"]: 6})
+
+        tasks: list[dict[str, Any]] = []
+
+        async def settled() -> bool:
+            nonlocal tasks
+            r = await client.get("/v1/tasks", params={"type": "embeddings.document"})
+            tasks = r.json()["items"]
+            return len(tasks) == 6 and all(t["status"] == "succeeded" for t in tasks)
+
+        await rag.until(settled, timeout=60, what="six embedding tasks done")
+        # One task per version (the subscriber's dedup key), the latest embedded exactly once;
+        # a task that ran after a newer version was written did nothing.
+        assert sorted(t["input"]["version"] for t in tasks) == [1, 2, 3, 4, 5, 6]
+        latest = [t["result"] for t in tasks if t["input"]["version"] == 6]
+        assert latest == [
+            {"action": "embedded", "document_id": doc["id"], "version": 6, "chunks": 1}
+        ]
+        for t in tasks:
+            assert t["result"]["action"] in ("embedded", "skipped")
+        pipeline = rag.container.embeddings
+        assert pipeline is not None
+
+        async def no_progress(fraction: float, message: str | None) -> None:
+            return None
+
+        late = await pipeline.pipeline.embed_document(tenant.id, doc["id"], 2, no_progress)
+        assert late.action == "skipped"
+        got = await retrieve(client, "loaf", limit=1)
+        assert got["chunks"][0]["chunk"]["text"].endswith("Loaf 4.")
+
+
+@pytest.fixture(params=["embedded", PRODUCTION])
+async def down(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stack]:
+    """Embeddings on, but their endpoint refuses connections (nothing listens there)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stack = await open_stack(
+        request.param,
+        request,
+        tmp_path,
+        **EMBEDDINGS,
+        embeddings_url=f"http://127.0.0.1:{port}/v1",
+        embeddings_model="m",
+        embeddings_dimension=8,
+        embeddings_max_attempts=1,
+        embeddings_timeout_seconds=2.0,
+    )
+    yield stack
+    await close_stack(stack)
+
+
+async def test_vectors_unavailable_answers_with_keywords_degraded(down: Stack) -> None:
+    api = down.api
+    tenant = await api.tenant()
+    async with api.client(tenant.key) as client:
+        doc = await create(client, *DOCS["train"])
+        answer: dict[str, Any] = {}
+
+        async def found() -> bool:
+            nonlocal answer
+            answer = await search(client, q="train station", mode="hybrid")
+            return bool(answer["hits"])
+
+        await down.until(found, timeout=30, what="a keyword hit")
+        assert answer["mode"] == "keyword" and answer["degraded"] is True
+        assert [h["id"] for h in answer["hits"]] == [doc["id"]]
+        assert answer["hits"][0]["retrievers"] == ["keyword"]
+        semantic = await search(client, q="train station", mode="semantic")
+        assert semantic["mode"] == "keyword" and semantic["degraded"] is True
+        r = await client.post("/v1/retrieve", json={"query": "train station"})
+        assert r.status_code == 503, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+
+
+@pytest.fixture(params=["embedded", PRODUCTION])
+async def unembedded(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stack]:
+    """Embeddings on, but the embedder subscriber not running: writes get no vectors."""
+    stack = await open_stack(
+        request.param,
+        request,
+        tmp_path,
+        **EMBEDDINGS,
+        subscribers=["indexer", "cache", "audit", "notifier"],
+    )
+    yield stack
+    await close_stack(stack)
+
+
+async def test_the_drift_check_resubmits_missing_documents(unembedded: Stack) -> None:
+    from capstan.embeddings.reconcile import reconcile_embeddings
+
+    api = unembedded.api
+    c = unembedded.container
+    assert c.embeddings is not None
+    tenant = await api.tenant()
+    async with api.client(tenant.key) as client:
+        ids = [(await create(client, *v))["id"] for v in DOCS.values()]
+        # Given documents written while nothing embedded them
+        report = await reconcile_embeddings(
+            c.embeddings.pipeline, c.db, c.tasks, grace_seconds=0, tenants=[tenant.id]
+        )
+        assert report.missing == 4 and report.drift == 4 and report.submitted == 4
+        # Then the submitted tasks embed them, and the next check finds no drift
+        await embedded(unembedded, tenant.id, dict.fromkeys(ids, 1))
+        again = await reconcile_embeddings(
+            c.embeddings.pipeline, c.db, c.tasks, grace_seconds=0, tenants=[tenant.id]
+        )
+        assert (again.current, again.drift, again.submitted) == (4, 0, 0)
+        got = await retrieve(client, PARAPHRASES["tomato"], limit=1)
+        assert got["chunks"][0]["document_id"] == ids[1]
+
+
+async def test_with_embeddings_off_search_is_keyword_and_semantic_is_refused(api: Api) -> None:
+    tenant = await api.tenant()
+    async with api.client(tenant.key) as client:
+        assert api.container.embeddings is None
+        assert (await search(client, q="anything"))["mode"] == "keyword"
+        for r in (
+            await client.get("/v1/search", params={"q": "x", "mode": "semantic"}),
+            await client.post("/v1/search", json={"q": "x", "mode": "hybrid"}),
+            await client.post("/v1/retrieve", json={"query": "x"}),
+        ):
+            assert r.status_code == 422, r.text
+            assert "CAPSTAN_EMBEDDINGS_ENABLED" in r.json()["detail"]
