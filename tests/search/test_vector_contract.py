@@ -73,6 +73,34 @@ async def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         await engine.dispose()
 
 
+async def _pgvector(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Adapter]:
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from capstan.search.pgvector import PgVectors
+
+    url = request.getfixturevalue("postgres_url")
+    engine = create_engine(url, pool_size=2)
+    async with engine.connect() as conn:
+        column = await conn.execute(
+            text(
+                "SELECT 1 FROM information_schema.columns "
+                "WHERE table_name = 'vector_chunks' AND column_name = 'embedding'"
+            )
+        )
+        # scripts/services installs pgvector; without it migration 0008 leaves this out.
+        assert column.first() is not None, "pgvector is not installed on the test server"
+
+    async def broken() -> VectorStore:
+        closed = make_url(url).set(port=free_port()).render_as_string(hide_password=False)
+        return PgVectors(create_engine(closed, pool_size=1))
+
+    try:
+        yield Adapter(PgVectors(engine), broken)
+    finally:
+        await engine.dispose()
+
+
 async def _elasticsearch(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Adapter]:
     from capstan.search.vector_es import ElasticsearchVectors
     from tests.conftest import service_url
@@ -95,9 +123,14 @@ async def _elasticsearch(request: pytest.FixtureRequest, tmp_path: Path) -> Asyn
 ADAPTERS: dict[str, Callable[[pytest.FixtureRequest, Path], AsyncIterator[Adapter]]] = {
     "sqlite": _sqlite,
     "postgres": _postgres,
+    "pgvector": _pgvector,
     "elasticsearch": _elasticsearch,
 }
-MARKS = {"postgres": [pytest.mark.postgres], "elasticsearch": [pytest.mark.elasticsearch]}
+MARKS = {
+    "postgres": [pytest.mark.postgres],
+    "pgvector": [pytest.mark.postgres],
+    "elasticsearch": [pytest.mark.elasticsearch],
+}
 
 
 @pytest.fixture(params=[pytest.param(name, marks=MARKS.get(name, [])) for name in ADAPTERS])
