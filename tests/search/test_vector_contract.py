@@ -73,11 +73,64 @@ async def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         await engine.dispose()
 
 
+async def _pgvector(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Adapter]:
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from capstan.search.pgvector import PgVectors
+
+    url = request.getfixturevalue("postgres_url")
+    engine = create_engine(url, pool_size=2)
+    async with engine.connect() as conn:
+        column = await conn.execute(
+            text(
+                "SELECT 1 FROM information_schema.columns "
+                "WHERE table_name = 'vector_chunks' AND column_name = 'embedding'"
+            )
+        )
+        # scripts/services installs pgvector; without it migration 0008 leaves this out.
+        assert column.first() is not None, "pgvector is not installed on the test server"
+
+    async def broken() -> VectorStore:
+        closed = make_url(url).set(port=free_port()).render_as_string(hide_password=False)
+        return PgVectors(create_engine(closed, pool_size=1))
+
+    try:
+        yield Adapter(PgVectors(engine), broken)
+    finally:
+        await engine.dispose()
+
+
+async def _elasticsearch(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Adapter]:
+    from capstan.search.vector_es import ElasticsearchVectors
+    from tests.conftest import service_url
+
+    prefix = f"test-{uuid.uuid4().hex[:10]}"  # this test's own indices
+    store = ElasticsearchVectors(service_url("elasticsearch"), prefix=prefix, timeout_seconds=30)
+
+    async def broken() -> VectorStore:
+        return ElasticsearchVectors(f"http://127.0.0.1:{free_port()}", timeout_seconds=2)
+
+    try:
+        yield Adapter(store, broken)
+    finally:
+        found = await store.client.indices.get(index=f"{prefix}-*", allow_no_indices=True)
+        for name in found.body:
+            await store.client.indices.delete(index=name, ignore_unavailable=True)
+        await store.close()
+
+
 ADAPTERS: dict[str, Callable[[pytest.FixtureRequest, Path], AsyncIterator[Adapter]]] = {
     "sqlite": _sqlite,
     "postgres": _postgres,
+    "pgvector": _pgvector,
+    "elasticsearch": _elasticsearch,
 }
-MARKS = {"postgres": [pytest.mark.postgres]}
+MARKS = {
+    "postgres": [pytest.mark.postgres],
+    "pgvector": [pytest.mark.postgres],
+    "elasticsearch": [pytest.mark.elasticsearch],
+}
 
 
 @pytest.fixture(params=[pytest.param(name, marks=MARKS.get(name, [])) for name in ADAPTERS])
@@ -152,6 +205,13 @@ async def search(
     return [h.document_id for h in hits]
 
 
+async def versions(
+    store: VectorStore, space: Space, tenant: str | None = None
+) -> dict[tuple[str, str], int]:
+    await store.refresh()
+    return await store.versions(space, tenant)
+
+
 async def test_order_by_cosine_with_scores(store: VectorStore, space: Space, tenant: str) -> None:
     report = await store.upsert(
         space,
@@ -206,11 +266,11 @@ async def test_tenants_are_isolated(store: VectorStore, space: Space, tenant: st
     await store.upsert(space, [doc(tenant, "mine", 0.5), doc(other, "theirs", 0.0)])
     assert await search(store, space, tenant) == ["mine"]
     assert await search(store, space, other) == ["theirs"]
-    assert await store.versions(space, tenant) == {(tenant, "mine"): 1}
+    assert await versions(store, space, tenant) == {(tenant, "mine"): 1}
     # The same document id in two tenants is two documents.
     await store.upsert(space, [doc(other, "mine", 0.1, version=7)])
-    assert await store.versions(space, other) == {(other, "theirs"): 1, (other, "mine"): 7}
-    assert await store.versions(space, tenant) == {(tenant, "mine"): 1}
+    assert await versions(store, space, other) == {(other, "theirs"): 1, (other, "mine"): 7}
+    assert await versions(store, space, tenant) == {(tenant, "mine"): 1}
 
 
 async def test_tags_all_and_any(store: VectorStore, space: Space, tenant: str) -> None:
@@ -282,7 +342,7 @@ async def test_a_stale_version_is_ignored(store: VectorStore, space: Space, tena
     await store.refresh()
     hits = await store.query(space, VectorQuery(tenant, angle(0.0)))
     assert [(h.version, h.text) for h in hits] == [(3, "v3")]
-    assert await store.versions(space, tenant) == {(tenant, "d"): 3}
+    assert await versions(store, space, tenant) == {(tenant, "d"): 3}
 
 
 async def test_delete_removes_and_a_stale_upsert_cannot_resurrect(
@@ -295,7 +355,7 @@ async def test_delete_removes_and_a_stale_upsert_cannot_resurrect(
     late = await store.upsert(space, [doc(tenant, "gone", 0.0, version=2)])
     assert (late.applied, late.stale) == (0, 1)
     assert await search(store, space, tenant) == ["kept"]
-    assert await store.versions(space, tenant) == {(tenant, "kept"): 1}
+    assert await versions(store, space, tenant) == {(tenant, "kept"): 1}
     # Deleting what was never stored is not an error; a later replay of it stays out.
     await store.delete(space, [Removal(tenant, "never", 1)])
     await store.upsert(space, [doc(tenant, "never", 0.0, version=1)])
@@ -315,7 +375,7 @@ async def test_spaces_are_isolated(store: VectorStore, space: Space, tenant: str
         assert [(h.text, h.version) for h in two] == [("in two", 5)]
         await store.drop_space(other)
         assert await search(store, space, tenant) == ["d"]
-        assert await store.versions(space) == {(tenant, "d"): 1}
+        assert await versions(store, space) == {(tenant, "d"): 1}
     finally:
         await store.drop_space(other)
 
@@ -329,7 +389,7 @@ async def test_a_wrong_dimension_is_refused(store: VectorStore, space: Space, te
     with pytest.raises(VectorDimensionError, match="query vector"):
         await store.query(space, VectorQuery(tenant, [1.0] * (DIM + 1)))
     # Nothing of the refused batch was written.
-    assert await store.versions(space, tenant) == {}
+    assert await versions(store, space, tenant) == {}
 
 
 async def test_versions_lists_live_documents(store: VectorStore, space: Space, tenant: str) -> None:
@@ -339,8 +399,8 @@ async def test_versions_lists_live_documents(store: VectorStore, space: Space, t
     )
     await store.delete(space, [Removal(tenant, "b", 1)])
     await store.refresh()
-    assert await store.versions(space, tenant) == {(tenant, "a"): 4}
-    everything = await store.versions(space)
+    assert await versions(store, space, tenant) == {(tenant, "a"): 4}
+    everything = await versions(store, space)
     assert everything == {(tenant, "a"): 4, (other, "c"): 1}
 
 

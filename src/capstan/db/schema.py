@@ -24,8 +24,10 @@ from sqlalchemy import (
     false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import UserDefinedType
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -189,8 +191,24 @@ class OutboxEvent(Base):
 # --- Search (migration 0003_search): full-text objects the database maintains itself, kept out
 # of the ORM. PostgreSQL: the generated column documents.search_vector and its GIN index; SQLite:
 # the FTS5 table documents_fts (and its shadow tables) and documents_fts_map, fed by triggers.
-SEARCH_DERIVED_COLUMNS = {("documents", "search_vector")}
+# Vectors (migration 0008, PostgreSQL with pgvector only): vector_chunks.embedding and the HNSW
+# index per space that capstan.search.pgvector creates.
+SEARCH_DERIVED_COLUMNS = {("documents", "search_vector"), ("vector_chunks", "embedding")}
 SEARCH_DERIVED_INDEXES = {"ix_documents_search_vector"}
+SEARCH_DERIVED_INDEX_PREFIX = "ix_vector_chunks_hnsw_"
+
+
+class PgVector(UserDefinedType[Any]):
+    """pgvector's `vector`, known to reflection (the schema check) by name; never written
+    through the ORM (capstan.search.pgvector inserts it as text)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **_kw: Any) -> str:
+        return "vector"
+
+
+ischema_names["vector"] = PgVector
 SEARCH_DERIVED_TABLE_PREFIX = "documents_fts"
 
 
@@ -199,7 +217,9 @@ def is_search_derived(name: str | None, type_: str, obj: Any) -> bool:
         return bool(name and name.startswith(SEARCH_DERIVED_TABLE_PREFIX))
     if type_ == "column":
         return (getattr(obj.table, "name", None), name) in SEARCH_DERIVED_COLUMNS
-    return type_ == "index" and name in SEARCH_DERIVED_INDEXES
+    return type_ == "index" and bool(
+        name in SEARCH_DERIVED_INDEXES or (name and name.startswith(SEARCH_DERIVED_INDEX_PREFIX))
+    )
 
 
 def include_for_dialect(dialect: str) -> Any:

@@ -163,6 +163,9 @@ class SqlVectors:
             for c in doc.chunks
         ]
 
+    async def _insert_chunks(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+        await conn.execute(VC.insert(), rows)
+
     async def upsert(self, space: Space, docs: Sequence[DocumentVectors]) -> IndexReport:
         for doc in docs:
             for c in doc.chunks:
@@ -189,7 +192,7 @@ class SqlVectors:
                 await self._drop_chunks(conn, space, doc.tenant_id, doc.document_id)
                 rows = self._chunk_rows(space, doc)
                 if rows:
-                    await conn.execute(VC.insert(), rows)
+                    await self._insert_chunks(conn, rows)
                 report.applied += 1
             return report
 
@@ -271,7 +274,8 @@ class SqlVectors:
         except DOWN as exc:
             raise VectorsUnavailable(f"{self.name}: {exc}") from exc
 
-    def _join(self) -> Any:
+    @staticmethod
+    def _join() -> Any:
         return VC.join(
             VD,
             and_(

@@ -3,11 +3,19 @@
 `vector_chunks` (each chunk's text and float32 vector). The same tables on both dialects:
 SQLite scores them exactly with numpy after the filters ran in SQL (docs/embeddings.md).
 
+PostgreSQL with pgvector available (scripts/services installs it): `CREATE EXTENSION vector`
+and a `vector_chunks.embedding vector` column, which capstan.search.pgvector fills and indexes
+(HNSW per space). Without the extension files, or without the right to create it (it is not a
+trusted extension: a superuser must, or must have created it already), the migration goes on
+without them and the database store scores the `vector` bytes instead.
+
 Revision ID: 0008
 Revises: 0007
 """
 
 from __future__ import annotations
+
+import logging
 
 import sqlalchemy as sa
 from alembic import op
@@ -18,6 +26,25 @@ revision = "0008"
 down_revision = "0007"
 branch_labels = None
 depends_on = None
+
+log = logging.getLogger(__name__)
+
+
+def _pgvector() -> None:
+    bind = op.get_bind()
+    available = bind.execute(
+        sa.text("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")
+    ).first()
+    if available is None:
+        log.warning("pgvector is not installed: vectors are scored without it (slower)")
+        return
+    try:
+        with bind.begin_nested():
+            bind.execute(sa.text("CREATE EXTENSION IF NOT EXISTS vector"))
+    except sa.exc.DBAPIError as exc:
+        log.warning("CREATE EXTENSION vector failed (%s): vectors are scored without it", exc)
+        return
+    op.execute("ALTER TABLE vector_chunks ADD COLUMN embedding vector")
 
 
 def upgrade() -> None:
@@ -53,6 +80,8 @@ def upgrade() -> None:
             "space", "tenant_id", "document_id", "chunk", name="pk_vector_chunks"
         ),
     )
+    if op.get_bind().dialect.name == "postgresql":
+        _pgvector()
 
 
 def downgrade() -> None:
