@@ -64,16 +64,17 @@ async def create(client: httpx.AsyncClient, title: str, body: str, **extra: Any)
 
 
 async def stored(stack: Stack, tenant_id: str) -> dict[str, int]:
-    """{document id: version} the database's vector store holds for the tenant."""
+    """{document id: version} that every vector store holds for the tenant (a document the
+    stores disagree on is left out)."""
     embeddings = stack.container.embeddings
     assert embeddings is not None
     space = await embeddings.pipeline.live_space()
-    found: dict[str, int] = {}
-    for store in embeddings.pipeline.stores:
+    each: list[dict[str, int]] = []
+    for store in await embeddings.pipeline.stores():
         await store.refresh()
         versions = await store.versions(space, tenant_id)
-        found = {doc: v for (_t, doc), v in versions.items()}
-    return found
+        each.append({doc: v for (_t, doc), v in versions.items()})
+    return {doc: v for doc, v in each[0].items() if all(e.get(doc) == v for e in each)}
 
 
 async def embedded(stack: Stack, tenant_id: str, expected: dict[str, int | None]) -> None:

@@ -63,7 +63,7 @@ async def _run(
                     "version": space.version,
                     "dimension": space.dimension,
                 },
-                "stores": [s.name for s in pipeline.stores],
+                "stores": [s.name for s in await pipeline.stores()],
                 "documents": report.documents,
                 "current": report.current,
                 "missing": report.missing,

@@ -30,6 +30,14 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[float, str | None], Awaitable[None]]
 EmbedderFactory = Callable[[Settings], Awaitable[Embedder]]
+StoreSource = Callable[[], Awaitable[list[VectorStore]]]
+
+
+def _fixed(stores: list[VectorStore]) -> StoreSource:
+    async def get() -> list[VectorStore]:
+        return stores
+
+    return get
 
 
 def document_text(title: str, body: str) -> str:
@@ -69,12 +77,13 @@ class EmbeddingPipeline:
         self,
         settings: Settings,
         db: async_sessionmaker[AsyncSession],
-        stores: Sequence[VectorStore],
+        stores: Sequence[VectorStore] | StoreSource,
         *,
         embedder_factory: EmbedderFactory | None = None,
     ) -> None:
         self.settings = settings
-        self.stores = list(stores)
+        self._stores = stores if callable(stores) else _fixed(list(stores))
+        self._resolved: list[VectorStore] | None = None
         self._db = db
         self._factory = embedder_factory
         self._embedder: Embedder | None = None
@@ -93,6 +102,16 @@ class EmbeddingPipeline:
                     else:
                         self._embedder = await self._factory(self.settings)
         return self._embedder
+
+    async def stores(self) -> list[VectorStore]:
+        """The vector stores, database first (chosen on first use: pgvector needs a look at
+        the database)."""
+        if self._resolved is None:
+            async with self._lock:
+                if self._resolved is None:
+                    found = await self._stores()
+                    self._resolved = sorted(found, key=lambda s: s.derived)
+        return self._resolved
 
     async def live_space(self) -> Space:
         """The space queries use and new writes go to: the configured model's."""
@@ -181,24 +200,21 @@ class EmbeddingPipeline:
 
     async def write(self, space: Space, docs: Sequence[DocumentVectors]) -> None:
         """Every store, database first (the fallback must never be behind the index)."""
-        for store in self._ordered():
+        for store in await self.stores():
             await self._ensure(store, space)
             report = await store.upsert(space, docs)
             if report.failed:
                 raise RuntimeError(f"{store.name} refused vectors: {report.failed}")
 
     async def remove(self, space: Space, removals: Sequence[Removal]) -> None:
-        for store in self._ordered():
+        for store in await self.stores():
             await self._ensure(store, space)
             report = await store.delete(space, removals)
             if report.failed:
                 raise RuntimeError(f"{store.name} refused deletes: {report.failed}")
 
-    def _ordered(self) -> list[VectorStore]:
-        return sorted(self.stores, key=lambda s: s.derived)
-
     async def close(self) -> None:
         if self._embedder is not None:
             await self._embedder.aclose()
-        for store in self.stores:
+        for store in self._resolved or []:
             await store.close()

@@ -69,7 +69,7 @@ async def reconcile_embeddings(
     target = space or await pipeline.live_space()
     report = EmbeddingsReport(space=f"{target.model}@{target.version} ({target.dimension}d)")
     stored: list[dict[tuple[str, str], int]] = []
-    for store in pipeline.stores:
+    for store in await pipeline.stores():
         await store.ensure_space(target)
         await store.refresh()
         stored.append(

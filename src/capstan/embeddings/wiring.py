@@ -3,8 +3,10 @@ composition root; nothing connects until first use)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from capstan.db.replica import ReadRouter
@@ -20,12 +22,48 @@ class Embeddings:
     search: VectorSearch
 
 
-def vector_stores(settings: Settings, engine: AsyncEngine, reads: ReadRouter) -> list[VectorStore]:
-    """The database's own store (vector tables on SQLite and PostgreSQL) and, when
-    Elasticsearch is the index, its `dense_vector` store."""
-    from capstan.search.vector_sql import SqlVectors
+def vector_stores(
+    settings: Settings, engine: AsyncEngine, reads: ReadRouter
+) -> Callable[[], Awaitable[list[VectorStore]]]:
+    """The database's own store (pgvector when migration 0008 could add its column, else the
+    vector tables scored in the process) and, when Elasticsearch is the index, its
+    `dense_vector` store; chosen on first use."""
 
-    return [SqlVectors(engine, reads)]
+    async def choose() -> list[VectorStore]:
+        from capstan.search.vector_sql import SqlVectors
+
+        stores: list[VectorStore] = []
+        if engine.dialect.name == "postgresql" and await _has_pgvector(engine):
+            from capstan.search.pgvector import PgVectors
+
+            stores.append(PgVectors(engine, reads))
+        else:
+            stores.append(SqlVectors(engine, reads))
+        if settings.search_url.startswith("http"):
+            from capstan.search.vector_es import ElasticsearchVectors
+
+            stores.append(
+                ElasticsearchVectors(
+                    settings.search_url,
+                    prefix=settings.search_index,
+                    shards=settings.search_shards,
+                    replicas=settings.search_replicas,
+                )
+            )
+        return stores
+
+    return choose
+
+
+async def _has_pgvector(engine: AsyncEngine) -> bool:
+    async with engine.connect() as conn:
+        found = await conn.scalar(
+            text(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = 'vector_chunks' AND column_name = 'embedding'"
+            )
+        )
+    return found is not None
 
 
 def build_embeddings(
@@ -34,18 +72,14 @@ def build_embeddings(
     db: async_sessionmaker[AsyncSession],
     reads: ReadRouter,
 ) -> Embeddings | None:
-    """None when embeddings are turned off (or no vector store is available)."""
+    """None when embeddings are turned off."""
     if not settings.embeddings_enabled:
         return None
-    stores = vector_stores(settings, engine, reads)
-    if not stores:
-        return None
-    pipeline = EmbeddingPipeline(settings, db, stores)
+    pipeline = EmbeddingPipeline(settings, db, vector_stores(settings, engine, reads))
     return Embeddings(
         pipeline,
         VectorSearch(
             pipeline,
-            stores,
             timeout_seconds=settings.search_timeout_seconds,
             retry_seconds=settings.search_retry_seconds,
         ),

@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from capstan.embeddings.pipeline import EmbeddingPipeline
 from capstan.embeddings.port import EmbeddingError, EmbeddingInputError
 from capstan.search.port import Filters
-from capstan.search.vectors import ChunkHit, Space, VectorQuery, VectorStore, VectorsUnavailable
+from capstan.search.vectors import ChunkHit, Space, VectorQuery, VectorsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +38,11 @@ class VectorSearch:
     def __init__(
         self,
         pipeline: EmbeddingPipeline,
-        stores: Sequence[VectorStore],
         *,
         timeout_seconds: float = 1.0,
         retry_seconds: float = 2.0,
     ) -> None:
-        if not stores:
-            raise ValueError("VectorSearch needs at least one store")
         self.pipeline = pipeline
-        # The derived store (the index) ranks when it is up; the database store backs it.
-        self.stores = sorted(stores, key=lambda s: not s.derived)
         self._timeout = timeout_seconds
         self._retry = retry_seconds
         self._down_until: dict[str, float] = {}
@@ -72,11 +66,13 @@ class VectorSearch:
         space, vector = await self.embed_query(text)
         q = VectorQuery(tenant_id=tenant_id, vector=vector, filters=filters, limit=limit)
         last: Exception | None = None
-        for i, store in enumerate(self.stores):
-            if (
-                time.monotonic() < self._down_until.get(store.name, 0.0)
-                and i < len(self.stores) - 1
-            ):
+        # The derived store (the index) ranks when it is up; the database store backs it.
+        try:
+            stores = sorted(await self.pipeline.stores(), key=lambda s: not s.derived)
+        except Exception as exc:  # the database could not be asked which store it has
+            raise VectorsUnavailable(f"the vector stores cannot be opened: {exc}") from exc
+        for i, store in enumerate(stores):
+            if time.monotonic() < self._down_until.get(store.name, 0.0) and i < len(stores) - 1:
                 continue
             try:
                 hits = await asyncio.wait_for(store.query(space, q), self._timeout)
