@@ -433,3 +433,21 @@ class VectorChunk(Base):
     end_offset: Mapped[int] = mapped_column(Integer)
     text: Mapped[str] = mapped_column(Text)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class EmbeddingSpace(Base):
+    """An embedding space (model + version + dimension): `live` answers queries, `building`
+    is being filled by a re-embedding after a model change, `retired` was replaced."""
+
+    __tablename__ = "embedding_spaces"
+
+    key: Mapped[str] = mapped_column(String(40), primary_key=True)  # capstan.search.vectors.Space
+    model: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(64))
+    dimension: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(10))  # building | live | retired
+    # Re-embedding progress: documents done of `total` (for `capstan embeddings status`).
+    done: Mapped[int] = mapped_column(Integer)
+    total: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -57,7 +57,9 @@ async def _run(
         out = report.as_dict()
         if status:
             space = await pipeline.live_space()
+            spaces = pipeline.spaces
             out = {
+                "spaces": [] if spaces is None else [r.as_dict() for r in await spaces.all()],
                 "space": {
                     "model": space.model,
                     "version": space.version,

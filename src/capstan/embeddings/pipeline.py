@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -25,6 +25,9 @@ from capstan.search import indexing
 from capstan.search.port import IndexDoc, Removal
 from capstan.search.vectors import ChunkVector, DocumentVectors, Space, VectorStore
 from capstan.settings import Settings
+
+if TYPE_CHECKING:
+    from capstan.embeddings.spaces import Spaces
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,7 @@ class EmbeddingPipeline:
         stores: Sequence[VectorStore] | StoreSource,
         *,
         embedder_factory: EmbedderFactory | None = None,
+        spaces: Spaces | None = None,
     ) -> None:
         self.settings = settings
         self._stores = stores if callable(stores) else _fixed(list(stores))
@@ -87,6 +91,8 @@ class EmbeddingPipeline:
         self._db = db
         self._factory = embedder_factory
         self._embedder: Embedder | None = None
+        self.spaces = spaces
+        self._synced = False
         self._lock = asyncio.Lock()
         self._ensured: set[tuple[int, str]] = set()
         self._measure: Measure | None = None  # the tokenizer loads once, on first use
@@ -113,9 +119,21 @@ class EmbeddingPipeline:
                     self._resolved = sorted(found, key=lambda s: s.derived)
         return self._resolved
 
-    async def live_space(self) -> Space:
-        """The space queries use and new writes go to: the configured model's."""
+    async def write_space(self) -> Space:
+        """The space new writes go to: the configured model's (live, or being built)."""
         return space_of(await self.embedder())
+
+    async def live_space(self) -> Space:
+        """The space queries use (embeddings/spaces.py); without a spaces table, the
+        configured model's."""
+        configured = await self.write_space()
+        if self.spaces is None:
+            return configured
+        if not self._synced:
+            live, _building = await self.spaces.sync(configured)
+            self._synced = True
+            return live
+        return await self.spaces.live() or configured
 
     async def _ensure(self, store: VectorStore, space: Space) -> None:
         key = (id(store), space.key)
@@ -151,7 +169,7 @@ class EmbeddingPipeline:
         doc = rows.get(document_id)
         if doc is not None and doc.tenant_id != tenant_id:
             doc = None  # another tenant's id: never touch it
-        target = space or await self.live_space()
+        target = space or await self.write_space()
         if doc is None:
             await self.remove(target, [Removal(tenant_id, document_id, version)])
             await progress(1.0, "removed")
@@ -170,33 +188,43 @@ class EmbeddingPipeline:
 
     async def vectors_of(self, doc: IndexDoc, progress: Progress | None = None) -> DocumentVectors:
         """The document's chunks with their vectors (progress after each batch)."""
+        [vectors] = await self.vectors_of_many([doc], progress)
+        return vectors
+
+    async def vectors_of_many(
+        self, docs: Sequence[IndexDoc], progress: Progress | None = None
+    ) -> list[DocumentVectors]:
+        """Each document's chunks with their vectors, the chunks of all of them embedded in
+        batches of `embeddings_batch_size` (re-embedding pages of small documents)."""
         embedder = await self.embedder()
-        chunks = await asyncio.to_thread(self.chunks, doc)
+        chunked = await asyncio.to_thread(lambda: [self.chunks(d) for d in docs])
+        flat = [(i, c) for i, chunks in enumerate(chunked) for c in chunks]
         batch = self.settings.embeddings_batch_size
-        out: list[ChunkVector] = []
-        for start in range(0, len(chunks), batch):
+        out: list[list[ChunkVector]] = [[] for _ in docs]
+        for start in range(0, len(flat), batch):
             if progress is not None:
                 await progress(
-                    0.05 + 0.9 * start / len(chunks), f"embedding chunks {start}/{len(chunks)}"
+                    0.05 + 0.9 * start / len(flat), f"embedding chunks {start}/{len(flat)}"
                 )
-            part = chunks[start : start + batch]
-            vectors = await embedder.embed([c.text for c in part])
-            out += [
-                ChunkVector(c.index, c.start, c.end, c.text, v)
-                for c, v in zip(part, vectors, strict=True)
-            ]
+            part = flat[start : start + batch]
+            vectors = await embedder.embed([c.text for _, c in part])
+            for (i, c), v in zip(part, vectors, strict=True):
+                out[i].append(ChunkVector(c.index, c.start, c.end, c.text, v))
         if progress is not None:
             await progress(0.95, "storing")
-        return DocumentVectors(
-            tenant_id=doc.tenant_id,
-            document_id=doc.id,
-            version=doc.version,
-            collection=doc.collection,
-            tags=doc.tags,
-            metadata=doc.metadata,
-            created_at=doc.created_at,
-            chunks=tuple(out),
-        )
+        return [
+            DocumentVectors(
+                tenant_id=doc.tenant_id,
+                document_id=doc.id,
+                version=doc.version,
+                collection=doc.collection,
+                tags=doc.tags,
+                metadata=doc.metadata,
+                created_at=doc.created_at,
+                chunks=tuple(chunks),
+            )
+            for doc, chunks in zip(docs, out, strict=True)
+        ]
 
     async def write(self, space: Space, docs: Sequence[DocumentVectors]) -> None:
         """Every store, database first (the fallback must never be behind the index)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from capstan.db.schema import Document
 from capstan.embeddings.pipeline import EmbeddingPipeline
+from capstan.embeddings.spaces import live_document_pages
 from capstan.search.port import Removal
 from capstan.search.vectors import Space
 from capstan.tasks.handlers.embeddings import TYPE
@@ -34,6 +35,8 @@ from capstan.tasks.schemas import TaskSubmit
 from capstan.tasks.service import TaskService
 
 log = logging.getLogger(__name__)
+
+FIRST_RUN_SECONDS = 10.0
 
 
 @dataclass
@@ -63,10 +66,12 @@ async def reconcile_embeddings(
     grace_seconds: float = 30.0,
     tenants: Sequence[str] | None = None,
     repair: bool = True,
+    inline: bool = False,
 ) -> EmbeddingsReport:
-    """Compare (and with `repair` and `tasks`, repair) some tenants or all in `space`
-    (default: the live space)."""
-    target = space or await pipeline.live_space()
+    """Compare (and with `repair`, repair) some tenants or all in `space` (default: the one
+    writes go to). Missing or stale documents are resubmitted as tasks (`tasks`), or, with
+    `inline`, embedded here (the re-embedding's last pass)."""
+    target = space or await pipeline.write_space()
     report = EmbeddingsReport(space=f"{target.model}@{target.version} ({target.dimension}d)")
     stored: list[dict[tuple[str, str], int]] = []
     for store in await pipeline.stores():
@@ -128,7 +133,13 @@ async def reconcile_embeddings(
         report.examples.extend(r.id for r in extra[: max(0, 10 - len(report.examples))])
     if not repair:
         return report
-    if tasks is not None:
+    if inline:
+        for tenant, doc_id, version in to_embed:
+            outcome = await pipeline.embed_document(
+                tenant, doc_id, version, _quiet, space=target, force=True
+            )
+            report.submitted += int(outcome.action == "embedded")
+    elif tasks is not None:
         for tenant, doc_id, version in to_embed:
             _task, fresh = await tasks.submit(
                 tenant,
@@ -143,6 +154,44 @@ async def reconcile_embeddings(
         await pipeline.remove(target, extra[start : start + 500])
         report.removed += len(extra[start : start + 500])
     return report
+
+
+async def _quiet(fraction: float, message: str | None) -> None:
+    return None
+
+
+async def rebuild(
+    pipeline: EmbeddingPipeline,
+    db: async_sessionmaker[AsyncSession],
+    target: Space,
+    progress: Callable[[int, int], Awaitable[None]] | None = None,
+) -> dict[str, Any]:
+    """Re-embed every live document into `target` (a page at a time, progress after each),
+    repair what changed meanwhile, then make `target` live and drop the retired space."""
+    spaces = pipeline.spaces
+    assert spaces is not None
+    total, pages = await live_document_pages(db)
+    done = 0
+    await spaces.progress(target, done, total)
+    async for docs in pages():
+        await pipeline.write(target, await pipeline.vectors_of_many(docs))
+        done += len(docs)
+        await spaces.progress(target, done, max(total, done))
+        if progress is not None:
+            await progress(done, max(total, done))
+    final = await reconcile_embeddings(
+        pipeline, db, None, space=target, grace_seconds=0, inline=True
+    )
+    retired = await spaces.switch(target)
+    if retired is not None:
+        for store in await pipeline.stores():
+            await store.drop_space(retired)
+    return {
+        "space": target.key,
+        "documents": done,
+        "repaired": final.submitted + final.removed,
+        "retired": None if retired is None else retired.key,
+    }
 
 
 class EmbeddingsReconciler:
@@ -165,13 +214,18 @@ class EmbeddingsReconciler:
         self.runs = 0
 
     async def run(self, stopping: asyncio.Event) -> None:
+        # The first check comes soon after start, so a model change starts its build at once.
+        wait = min(self._interval, FIRST_RUN_SECONDS)
         while not stopping.is_set():
             try:
-                await asyncio.wait_for(stopping.wait(), self._interval)
+                await asyncio.wait_for(stopping.wait(), wait)
                 return
             except TimeoutError:
                 pass
+            wait = self._interval
             try:
+                if await self._build():
+                    continue
                 report = await reconcile_embeddings(
                     self._pipeline, self._db, self._tasks, grace_seconds=self._grace
                 )
@@ -180,3 +234,18 @@ class EmbeddingsReconciler:
                     log.warning("embeddings drift repaired", extra=report.as_dict())
             except Exception as exc:  # a store or the embedder down: the next run tries again
                 log.warning("embeddings reconciliation failed", extra={"error": repr(exc)})
+
+    async def _build(self) -> bool:
+        """Run the re-embedding when the configured model is not live and no other process
+        holds the build; True when a build was (or is being) done."""
+        spaces = self._pipeline.spaces
+        if spaces is None:
+            return False
+        _live, building = await spaces.sync(await self._pipeline.write_space())
+        if building is None:
+            return False
+        if await spaces.claim(building):
+            log.warning("re-embedding every document", extra={"space": building.key})
+            result = await rebuild(self._pipeline, self._db, building)
+            log.warning("re-embedding done, space switched", extra=result)
+        return True

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from capstan.db.replica import ReadRouter
 from capstan.embeddings.pipeline import EmbeddingPipeline
+from capstan.embeddings.spaces import Spaces
 from capstan.search.semantic import VectorSearch
 from capstan.search.vectors import VectorStore
 from capstan.settings import Settings
@@ -75,7 +76,9 @@ def build_embeddings(
     """None when embeddings are turned off."""
     if not settings.embeddings_enabled:
         return None
-    pipeline = EmbeddingPipeline(settings, db, vector_stores(settings, engine, reads))
+    pipeline = EmbeddingPipeline(
+        settings, db, vector_stores(settings, engine, reads), spaces=Spaces(db)
+    )
     return Embeddings(
         pipeline,
         VectorSearch(

@@ -51,11 +51,18 @@ class VectorSearch:
         try:
             embedder = await self.pipeline.embedder()
             space = await self.pipeline.live_space()
+            if space != await self.pipeline.write_space():
+                raise VectorsUnavailable(
+                    f"the live space is {space.model}@{space.version}, which this process "
+                    "cannot embed queries for: a re-embedding to its configured model runs"
+                )
             [vector] = await asyncio.wait_for(embedder.embed([text]), self._timeout * 5)
-        except EmbeddingInputError:
+        except (EmbeddingInputError, VectorsUnavailable):
             raise
-        except (EmbeddingError, TimeoutError) as exc:
+        except (EmbeddingError, TimeoutError, OSError) as exc:
             raise VectorsUnavailable(f"the query could not be embedded: {exc}") from exc
+        except Exception as exc:  # the spaces table cannot be read (database down)
+            raise VectorsUnavailable(f"the live space cannot be read: {exc}") from exc
         return space, vector
 
     async def search(

@@ -1,0 +1,87 @@
+"""A model change re-embeds every document into a new space while the old one stays live,
+then switches (embedded: each test has its own database; the spaces table is deployment-wide,
+so the shared PostgreSQL test database must keep one model for every other test)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from capstan.embeddings.reconcile import rebuild
+from capstan.embeddings.static import StaticEmbedder
+from tests.embeddings.server import EmbeddingsServer
+from tests.search.conftest import close_stack, open_stack
+from tests.search.test_semantic import DOCS, EMBEDDINGS, PARAPHRASES, create, embedded, search
+
+
+@pytest.fixture
+def endpoint() -> Iterator[EmbeddingsServer]:
+    """A real OpenAI-compatible server (the offline model behind HTTP) on loopback."""
+    server = EmbeddingsServer(StaticEmbedder.load())
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_a_model_change_rebuilds_then_switches_the_live_space(
+    request: pytest.FixtureRequest, tmp_path: Path, endpoint: EmbeddingsServer
+) -> None:
+    model = {
+        **EMBEDDINGS,
+        "embeddings_url": endpoint.url,
+        "embeddings_model": "test-model",
+        "embeddings_dimension": 256,
+    }
+    # Given documents embedded with version 1 of a model
+    first = await open_stack("embedded", request, tmp_path, **model, embeddings_version="1")
+    try:
+        tenant = await first.api.tenant()
+        async with first.api.client(tenant.key) as client:
+            ids = {k: (await create(client, *v))["id"] for k, v in DOCS.items()}
+            await embedded(first, tenant.id, dict.fromkeys(ids.values(), 1))
+            assert (await search(client, q=PARAPHRASES["tomato"]))["mode"] == "hybrid"
+    finally:
+        await close_stack(first)
+
+    # When the processes restart with version 2 of the model
+    second = await open_stack("embedded", request, tmp_path, **model, embeddings_version="2")
+    try:
+        c = second.container
+        assert c.embeddings is not None
+        pipeline = c.embeddings.pipeline
+        assert pipeline.spaces is not None
+        async with second.api.client(tenant.key) as client:
+            # the old space is still live, and semantic queries cannot use it from here:
+            # keywords answer, degraded, until the switch
+            answer = await search(client, q="tomatoes", mode="hybrid")
+            assert answer["mode"] == "keyword" and answer["degraded"] is True
+            states = {(s.space.version, s.state) for s in await pipeline.spaces.all()}
+            assert states == {("1", "live"), ("2", "building")}
+            old = next(s.space for s in await pipeline.spaces.all() if s.state == "live")
+
+            # the re-embedding builds version 2 with progress, then switches
+            new = await pipeline.write_space()
+            assert await pipeline.spaces.claim(new)
+            assert not await pipeline.spaces.claim(new)  # one builder at a time
+            seen: list[tuple[int, int]] = []
+
+            async def progress(done: int, total: int) -> None:
+                seen.append((done, total))
+
+            result = await rebuild(pipeline, c.db, new, progress)
+            assert result["documents"] >= 4 and result["retired"] == old.key
+            assert seen and seen[-1][0] == seen[-1][1]
+            rows = {s.space.version: s for s in await pipeline.spaces.all()}
+            assert (rows["1"].state, rows["2"].state) == ("retired", "live")
+            assert rows["2"].done == rows["2"].total >= 4
+
+            # Then queries use the new space, and the old vectors are gone
+            hit = await search(client, q=PARAPHRASES["tomato"], mode="semantic")
+            assert hit["mode"] == "semantic" and hit["hits"][0]["id"] == ids["tomato"]
+            for store in await pipeline.stores():
+                assert await store.versions(old, tenant.id) == {}
+                assert len(await store.versions(new, tenant.id)) == 4
+    finally:
+        await close_stack(second)
