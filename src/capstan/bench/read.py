@@ -59,6 +59,7 @@ from capstan.bench.report import (
     publish,
     result_header,
 )
+from capstan.bench.retrieval import retrieval_command
 from capstan.bench.soak import soak as soak_command
 from capstan.bench.tasks import tasks as tasks_command
 from capstan.bench.wrk import WrkOutputError, WrkResult, parse_wrk, wrk_command, wrk_path
@@ -68,6 +69,7 @@ app.command("events")(events_command)  # `capstan bench events`: src/capstan/ben
 app.command("tasks")(tasks_command)  # `capstan bench tasks`: src/capstan/bench/tasks.py
 app.command("soak")(soak_command)  # `capstan bench soak`: src/capstan/bench/soak.py
 app.command("embeddings")(embeddings_command)  # src/capstan/bench/embeddings.py
+app.command("retrieval")(retrieval_command)  # src/capstan/bench/retrieval.py
 
 # Design targets from the issue; informational: missing one does not fail the command.
 TARGET_HIT_VS_TRIVIAL = 0.70
