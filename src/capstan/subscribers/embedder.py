@@ -10,6 +10,7 @@ at the latest version.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import ClassVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -30,6 +31,14 @@ class EmbedderSubscriber:
     def __init__(self, registry: TaskRegistry, settings: Settings) -> None:
         self._registry = registry
         self._settings = settings
+        # Embeddings off: every event is ignored without a transaction (runtime.py's
+        # idempotent path), so the subscriber costs next to nothing.
+        self.apply_idempotent: Callable[[Event], Awaitable[Outcome | None]] | None = (
+            None if TYPE in registry else self._ignore
+        )
+
+    async def _ignore(self, event: Event) -> Outcome | None:
+        return None
 
     async def handle(self, event: Event, session: AsyncSession) -> Outcome | None:
         if TYPE not in self._registry:  # embeddings turned off: nothing to submit
