@@ -29,7 +29,6 @@ from sqlalchemy import (
     exists,
     func,
     select,
-    tuple_,
     type_coerce,
 )
 from sqlalchemy import cast as sql_cast
@@ -410,12 +409,16 @@ class SqlVectors:
             .where(
                 VC.c.space == space.key,
                 VC.c.tenant_id == tenant_id,
-                tuple_(VC.c.document_id, VC.c.chunk).in_(
-                    [(doc, chunk) for doc, (chunk, _) in best.items()]
-                ),
+                # The documents (a primary-key prefix); the chunk is picked below: a row-value
+                # IN is not an index lookup on SQLite.
+                VC.c.document_id.in_(list(best)),
             )
         )
-        found = {r.document_id: r for r in (await conn.execute(stmt)).all()}
+        found = {
+            r.document_id: r
+            for r in (await conn.execute(stmt)).all()
+            if r.chunk == best[r.document_id][0]
+        }
         hits = []
         for doc, (_chunk, score) in best.items():
             r = found.get(doc)
