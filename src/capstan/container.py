@@ -26,6 +26,7 @@ from capstan.search.elasticsearch import ElasticsearchEngine
 from capstan.search.port import SearchEngine
 from capstan.search.service import SearchService
 from capstan.search.sql import DatabaseSearch
+from capstan.search.vector_stores import VectorStores, build_vector_stores
 from capstan.settings import Settings, host_list_as_params
 from capstan.signals.port import SignalBus
 from capstan.tasks.registry import TaskRegistry, build_registry
@@ -56,6 +57,8 @@ class Container:
     outbox_wakeup: asyncio.Event
     # The search flow: the database engine always, Elasticsearch when configured (`search`).
     searcher: SearchService
+    # Vector stores (docs/embeddings.md): the database's always, Elasticsearch's when configured.
+    vectors: VectorStores
     task_registry: TaskRegistry
     tasks: TaskService
     topology: Topology
@@ -73,6 +76,7 @@ class Container:
     async def close(self) -> None:
         await self.broker.close()
         await self.search.close()
+        await self.vectors.close()
         await self.signals.close()
         for closer in self._closers:
             await closer()
@@ -178,7 +182,8 @@ def build_container(settings: Settings) -> Container:
             replicas=settings.search_replicas,
         )
     search = index if index is not None else database_search
-    embeddings = build_embeddings(settings, engine, db, reads)
+    vectors = build_vector_stores(settings, engine, reads)
+    embeddings = build_embeddings(settings, db, vectors)
     if embeddings is not None:
         closers.append(embeddings.pipeline.close)
     searcher = SearchService(
@@ -214,6 +219,7 @@ def build_container(settings: Settings) -> Container:
         limited_reader=limited_reader,
         broker=broker,
         search=search,
+        vectors=vectors,
         auth=auth,
         auth_failures=FailedAuthLimiter(
             rate_limiter,

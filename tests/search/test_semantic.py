@@ -13,6 +13,7 @@ import pytest
 
 from capstan.embeddings.pipeline import document_text
 from capstan.search.fusion import rrf
+from capstan.search.vectors import VectorsUnavailable
 from tests.conftest import Api, Stack
 from tests.search.conftest import PRODUCTION, close_stack, open_stack
 
@@ -81,7 +82,10 @@ async def embedded(stack: Stack, tenant_id: str, expected: dict[str, int | None]
     """Wait until the store holds each document at its version (None: absent)."""
 
     async def ok() -> bool:
-        have = await stored(stack, tenant_id)
+        try:
+            have = await stored(stack, tenant_id)
+        except VectorsUnavailable:  # a fresh Elasticsearch index may answer 503 at first
+            return False
         return all(have.get(doc) == v for doc, v in expected.items())
 
     await stack.until(ok, timeout=60, what=f"vectors {expected}")

@@ -41,6 +41,8 @@ class Adapter:
     store: VectorStore
     # A store of this kind whose server cannot be reached.
     broken: Callable[[], Awaitable[VectorStore]]
+    # Another store on the same server (another process's: its own caches and clients).
+    twin: Callable[[], Awaitable[VectorStore]]
 
 
 async def _sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Adapter]:
@@ -51,8 +53,11 @@ async def _sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     async def broken() -> VectorStore:
         return SqlVectors(create_engine(f"sqlite:///{tmp_path / 'missing' / 'no.db'}"))
 
+    async def twin() -> VectorStore:
+        return SqlVectors(engine)
+
     try:
-        yield Adapter(SqlVectors(engine), broken)
+        yield Adapter(SqlVectors(engine), broken, twin)
     finally:
         await engine.dispose()
 
@@ -67,8 +72,11 @@ async def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         closed = make_url(url).set(port=free_port()).render_as_string(hide_password=False)
         return SqlVectors(create_engine(closed, pool_size=1))
 
+    async def twin() -> VectorStore:
+        return SqlVectors(engine)
+
     try:
-        yield Adapter(SqlVectors(engine), broken)
+        yield Adapter(SqlVectors(engine), broken, twin)
     finally:
         await engine.dispose()
 
@@ -95,8 +103,11 @@ async def _pgvector(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         closed = make_url(url).set(port=free_port()).render_as_string(hide_password=False)
         return PgVectors(create_engine(closed, pool_size=1))
 
+    async def twin() -> VectorStore:
+        return PgVectors(engine)
+
     try:
-        yield Adapter(PgVectors(engine), broken)
+        yield Adapter(PgVectors(engine), broken, twin)
     finally:
         await engine.dispose()
 
@@ -111,8 +122,11 @@ async def _elasticsearch(request: pytest.FixtureRequest, tmp_path: Path) -> Asyn
     async def broken() -> VectorStore:
         return ElasticsearchVectors(f"http://127.0.0.1:{free_port()}", timeout_seconds=2)
 
+    async def twin() -> VectorStore:
+        return ElasticsearchVectors(service_url("elasticsearch"), prefix=prefix, timeout_seconds=30)
+
     try:
-        yield Adapter(store, broken)
+        yield Adapter(store, broken, twin)
     finally:
         found = await store.client.indices.get(index=f"{prefix}-*", allow_no_indices=True)
         for name in found.body:
@@ -415,6 +429,38 @@ async def test_unreachable_store_raises_unavailable(adapter: Adapter, space: Spa
             await broken.upsert(space, [doc("t", "d", 0.1)])
     finally:
         await broken.close()
+
+
+async def test_another_process_sees_every_write(
+    adapter: Adapter, store: VectorStore, space: Space, tenant: str
+) -> None:
+    """A reader that answered before (and may keep what it read) sees each later write made
+    by another store on the same server."""
+    reader = await adapter.twin()
+    try:
+
+        async def read(**filters: Any) -> list[tuple[str, int, str]]:
+            await store.refresh()
+            hits = await reader.query(
+                space, VectorQuery(tenant, angle(0.0), filters=Filters(**filters))
+            )
+            return [(h.document_id, h.version, h.text) for h in hits]
+
+        assert await read() == []
+        await store.upsert(space, [doc(tenant, "d", 0.1, text="one")])
+        assert await read() == [("d", 1, "one")]
+        assert await read(collection="a") == [("d", 1, "one")]
+        await store.upsert(space, [doc(tenant, "d", 0.2, version=2, text="two", collection="b")])
+        assert await read() == [("d", 2, "two")]
+        assert await read(collection="a") == []
+        await store.upsert(space, [doc(tenant, "e", 0.0, text="three")])
+        assert await read() == [("e", 1, "three"), ("d", 2, "two")]
+        await store.delete(space, [Removal(tenant, "e", 1)])
+        assert await read() == [("d", 2, "two")]
+        await store.drop_space(space)
+        assert await read() == []
+    finally:
+        await reader.close()
 
 
 # --- semantic checks with the offline model ------------------------------------------------

@@ -420,6 +420,17 @@ class VectorDocument(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class VectorGeneration(Base):
+    """Bumped by every write of a tenant's vectors in a space: a process's cached copy of
+    them (capstan.search.vector_sql) is current while the number has not moved."""
+
+    __tablename__ = "vector_generations"
+
+    space: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger)
+
+
 class VectorChunk(Base):
     """One embedded chunk: its offsets, its text and its vector (float32, little-endian)."""
 

@@ -242,7 +242,6 @@ class EmbeddingPipeline:
                 raise RuntimeError(f"{store.name} refused deletes: {report.failed}")
 
     async def close(self) -> None:
+        """The embedder; the stores belong to the container."""
         if self._embedder is not None:
             await self._embedder.aclose()
-        for store in self._resolved or []:
-            await store.close()

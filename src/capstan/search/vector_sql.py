@@ -12,7 +12,9 @@ WHERE), so concurrent writers of one document cannot interleave.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, cast
 
@@ -27,7 +29,6 @@ from sqlalchemy import (
     exists,
     func,
     select,
-    tuple_,
     type_coerce,
 )
 from sqlalchemy import cast as sql_cast
@@ -37,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from capstan.db.engine import WRITE_OPTION
 from capstan.db.replica import ReadRouter
-from capstan.db.schema import VectorChunk, VectorDocument
+from capstan.db.schema import VectorChunk, VectorDocument, VectorGeneration
 from capstan.search.port import Filters, IndexReport, Removal, metadata_text
 from capstan.search.vectors import (
     ChunkHit,
@@ -50,6 +51,9 @@ from capstan.search.vectors import (
 
 VD = cast(Table, VectorDocument.__table__)
 VC = cast(Table, VectorChunk.__table__)
+VG = cast(Table, VectorGeneration.__table__)
+# The vectors a process keeps in memory (all tenants and spaces), least recently used evicted.
+CACHE_BYTES = 256 * 1024 * 1024
 # What a tombstone's filter fields hold (never read: tombstones match no query).
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DOWN = (OperationalError, DBAPIError, OSError)
@@ -72,12 +76,28 @@ def meta_terms(metadata: dict[str, Any]) -> list[str]:
     return out
 
 
+@dataclass(slots=True)
+class TenantVectors:
+    generation: int
+    keys: list[tuple[str, int]]  # row → (document, chunk)
+    rows: dict[tuple[str, int], int]
+    matrix: npt.NDArray[np.float32]
+
+
 class SqlVectors:
     """The database's vector store; `name` says which dialect it runs on."""
 
     derived: ClassVar[bool] = False
 
-    def __init__(self, engine: AsyncEngine, reads: ReadRouter | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        reads: ReadRouter | None = None,
+        *,
+        cache_bytes: int = CACHE_BYTES,
+    ) -> None:
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[tuple[str, str], TenantVectors] = OrderedDict()
         self._engine = engine
         # SQLite writers take the write lock up front (capstan.db.engine).
         self._writer = engine.execution_options(**{WRITE_OPTION: True})
@@ -101,6 +121,10 @@ class SqlVectors:
         async def work(conn: AsyncConnection) -> None:
             await conn.execute(delete(VC).where(VC.c.space == space.key))
             await conn.execute(delete(VD).where(VD.c.space == space.key))
+            # Kept and bumped, not deleted: a generation must never repeat for other caches.
+            await conn.execute(
+                VG.update().where(VG.c.space == space.key).values(generation=VG.c.generation + 1)
+            )
 
         await self._write(work)
 
@@ -119,14 +143,14 @@ class SqlVectors:
 
     # --- writes ----------------------------------------------------------------------------
 
-    def _insert(self) -> Any:
+    def _insert(self, table: Table = VD) -> Any:
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-            return pg_insert(VD)
+            return pg_insert(table)
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        return sqlite_insert(VD)
+        return sqlite_insert(table)
 
     async def _claim(self, conn: AsyncConnection, space: Space, row: dict[str, Any]) -> bool:
         """Write the document's row if its version is not below the stored one; True if it was
@@ -163,6 +187,17 @@ class SqlVectors:
             for c in doc.chunks
         ]
 
+    async def _bump(self, conn: AsyncConnection, space: Space, tenants: set[str]) -> None:
+        """Every process's cache of these tenants' vectors is stale from this commit on."""
+        for tenant in sorted(tenants):  # one order: writers of several tenants cannot deadlock
+            stmt = self._insert(VG).values(space=space.key, tenant_id=tenant, generation=1)
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[VG.c.space, VG.c.tenant_id],
+                    set_={"generation": VG.c.generation + 1},
+                )
+            )
+
     async def _insert_chunks(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
         await conn.execute(VC.insert(), rows)
 
@@ -175,7 +210,8 @@ class SqlVectors:
 
         async def work(conn: AsyncConnection) -> IndexReport:
             report = IndexReport()
-            for doc in docs:
+            # One lock order for every writer (tenant, document): no deadlock between batches.
+            for doc in sorted(docs, key=lambda d: (d.tenant_id, d.document_id)):
                 row = {
                     "tenant_id": doc.tenant_id,
                     "document_id": doc.document_id,
@@ -194,6 +230,7 @@ class SqlVectors:
                 if rows:
                     await self._insert_chunks(conn, rows)
                 report.applied += 1
+            await self._bump(conn, space, {d.tenant_id for d in docs})
             return report
 
         report: IndexReport = await self._write(work)
@@ -205,7 +242,7 @@ class SqlVectors:
 
         async def work(conn: AsyncConnection) -> IndexReport:
             report = IndexReport()
-            for r in removals:
+            for r in sorted(removals, key=lambda r: (r.tenant_id, r.id)):
                 tombstone = {
                     "tenant_id": r.tenant_id,
                     "document_id": r.id,
@@ -221,6 +258,7 @@ class SqlVectors:
                     report.applied += 1
                 else:
                     report.stale += 1
+            await self._bump(conn, space, {r.tenant_id for r in removals})
             return report
 
         report: IndexReport = await self._write(work)
@@ -286,26 +324,69 @@ class SqlVectors:
         )
 
     async def _query(self, conn: AsyncConnection, space: Space, q: VectorQuery) -> list[ChunkHit]:
-        stmt = (
-            select(VC.c.document_id, VC.c.chunk, VC.c.vector)
-            .select_from(self._join())
-            .where(*self.conditions(space, q.tenant_id, q.filters))
-        )
-        rows = (await conn.execute(stmt)).all()
-        if not rows:
+        # One read transaction: the generation, then (if the cache is not current) the vectors,
+        # which are at least as new as the generation they are cached under.
+        generation = (
+            await conn.execute(
+                select(VG.c.generation).where(
+                    VG.c.space == space.key, VG.c.tenant_id == q.tenant_id
+                )
+            )
+        ).scalar()
+        if generation is None:  # nothing was ever written for this tenant in this space
             return []
-        matrix = np.frombuffer(b"".join(r.vector for r in rows), dtype="<f4").reshape(
-            len(rows), space.dimension
-        )
+        tenant = await self._tenant_vectors(conn, space, q.tenant_id, int(generation))
+        if q.filters.empty:
+            rows = None  # every chunk stored is a live document's: no SQL needed
+        else:
+            # The filters in SQL, on the small columns only; the vectors come from the cache.
+            stmt = (
+                select(VC.c.document_id, VC.c.chunk)
+                .select_from(self._join())
+                .where(*self.conditions(space, q.tenant_id, q.filters))
+            )
+            found = (await conn.execute(stmt)).all()
+            picked = [tenant.rows.get((r.document_id, r.chunk)) for r in found]
+            rows = np.asarray([i for i in picked if i is not None], dtype=np.intp)
+            if not len(rows):
+                return []
+        matrix = tenant.matrix if rows is None else tenant.matrix[rows]
         scores = matrix @ unit(q.vector)
         best: dict[str, tuple[int, float]] = {}  # document → (its best chunk, score)
         for i in np.argsort(-scores, kind="stable"):
-            doc = rows[i].document_id
+            row = int(i) if rows is None else int(rows[i])
+            doc, chunk = tenant.keys[row]
             if doc not in best:
-                best[doc] = (rows[i].chunk, float(scores[i]))
+                best[doc] = (chunk, float(scores[i]))
                 if len(best) == q.limit:
                     break
         return await self._hits(conn, space, q.tenant_id, best)
+
+    async def _tenant_vectors(
+        self, conn: AsyncConnection, space: Space, tenant_id: str, generation: int
+    ) -> TenantVectors:
+        """A tenant's vectors in a space as one matrix, from the cache while its generation is
+        current (least recently used ones evicted past `cache_bytes`)."""
+        key = (space.key, tenant_id)
+        cached = self._cache.get(key)
+        if cached is not None and cached.generation == generation:
+            self._cache.move_to_end(key)
+            return cached
+        stmt = select(VC.c.document_id, VC.c.chunk, VC.c.vector).where(
+            VC.c.space == space.key, VC.c.tenant_id == tenant_id
+        )
+        found = (await conn.execute(stmt)).all()
+        keys = [(r.document_id, int(r.chunk)) for r in found]
+        matrix = np.frombuffer(b"".join(r.vector for r in found), dtype="<f4").reshape(
+            len(found), space.dimension
+        )
+        made = TenantVectors(generation, keys, {k: i for i, k in enumerate(keys)}, matrix)
+        self._cache.pop(key, None)
+        if matrix.nbytes <= self.cache_bytes:
+            self._cache[key] = made
+            while sum(t.matrix.nbytes for t in self._cache.values()) > self.cache_bytes:
+                self._cache.popitem(last=False)
+        return made
 
     async def _hits(
         self,
@@ -328,12 +409,16 @@ class SqlVectors:
             .where(
                 VC.c.space == space.key,
                 VC.c.tenant_id == tenant_id,
-                tuple_(VC.c.document_id, VC.c.chunk).in_(
-                    [(doc, chunk) for doc, (chunk, _) in best.items()]
-                ),
+                # The documents (a primary-key prefix); the chunk is picked below: a row-value
+                # IN is not an index lookup on SQLite.
+                VC.c.document_id.in_(list(best)),
             )
         )
-        found = {r.document_id: r for r in (await conn.execute(stmt)).all()}
+        found = {
+            r.document_id: r
+            for r in (await conn.execute(stmt)).all()
+            if r.chunk == best[r.document_id][0]
+        }
         hits = []
         for doc, (_chunk, score) in best.items():
             r = found.get(doc)

@@ -1,7 +1,9 @@
 """Vectors: the database-side vector store (capstan.search.vector_sql): `vector_documents`
 (each document's version or tombstone per space, with the fields the filters test) and
-`vector_chunks` (each chunk's text and float32 vector). The same tables on both dialects:
-SQLite scores them exactly with numpy after the filters ran in SQL (docs/embeddings.md).
+`vector_chunks` (each chunk's text and float32 vector) and `vector_generations` (bumped by
+every write of a tenant's vectors in a space, so processes know when their cache is stale).
+The same tables on both dialects: SQLite scores them exactly with numpy after the filters ran
+in SQL (docs/embeddings.md).
 
 PostgreSQL with pgvector available (scripts/services installs it): `CREATE EXTENSION vector`
 and a `vector_chunks.embedding vector` column, which capstan.search.pgvector fills and indexes
@@ -80,11 +82,19 @@ def upgrade() -> None:
             "space", "tenant_id", "document_id", "chunk", name="pk_vector_chunks"
         ),
     )
+    op.create_table(
+        "vector_generations",
+        sa.Column("space", sa.String(40), nullable=False),
+        sa.Column("tenant_id", sa.String(36), nullable=False),
+        sa.Column("generation", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("space", "tenant_id", name="pk_vector_generations"),
+    )
     if op.get_bind().dialect.name == "postgresql":
         _pgvector()
 
 
 def downgrade() -> None:
+    op.drop_table("vector_generations")
     op.drop_table("vector_chunks")
     op.drop_index("ix_vector_documents_space_tenant_collection", table_name="vector_documents")
     op.drop_table("vector_documents")
