@@ -399,3 +399,24 @@ async def test_with_embeddings_off_search_is_keyword_and_semantic_is_refused(api
         ):
             assert r.status_code == 422, r.text
             assert "CAPSTAN_EMBEDDINGS_ENABLED" in r.json()["detail"]
+
+
+async def test_a_tenant_without_embeddings_gets_keyword_pages_by_default(
+    unembedded: Stack,
+) -> None:
+    api = unembedded.api
+    tenant = await api.tenant()
+    async with api.client(tenant.key) as client:
+        ids = {(await create(client, f"Station {i}", "trains leave here"))["id"] for i in range(3)}
+        first: dict[str, Any] = {}
+
+        async def indexed() -> bool:  # Elasticsearch is fed asynchronously in production
+            nonlocal first
+            first = await search(client, q="station", limit=2)
+            return first["total"] == 3
+
+        await unembedded.until(indexed, timeout=30, what="three documents in the index")
+        assert first["mode"] == "keyword" and first["degraded"] is False
+        assert len(first["hits"]) == 2 and first["next_cursor"]
+        rest = await search(client, q="station", limit=2, cursor=first["next_cursor"])
+        assert {h["id"] for h in first["hits"] + rest["hits"]} == ids

@@ -77,6 +77,12 @@ class SearchPage:
     mode: Mode = "keyword"
 
 
+def _drop(task: asyncio.Task[Any]) -> None:
+    """Cancel a task whose answer is no longer wanted, retrieving any error it ended with."""
+    task.cancel()
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
 @dataclass(slots=True)
 class Retrieved:
     hits: list[tuple[ChunkHit, tuple[int, str]]]  # (chunk, (version, title)), best first
@@ -186,7 +192,7 @@ class SearchService:
             )
         except EmbeddingInputError as exc:
             if keyword is not None:
-                keyword.cancel()
+                _drop(keyword)
             raise InvalidInput(f"q cannot be embedded: {exc}", field="q") from exc
         except VectorsUnavailable as exc:
             self._metrics.search_requests.labels("vectors", "unavailable").inc()
@@ -195,9 +201,14 @@ class SearchService:
             )
             answer = None
         if answer is None or (mode is None and answer.has_embeddings is False):
-            page = await keyword if keyword is not None else await self._keyword(q, None)
-            page.hits = page.hits[: q.limit]
-            page.next_cursor = None
+            # The keyword flow as asked (its own page size, so its cursor pages on): the
+            # candidates fetched for fusion are `depth` deep.
+            if keyword is not None and depth == q.limit:
+                page = await keyword
+            else:
+                if keyword is not None:
+                    _drop(keyword)
+                page = await self._keyword(q, None)
             for hit in page.hits:
                 hit.retrievers = ["keyword"]
             page.degraded = page.degraded or answer is None
