@@ -41,6 +41,8 @@ async def test_status_and_reconcile_report_and_repair_missing_vectors(tmp_path: 
     assert (status["documents"], status["current"], status["missing"]) == (3, 0, 3)
     assert [s["state"] for s in status["spaces"]] == ["live"]
     assert status["space"]["dimension"] == 256 and status["stores"] == ["sqlite-vectors"]
+    # ... and the live space is the configured one: there is nothing to rebuild
+    assert "already live" in run(env, "rebuild")["skipped"]
 
     # Documents younger than the grace period are the pipeline's lag, not drift
     young = run(env, "reconcile", "--tenant", tenant.id, "--dry-run")

@@ -75,3 +75,41 @@ async def _run(
         return out
     finally:
         await c.close()
+
+
+@app.command("rebuild")
+def rebuild_command() -> None:
+    """Re-embed every document into the configured model's space now, if it is not live yet
+    (the embeddings reconciler does this by itself; this shows the progress)."""
+    typer.echo(json.dumps(asyncio.run(_rebuild(Settings()))))
+
+
+async def _rebuild(settings: Settings) -> dict[str, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from capstan.container import build_container
+    from capstan.embeddings.reconcile import rebuild
+
+    c = build_container(settings)
+    try:
+        if c.embeddings is None or c.embeddings.pipeline.spaces is None:
+            return {"unsupported": "embeddings are turned off"}
+        pipeline = c.embeddings.pipeline
+        spaces = pipeline.spaces
+        assert spaces is not None
+        live, building = await spaces.sync(await pipeline.write_space())
+        if building is None:
+            return {"skipped": f"the configured space {live.key} is already live"}
+        if not await spaces.claim(building):
+            row = next(r for r in await spaces.all() if r.space == building)
+            return {"busy": "another process is building it", **row.as_dict()}
+        columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*Progress.get_default_columns()[:1], *columns, console=err) as bar:
+            task = bar.add_task(f"re-embedding into {building.key}", total=None)
+
+            async def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            return await rebuild(pipeline, c.db, building, progress)
+    finally:
+        await c.close()
