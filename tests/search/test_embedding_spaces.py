@@ -1,18 +1,22 @@
 """A model change re-embeds every document into a new space while the old one stays live,
-then switches (embedded: each test has its own database; the spaces table is deployment-wide,
-so the shared PostgreSQL test database must keep one model for every other test)."""
+then switches; embedded, and production on a database of its own (the spaces table is
+deployment-wide: the run's shared test database must keep one model for every other test)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from capstan.embeddings.reconcile import rebuild
 from capstan.embeddings.static import StaticEmbedder
+from tests.conftest import _admin_sql, service_url, stop_stack
 from tests.embeddings.server import EmbeddingsServer
-from tests.search.conftest import close_stack, open_stack
+from tests.search.conftest import PRODUCTION, close_stack, open_stack
 from tests.search.test_semantic import DOCS, EMBEDDINGS, PARAPHRASES, create, embedded, search
 
 
@@ -25,17 +29,38 @@ def endpoint() -> Iterator[EmbeddingsServer]:
     server.stop()
 
 
+@pytest.fixture(params=["embedded", PRODUCTION])
+async def own(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """(mode, settings overrides): production gets a database and an index name of its own."""
+    if request.param == "embedded":
+        yield "embedded", {}
+        return
+    base = service_url("postgres")
+    name = f"capstan_spaces_{uuid.uuid4().hex[:8]}"
+    await _admin_sql(base, f'CREATE DATABASE "{name}"')
+    url = make_url(base).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield "production", {"database_url": url, "search_index": f"test-{name[-8:]}"}
+    finally:
+        await _admin_sql(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 async def test_a_model_change_rebuilds_then_switches_the_live_space(
-    request: pytest.FixtureRequest, tmp_path: Path, endpoint: EmbeddingsServer
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    endpoint: EmbeddingsServer,
+    own: tuple[str, dict[str, Any]],
 ) -> None:
+    mode, overrides = own
     model = {
         **EMBEDDINGS,
+        **overrides,
         "embeddings_url": endpoint.url,
         "embeddings_model": "test-model",
         "embeddings_dimension": 256,
     }
     # Given documents embedded with version 1 of a model
-    first = await open_stack("embedded", request, tmp_path, **model, embeddings_version="1")
+    first = await open_stack(mode, request, tmp_path, **model, embeddings_version="1")
     try:
         tenant = await first.api.tenant()
         async with first.api.client(tenant.key) as client:
@@ -43,10 +68,10 @@ async def test_a_model_change_rebuilds_then_switches_the_live_space(
             await embedded(first, tenant.id, dict.fromkeys(ids.values(), 1))
             assert (await search(client, q=PARAPHRASES["tomato"]))["mode"] == "hybrid"
     finally:
-        await close_stack(first)
+        await stop_stack(first)  # the indices stay for the restart (close_stack drops them)
 
     # When the processes restart with version 2 of the model
-    second = await open_stack("embedded", request, tmp_path, **model, embeddings_version="2")
+    second = await open_stack(mode, request, tmp_path, **model, embeddings_version="2")
     try:
         c = second.container
         assert c.embeddings is not None
