@@ -110,3 +110,52 @@ async def test_a_model_change_rebuilds_then_switches_the_live_space(
                 assert len(await store.versions(new, tenant.id)) == 4
     finally:
         await close_stack(second)
+
+
+async def test_the_reconciler_builds_and_switches_by_itself_while_writes_go_on(
+    request: pytest.FixtureRequest, tmp_path: Path, endpoint: EmbeddingsServer
+) -> None:
+    model = {
+        **EMBEDDINGS,
+        "embeddings_url": endpoint.url,
+        "embeddings_model": "test-model",
+        "embeddings_dimension": 256,
+    }
+    first = await open_stack("embedded", request, tmp_path, **model, embeddings_version="1")
+    try:
+        tenant = await first.api.tenant()
+        async with first.api.client(tenant.key) as client:
+            ids = {k: (await create(client, *v))["id"] for k, v in DOCS.items()}
+            await embedded(first, tenant.id, dict.fromkeys(ids.values(), 1))
+    finally:
+        await stop_stack(first)
+
+    # When the subscriber process restarts with version 2 and its reconciler on
+    second = await open_stack(
+        "embedded",
+        request,
+        tmp_path,
+        **{**model, "embeddings_reconcile_seconds": 0.5, "embeddings_reconcile_grace_seconds": 0},
+        embeddings_version="2",
+    )
+    try:
+        pipeline = second.container.embeddings.pipeline  # type: ignore[union-attr]
+        spaces = pipeline.spaces
+        assert spaces is not None
+        async with second.api.client(tenant.key) as client:
+            # a write during the build goes to the new space
+            late = await create(client, "Cycling to work", "Ride a bicycle to the office daily.")
+
+            async def switched() -> bool:
+                states = {s.space.version: s.state for s in await spaces.all()}
+                return states == {"1": "retired", "2": "live"}
+
+            await second.until(switched, timeout=60, what="version 2 live, version 1 retired")
+            new = await pipeline.write_space()
+            await embedded(second, tenant.id, {**dict.fromkeys(ids.values(), 1), late["id"]: 1})
+            for store in await pipeline.stores():
+                assert len(await store.versions(new, tenant.id)) == 5
+            hit = await search(client, q="commuting by bike", mode="semantic")
+            assert hit["hits"][0]["id"] == late["id"]
+    finally:
+        await close_stack(second)
