@@ -102,6 +102,7 @@ def build_embeddings_reconciler(c: Container) -> EmbeddingsReconciler | None:
         c.tasks,
         interval=s.embeddings_reconcile_seconds,
         grace_seconds=s.embeddings_reconcile_grace_seconds,
+        metrics=c.metrics,
     )
 
 

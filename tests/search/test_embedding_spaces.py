@@ -157,5 +157,19 @@ async def test_the_reconciler_builds_and_switches_by_itself_while_writes_go_on(
                 assert len(await store.versions(new, tenant.id)) == 5
             hit = await search(client, q="commuting by bike", mode="semantic")
             assert hit["hits"][0]["id"] == late["id"]
+            # the build's progress and the drift check are exported as metrics
+            registry = second.container.metrics.registry
+
+            def sample(name: str, **labels: str) -> float | None:
+                return registry.get_sample_value(name, labels)
+
+            done = sample("capstan_embeddings_rebuild_documents", kind="done")
+            assert done is not None and done >= 4
+            assert done == sample("capstan_embeddings_rebuild_documents", kind="total")
+
+            async def no_drift() -> bool:
+                return sample("capstan_embeddings_drift_documents") == 0
+
+            await second.until(no_drift, timeout=30, what="a drift check finding nothing")
     finally:
         await close_stack(second)

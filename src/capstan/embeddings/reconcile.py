@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from capstan.db.schema import Document
 from capstan.embeddings.pipeline import EmbeddingPipeline
 from capstan.embeddings.spaces import live_document_pages
+from capstan.observability.metrics import Metrics
 from capstan.search.port import Removal
 from capstan.search.vectors import Space
 from capstan.tasks.handlers.embeddings import TYPE
@@ -205,7 +206,9 @@ class EmbeddingsReconciler:
         *,
         interval: float,
         grace_seconds: float,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._pipeline = pipeline
         self._db = db
         self._tasks = tasks
@@ -230,10 +233,17 @@ class EmbeddingsReconciler:
                     self._pipeline, self._db, self._tasks, grace_seconds=self._grace
                 )
                 self.runs += 1
+                if self._metrics is not None:
+                    self._metrics.embeddings_drift.set(report.drift)
                 if report.drift:
                     log.warning("embeddings drift repaired", extra=report.as_dict())
             except Exception as exc:  # a store or the embedder down: the next run tries again
                 log.warning("embeddings reconciliation failed", extra={"error": repr(exc)})
+
+    async def _progress(self, done: int, total: int) -> None:
+        if self._metrics is not None:
+            self._metrics.embeddings_rebuild_done.labels("done").set(done)
+            self._metrics.embeddings_rebuild_done.labels("total").set(total)
 
     async def _build(self) -> bool:
         """Run the re-embedding when the configured model is not live and no other process
@@ -246,6 +256,6 @@ class EmbeddingsReconciler:
             return False
         if await spaces.claim(building):
             log.warning("re-embedding every document", extra={"space": building.key})
-            result = await rebuild(self._pipeline, self._db, building)
+            result = await rebuild(self._pipeline, self._db, building, self._progress)
             log.warning("re-embedding done, space switched", extra=result)
         return True
