@@ -173,3 +173,60 @@ async def test_the_reconciler_builds_and_switches_by_itself_while_writes_go_on(
             await second.until(no_drift, timeout=30, what="a drift check finding nothing")
     finally:
         await close_stack(second)
+
+
+async def test_cancelling_an_embedding_task_stores_nothing(
+    request: pytest.FixtureRequest, tmp_path: Path, endpoint: EmbeddingsServer
+) -> None:
+    from tests.embeddings.server import Fault
+
+    endpoint.faults.append(Fault(hang=True))  # the first request waits for the test
+    stack = await open_stack(
+        "embedded",
+        request,
+        tmp_path,
+        **EMBEDDINGS,
+        embeddings_url=endpoint.url,
+        embeddings_model="test-model",
+        embeddings_dimension=256,
+        embeddings_retry_base_seconds=0.05,
+    )
+    try:
+        tenant = await stack.api.tenant()
+        async with stack.api.client(tenant.key) as client:
+            doc = await create(client, *DOCS["train"])
+            task: dict[str, Any] = {}
+
+            async def embedding() -> bool:
+                nonlocal task
+                r = await client.get("/v1/tasks", params={"type": "embeddings.document"})
+                items = r.json()["items"]
+                task = items[0] if items else {}
+                return task.get("status") == "running" and len(endpoint.requests) == 1
+
+            await stack.until(embedding, timeout=30, what="the task waiting on the endpoint")
+            # When the task is cancelled while its batch is in flight
+            r = await client.post(f"/v1/tasks/{task['id']}/cancel")
+            assert r.status_code in (200, 202), r.text
+            worker = stack.background.worker
+
+            async def seen() -> bool:  # the worker refreshes cancel flags every heartbeat
+                return bool(worker._cancel_flags.get(task["id"]))
+
+            await stack.until(seen, timeout=30, what="the worker to see the cancellation")
+            endpoint._release.set()  # the hung request fails, the retry succeeds
+
+            async def cancelled() -> bool:
+                r = await client.get(f"/v1/tasks/{task['id']}")
+                return bool(r.json()["status"] == "cancelled")
+
+            # Then it stops at its next progress point, before anything is written
+            await stack.until(cancelled, timeout=30, what="the task cancelled")
+            assert len(endpoint.requests) >= 2
+            embeddings = stack.container.embeddings
+            assert embeddings is not None
+            space = await embeddings.pipeline.live_space()
+            for store in await embeddings.pipeline.stores():
+                assert (tenant.id, doc["id"]) not in await store.versions(space, tenant.id)
+    finally:
+        await close_stack(stack)
