@@ -33,14 +33,6 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[float, str | None], Awaitable[None]]
 EmbedderFactory = Callable[[Settings], Awaitable[Embedder]]
-StoreSource = Callable[[], Awaitable[list[VectorStore]]]
-
-
-def _fixed(stores: list[VectorStore]) -> StoreSource:
-    async def get() -> list[VectorStore]:
-        return stores
-
-    return get
 
 
 def document_text(title: str, body: str) -> str:
@@ -80,14 +72,14 @@ class EmbeddingPipeline:
         self,
         settings: Settings,
         db: async_sessionmaker[AsyncSession],
-        stores: Sequence[VectorStore] | StoreSource,
+        stores: Sequence[VectorStore],
         *,
         embedder_factory: EmbedderFactory | None = None,
         spaces: Spaces | None = None,
     ) -> None:
         self.settings = settings
-        self._stores = stores if callable(stores) else _fixed(list(stores))
-        self._resolved: list[VectorStore] | None = None
+        # Database store first: the fallback must never be behind the index.
+        self._stores = sorted(stores, key=lambda s: s.derived)
         self._db = db
         self._factory = embedder_factory
         self._embedder: Embedder | None = None
@@ -110,14 +102,8 @@ class EmbeddingPipeline:
         return self._embedder
 
     async def stores(self) -> list[VectorStore]:
-        """The vector stores, database first (chosen on first use: pgvector needs a look at
-        the database)."""
-        if self._resolved is None:
-            async with self._lock:
-                if self._resolved is None:
-                    found = await self._stores()
-                    self._resolved = sorted(found, key=lambda s: s.derived)
-        return self._resolved
+        """The vector stores, database first."""
+        return list(self._stores)
 
     async def write_space(self) -> Space:
         """The space new writes go to: the configured model's (live, or being built)."""

@@ -74,10 +74,7 @@ class VectorSearch:
         q = VectorQuery(tenant_id=tenant_id, vector=vector, filters=filters, limit=limit)
         last: Exception | None = None
         # The derived store (the index) ranks when it is up; the database store backs it.
-        try:
-            stores = sorted(await self.pipeline.stores(), key=lambda s: not s.derived)
-        except Exception as exc:  # the database could not be asked which store it has
-            raise VectorsUnavailable(f"the vector stores cannot be opened: {exc}") from exc
+        stores = sorted(await self.pipeline.stores(), key=lambda s: not s.derived)
         for i, store in enumerate(stores):
             if time.monotonic() < self._down_until.get(store.name, 0.0) and i < len(stores) - 1:
                 continue
