@@ -93,3 +93,39 @@ async def test_without_pgvector_postgres_scores_in_the_process(tmp_path: Path) -
     finally:
         await engine.dispose()
         await _admin_sql(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.postgres
+async def test_a_role_that_may_not_create_the_extension_still_migrates(tmp_path: Path) -> None:
+    """pgvector is not a trusted extension: migrating as a database owner who is not a
+    superuser leaves it out (a warning), and the store works without it."""
+    base = service_url("postgres")
+    suffix = uuid.uuid4().hex[:8]
+    role, name = f"capstan_owner_{suffix}", f"capstan_owner_{suffix}"
+    await _admin_sql(base, f"CREATE ROLE {role} LOGIN PASSWORD 'owner' NOSUPERUSER")
+    await _admin_sql(base, f'CREATE DATABASE "{name}" OWNER {role}')
+    url = (
+        make_url(base)
+        .set(database=name, username=role, password="owner")
+        .render_as_string(hide_password=False)
+    )
+    engine = create_engine(url, pool_size=1)
+    try:
+        await upgrade(url)
+        async with engine.connect() as conn:
+            extension = await conn.scalar(
+                text("SELECT 1 FROM pg_extension WHERE extname = 'vector'")
+            )
+        assert extension is None
+        store = PgVectors(engine)
+        space = Space("m", "1", 8)
+        chunks = (ChunkVector(0, 0, 4, "near", angle(0.1)),)
+        await store.upsert(space, [DocumentVectors("t", "d", 1, "a", (), {}, T0, chunks)])
+        assert [h.document_id for h in await store.query(space, VectorQuery("t", angle(0.0)))] == [
+            "d"
+        ]
+        assert store.name == "postgres-vectors"
+    finally:
+        await engine.dispose()
+        await _admin_sql(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await _admin_sql(base, f"DROP ROLE IF EXISTS {role}")
