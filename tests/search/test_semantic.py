@@ -420,3 +420,44 @@ async def test_a_tenant_without_embeddings_gets_keyword_pages_by_default(
         assert len(first["hits"]) == 2 and first["next_cursor"]
         rest = await search(client, q="station", limit=2, cursor=first["next_cursor"])
         assert {h["id"] for h in first["hits"] + rest["hits"]} == ids
+
+
+async def test_the_index_vector_store_down_leaves_the_database_store_answering(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from elasticsearch import AsyncElasticsearch
+
+    from capstan.search.vector_es import ElasticsearchVectors
+    from tests.conftest import free_port
+
+    for mark in ("postgres", "redis", "rabbitmq", "elasticsearch"):
+        request.applymarker(getattr(pytest.mark, mark))
+    stack = await open_stack("production", request, tmp_path, **EMBEDDINGS)
+    try:
+        tenant = await stack.api.tenant()
+        async with stack.api.client(tenant.key) as client:
+            ids = {k: (await create(client, *v))["id"] for k, v in DOCS.items()}
+            await embedded(stack, tenant.id, dict.fromkeys(ids.values(), 1))
+            up = await search(client, q=PARAPHRASES["train"], mode="semantic")
+            assert up["engines"] == ["elasticsearch-vectors"] and up["degraded"] is False
+
+            # When the Elasticsearch vector store's server goes away (a closed port)
+            embeddings = stack.container.embeddings
+            assert embeddings is not None
+            [index] = [s for s in await embeddings.pipeline.stores() if s.derived]
+            assert isinstance(index, ElasticsearchVectors)
+            dead = AsyncElasticsearch(f"http://127.0.0.1:{free_port()}", request_timeout=2)
+            monkeypatch.setattr(index, "client", dead)
+
+            # Then the database's store answers, degraded, with the same best document
+            down = await search(client, q=PARAPHRASES["train"], mode="semantic")
+            assert down["degraded"] is True and down["mode"] == "semantic"
+            database = (await embeddings.pipeline.stores())[0]
+            assert down["engines"] == [database.name]
+            assert down["hits"][0]["id"] == ids["train"]
+            got = await retrieve(client, PARAPHRASES["tomato"], limit=1)
+            assert got["degraded"] is True and got["chunks"][0]["document_id"] == ids["tomato"]
+            await dead.close()
+    finally:
+        monkeypatch.undo()  # the store's own client, which the container closes
+        await close_stack(stack)
