@@ -118,6 +118,10 @@ UNLIMITED = {
     "auth_failures_per_minute": 1_000_000,
     "auth_failures_burst": 100_000,
     "log_json": False,
+    # Only the tests about embeddings turn them on (tests/search/test_semantic.py): elsewhere
+    # every write would add an embedding task, and a text search would turn hybrid once the
+    # worker had embedded the tenant's documents.
+    "embeddings_enabled": False,
 }
 
 

@@ -19,6 +19,7 @@ from capstan.db.fastpath import FastPath
 from capstan.db.replica import ReadRouter
 from capstan.documents.cache import CacheAside
 from capstan.documents.service import DocumentStore
+from capstan.embeddings.wiring import Embeddings, build_embeddings
 from capstan.events.topology import Topology
 from capstan.observability.metrics import Metrics
 from capstan.search.elasticsearch import ElasticsearchEngine
@@ -27,6 +28,7 @@ from capstan.search.postgres_fts import PostgresFts
 from capstan.search.service import SearchService
 from capstan.search.sql import DatabaseSearch
 from capstan.search.sqlite_fts import SqliteFts
+from capstan.search.vector_stores import VectorStores, build_vector_stores
 from capstan.settings import Settings, host_list_as_params
 from capstan.signals.port import SignalBus
 from capstan.tasks.registry import TaskRegistry, build_registry
@@ -59,6 +61,8 @@ class Container:
     outbox_wakeup: asyncio.Event
     # The search flow: the database engine always, Elasticsearch when configured (`search`).
     searcher: SearchService
+    # Vector stores (docs/embeddings.md): the database's always, Elasticsearch's when configured.
+    vectors: VectorStores
     task_registry: TaskRegistry
     tasks: TaskService
     topology: Topology
@@ -66,6 +70,8 @@ class Container:
     signals: SignalBus
     # PostgreSQL's single-statement hot paths; None on SQLite or when turned off.
     fast: FastPath | None = None
+    # Chunking, embedding and vector search (issue 16); None when turned off.
+    embeddings: Embeddings | None = None
     _closers: list[Any] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -74,6 +80,7 @@ class Container:
     async def close(self) -> None:
         await self.broker.close()
         await self.search.close()
+        await self.vectors.close()
         await self.signals.close()
         for closer in self._closers:
             await closer()
@@ -175,12 +182,17 @@ def build_container(settings: Settings) -> Container:
             replicas=settings.search_replicas,
         )
     search = index if index is not None else database_search
+    vectors = build_vector_stores(settings, engine, reads)
+    embeddings = build_embeddings(settings, db, vectors)
+    if embeddings is not None:
+        closers.append(embeddings.pipeline.close)
     searcher = SearchService(
         database_search,
         index,
         metrics,
         timeout_seconds=settings.search_timeout_seconds,
         retry_seconds=settings.search_retry_seconds,
+        vectors=None if embeddings is None else embeddings.search,
     )
 
     auth = Authenticator(
@@ -191,7 +203,9 @@ def build_container(settings: Settings) -> Container:
     )
     aside = CacheAside(cache, metrics, Generations(db), ttl_seconds=settings.cache_ttl_seconds)
     outbox_wakeup = asyncio.Event()
-    task_registry = build_registry(settings)
+    task_registry = build_registry(
+        settings, embeddings=None if embeddings is None else embeddings.pipeline
+    )
     topology = Topology(settings.broker_namespace)
     return Container(
         settings=settings,
@@ -206,6 +220,7 @@ def build_container(settings: Settings) -> Container:
         limited_reader=limited_reader,
         broker=broker,
         search=search,
+        vectors=vectors,
         auth=auth,
         auth_failures=FailedAuthLimiter(
             rate_limiter,
@@ -234,6 +249,7 @@ def build_container(settings: Settings) -> Container:
         ),
         topology=topology,
         fast=fast,
+        embeddings=embeddings,
         signals=signals,
         _closers=closers,
     )

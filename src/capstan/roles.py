@@ -14,12 +14,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from capstan.container import Container, build_container
+from capstan.embeddings.reconcile import EmbeddingsReconciler
 from capstan.relay.relay import OutboxRelay
 from capstan.relay.replay import replay_unhandled
 from capstan.search.reconcile import build_reconciler
 from capstan.settings import Settings
 from capstan.subscribers.audit import AuditSubscriber
 from capstan.subscribers.cache import CacheSubscriber
+from capstan.subscribers.embedder import EmbedderSubscriber
 from capstan.subscribers.indexer import IndexerSubscriber
 from capstan.subscribers.notifier import NotifierSubscriber
 from capstan.subscribers.runtime import Subscriber, SubscriberRunner, queue_spec
@@ -92,6 +94,20 @@ def build_subscriber(c: Container, name: str) -> Subscriber:
     return SUBSCRIBERS[name](c)
 
 
+def build_embeddings_reconciler(c: Container) -> EmbeddingsReconciler | None:
+    s = c.settings
+    if c.embeddings is None or s.embeddings_reconcile_seconds <= 0:
+        return None
+    return EmbeddingsReconciler(
+        c.embeddings.pipeline,
+        c.db,
+        c.tasks,
+        interval=s.embeddings_reconcile_seconds,
+        grace_seconds=s.embeddings_reconcile_grace_seconds,
+        metrics=c.metrics,
+    )
+
+
 def build_runner(c: Container, subscriber: Subscriber) -> SubscriberRunner:
     s = c.settings
     return SubscriberRunner(
@@ -120,6 +136,7 @@ SUBSCRIBERS: dict[str, Callable[[Container], Subscriber]] = {
     "cache": lambda c: CacheSubscriber(c.cache, c.settings.cache_ttl_seconds),
     "audit": lambda c: AuditSubscriber(c.topology.realtime_exchange, c.fast),
     "notifier": lambda c: NotifierSubscriber(fast=c.fast),
+    "embedder": lambda c: EmbedderSubscriber(c.task_registry, c.settings),
 }
 
 
@@ -150,6 +167,10 @@ class Background:
         self.reconciler = build_reconciler(c) if "indexer" in names else None
         if self.reconciler is not None:
             self._loops.append(self.reconciler.run)
+        # The embeddings drift check runs beside the embedder subscriber.
+        self.embeddings_reconciler = build_embeddings_reconciler(c) if "embedder" in names else None
+        if self.embeddings_reconciler is not None:
+            self._loops.append(self.embeddings_reconciler.run)
         self.runners = [
             build_runner(
                 c,

@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     # wakeup at once); an idle relay never waits. See docs/services.md ("Relay").
     outbox_linger_ms: float = Field(5.0, ge=0, le=1000)
     outbox_retention_hours: float = Field(24.0, ge=0)
-    subscribers: list[str] = ["indexer", "cache", "audit", "notifier"]
+    subscribers: list[str] = ["indexer", "cache", "audit", "notifier", "embedder"]
     # In-flight events per subscriber; each holds a database connection while it is handled,
     # so subscribers x prefetch should stay within database_pool_size.
     subscriber_prefetch: int = Field(8, ge=1)
@@ -137,6 +137,8 @@ class Settings(BaseSettings):
     search_retry_seconds: float = Field(2.0, ge=0)  # Elasticsearch not retried for this long
     search_max_query_chars: int = Field(500, ge=1)
     search_max_page_size: int = Field(100, ge=1)
+    # POST /v1/search and /v1/retrieve take the query in a JSON body: longer than a URL allows.
+    search_max_body_query_chars: int = Field(4000, ge=1)
     search_shards: int = Field(1, ge=1)
     search_replicas: int = Field(0, ge=0)
     search_batch_size: int = Field(500, ge=1, le=10_000)
@@ -150,6 +152,11 @@ class Settings(BaseSettings):
     # Capstan (capstan.embeddings.static). Else an OpenAI-compatible endpoint: the base URL
     # (http://host:port/v1) or the full .../embeddings URL, with the model name it serves.
     embeddings_url: str = Field("", pattern=r"^$|^https?://")
+    # Off: no embeddings.document tasks, no semantic or hybrid search (keyword only).
+    embeddings_enabled: bool = True
+    # The drift check (embeddings/reconcile.py), beside the embedder subscriber; 0: never.
+    embeddings_reconcile_seconds: float = Field(300.0, ge=0)
+    embeddings_reconcile_grace_seconds: float = Field(30.0, ge=0)
     embeddings_model: str = ""
     embeddings_api_key: SecretStr = SecretStr("")
     # Unset: asked of the endpoint at start. Every answer is checked against it.

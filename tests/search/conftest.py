@@ -41,6 +41,8 @@ async def open_stack(
                 **overrides,
             }
         )
+    elif overrides:
+        settings = settings.model_copy(update=overrides)
     return await start_stack(settings)
 
 

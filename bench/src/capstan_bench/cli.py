@@ -13,6 +13,7 @@ from capstan_bench.events import events
 from capstan_bench.read import plot, read
 from capstan_bench.relevance.cli import relevance_command
 from capstan_bench.relevance.latency import embedded_command
+from capstan_bench.retrieval import retrieval_command
 from capstan_bench.search import search_command
 from capstan_bench.soak import soak
 from capstan_bench.tasks import tasks
@@ -29,3 +30,4 @@ app.command("search")(search_command)  # search.py
 app.command("relevance")(relevance_command)  # relevance/
 app.command("search-embedded")(embedded_command)  # relevance/latency.py
 app.command("embeddings")(embeddings_command)  # embeddings.py
+app.command("retrieval")(retrieval_command)  # retrieval.py: semantic/hybrid recall, paraphrases.py

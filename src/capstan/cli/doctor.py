@@ -89,6 +89,8 @@ async def run_checks(settings: Settings) -> list[Check]:
         checks.append(await _bounded(name, probe))
     if checks[-4].status != "fail":  # the database answered: are its migrations applied?
         checks.append(await _bounded("migrations", _migrations(settings)))
+        if checks[-1].status == "ok":
+            checks.append(await _bounded("vectors", _vectors(settings)))
     checks.append(await _bounded("embeddings", _embeddings(settings)))
     checks += _ports(settings)
     return checks
@@ -305,6 +307,53 @@ async def _migrations(s: Settings) -> Check:
             "run `capstan migrate`",
         )
     return Check("migrations", "ok", "the schema is up to date")
+
+
+async def _vectors(s: Settings) -> Check:
+    """Which vector store the database gives (docs/embeddings.md): pgvector or exact scoring."""
+    from sqlalchemy import text
+
+    from capstan.db.dialect import dialect_for
+    from capstan.db.engine import create_engine
+
+    if dialect_for(s.database_url).is_file:
+        return Check("vectors", "ok", "SQLite: exact cosine over the filtered chunks (numpy)")
+    engine = create_engine(s.database_url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            enabled = await conn.scalar(
+                text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+            )
+            available = await conn.scalar(
+                text("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")
+            )
+            column = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM information_schema.columns "
+                    "WHERE table_schema = current_schema() AND table_name = 'vector_chunks' "
+                    "AND column_name = 'embedding'"
+                )
+            )
+    finally:
+        await engine.dispose()
+    slow = "vectors are scored in the process (exact, slower)"
+    if enabled and column:
+        return Check("vectors", "ok", f"pgvector {enabled}: HNSW index per space")
+    if enabled or available:
+        return Check(
+            "vectors",
+            "warn",
+            f"pgvector {enabled or available} is installed but not in use here: {slow}",
+            "as a superuser: CREATE EXTENSION IF NOT EXISTS vector; ALTER TABLE vector_chunks "
+            "ADD COLUMN embedding vector; then re-embed (a new embeddings version)",
+        )
+    return Check(
+        "vectors",
+        "warn",
+        f"pgvector is not installed on the server: {slow}",
+        "install pgvector for this PostgreSQL (scripts/services builds it), then see "
+        "docs/embeddings.md",
+    )
 
 
 def _ports(s: Settings) -> list[Check]:

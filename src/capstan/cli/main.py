@@ -26,6 +26,7 @@ from capstan.cli.keys import keys_app, register_tenant_commands
 from capstan.cli.plugins import add_plugins
 from capstan.container import build_container
 from capstan.db.dialect import dialect_for
+from capstan.embeddings.cli import app as embeddings_app
 from capstan.search.cli import app as search_app
 from capstan.settings import Settings
 from capstan.tasks.cli import require_broker, tasks_app
@@ -39,6 +40,7 @@ events_app = typer.Typer(help="Recover and inspect the event flow.", no_args_is_
 app.add_typer(events_app, name="events")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(search_app, name="search")
+app.add_typer(embeddings_app, name="embeddings")
 app.add_typer(backup_app, name="backup")
 app.add_typer(data_app, name="data")
 broker_app = typer.Typer(help="The RabbitMQ namespace Capstan uses.", no_args_is_help=True)

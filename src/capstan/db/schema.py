@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -23,8 +24,10 @@ from sqlalchemy import (
     false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import UserDefinedType
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -188,8 +191,24 @@ class OutboxEvent(Base):
 # --- Search (migration 0003_search): full-text objects the database maintains itself, kept out
 # of the ORM. PostgreSQL: the generated column documents.search_vector and its GIN index; SQLite:
 # the FTS5 table documents_fts (and its shadow tables) and documents_fts_map, fed by triggers.
-SEARCH_DERIVED_COLUMNS = {("documents", "search_vector")}
+# Vectors (migration 0008, PostgreSQL with pgvector only): vector_chunks.embedding and the HNSW
+# index per space that capstan.search.pgvector creates.
+SEARCH_DERIVED_COLUMNS = {("documents", "search_vector"), ("vector_chunks", "embedding")}
 SEARCH_DERIVED_INDEXES = {"ix_documents_search_vector"}
+SEARCH_DERIVED_INDEX_PREFIX = "ix_vector_chunks_hnsw_"
+
+
+class PgVector(UserDefinedType[Any]):
+    """pgvector's `vector`, known to reflection (the schema check) by name; never written
+    through the ORM (capstan.search.pgvector inserts it as text)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **_kw: Any) -> str:
+        return "vector"
+
+
+ischema_names["vector"] = PgVector
 SEARCH_DERIVED_TABLE_PREFIX = "documents_fts"
 
 
@@ -198,7 +217,9 @@ def is_search_derived(name: str | None, type_: str, obj: Any) -> bool:
         return bool(name and name.startswith(SEARCH_DERIVED_TABLE_PREFIX))
     if type_ == "column":
         return (getattr(obj.table, "name", None), name) in SEARCH_DERIVED_COLUMNS
-    return type_ == "index" and name in SEARCH_DERIVED_INDEXES
+    return type_ == "index" and bool(
+        name in SEARCH_DERIVED_INDEXES or (name and name.startswith(SEARCH_DERIVED_INDEX_PREFIX))
+    )
 
 
 def include_for_dialect(dialect: str) -> Any:
@@ -372,3 +393,72 @@ class TaskEffect(Base):
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[Any | None] = mapped_column(JSONType, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+# --- Vectors (migration 0008): the database-side vector store (capstan.search.vector_sql), one
+# row per embedded document and one per chunk, in every space (embedding model + version).
+
+
+class VectorDocument(Base):
+    """A document's state in one vector space: its version (or its tombstone, `live` false,
+    at the deleted version + 1) and the fields the structured filters test."""
+
+    __tablename__ = "vector_documents"
+    __table_args__ = (
+        Index("ix_vector_documents_space_tenant_collection", "space", "tenant_id", "collection"),
+    )
+
+    space: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    document_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    live: Mapped[bool] = mapped_column(Boolean)
+    collection: Mapped[str] = mapped_column(String(100))
+    tags: Mapped[list[str]] = mapped_column(JSONType)
+    # "key=value" texts (capstan.search.port.metadata_text), as the Elasticsearch index has.
+    meta: Mapped[list[str]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class VectorGeneration(Base):
+    """Bumped by every write of a tenant's vectors in a space: a process's cached copy of
+    them (capstan.search.vector_sql) is current while the number has not moved."""
+
+    __tablename__ = "vector_generations"
+
+    space: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger)
+
+
+class VectorChunk(Base):
+    """One embedded chunk: its offsets, its text and its vector (float32, little-endian)."""
+
+    __tablename__ = "vector_chunks"
+
+    space: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    document_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    start_offset: Mapped[int] = mapped_column(Integer)
+    end_offset: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class EmbeddingSpace(Base):
+    """An embedding space (model + version + dimension): `live` answers queries, `building`
+    is being filled by a re-embedding after a model change, `retired` was replaced."""
+
+    __tablename__ = "embedding_spaces"
+
+    key: Mapped[str] = mapped_column(String(40), primary_key=True)  # capstan.search.vectors.Space
+    model: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(64))
+    dimension: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(10))  # building | live | retired
+    # Re-embedding progress: documents done of `total` (for `capstan embeddings status`).
+    done: Mapped[int] = mapped_column(Integer)
+    total: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -294,6 +294,19 @@ class Metrics:
             "reconciliation (changes younger than the grace window not counted).",
             registry=r,
         )
+        self.embeddings_drift = Gauge(
+            "capstan_embeddings_drift_documents",
+            "Documents whose vectors were missing, stale or orphaned in the configured space at "
+            "the last embeddings drift check (changes younger than the grace window not counted).",
+            registry=r,
+        )
+        self.embeddings_rebuild_done = Gauge(
+            "capstan_embeddings_rebuild_documents",
+            "Documents re-embedded so far into a space being built after a model change, and "
+            "how many there are to do.",
+            ["kind"],
+            registry=r,
+        )
         self.search_repaired = Counter(
             "capstan_search_repaired_documents_total",
             "Documents the reconciler re-indexed or deleted.",

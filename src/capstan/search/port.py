@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+
+if TYPE_CHECKING:
+    from capstan.search.vectors import ChunkHit
 
 Sort = Literal["relevance", "created", "updated"]
 TagsMode = Literal["all", "any"]
@@ -91,6 +94,10 @@ class Hit:
     # Which rule let it in (text queries): "all" terms, "typo" (all, some at one edit), "most"
     # (the minimum-should-match rule); see search/query.py.
     match: str | None = None
+    # The retrievers that found it ("keyword", "semantic"), set by the search service.
+    retrievers: list[str] = field(default_factory=list)
+    # The best-matching chunk when the semantic retriever found it (search/vectors.ChunkHit).
+    chunk: ChunkHit | None = None
 
 
 @dataclass(slots=True)

@@ -15,6 +15,12 @@ Merge rule (docs/search.md):
   full-text engine answers the same query, `degraded: true`, `engines = ["postgres-fts"]`;
   Elasticsearch is not tried again for `search_retry_seconds`.
 - **Embedded.** SQLite FTS5 answers text queries, `engines = ["sqlite-fts5"]`.
+
+Modes (`mode`, issue 16): `keyword` is the flow above; `semantic` ranks by the vector store
+(search/semantic.py), candidates checked by the database like Elasticsearch's; `hybrid` runs
+both and fuses them by reciprocal rank (search/fusion.py, k = 60). With no mode, a text query
+is hybrid when the tenant has vectors in the live space, else keyword; `mode` in the response
+says which answered. If no vector store answers, the keyword flow answers, `degraded: true`.
 """
 
 from __future__ import annotations
@@ -27,18 +33,32 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
+from capstan.embeddings.port import EmbeddingInputError
 from capstan.errors import InvalidInput, Unavailable
 from capstan.observability.metrics import Metrics
-from capstan.search.elasticsearch import ElasticsearchEngine
-from capstan.search.port import Hit, SearchQuery, SearchResult, SearchUnavailable
+from capstan.search.fusion import K, rrf
+from capstan.search.port import (
+    Filters,
+    Hit,
+    SearchEngine,
+    SearchQuery,
+    SearchResult,
+    SearchUnavailable,
+)
 from capstan.search.query import parse
+from capstan.search.semantic import VectorAnswer, VectorSearch
 from capstan.search.sql import DatabaseSearch
+from capstan.search.vectors import ChunkHit, Space, VectorsUnavailable
 
 log = logging.getLogger(__name__)
 
 MAX_ROUNDS = 3
+Mode = Literal["keyword", "semantic", "hybrid"]
+# Each retriever's candidates that hybrid fuses: enough that a document ranked low by one and
+# high by the other still surfaces on the first page.
+HYBRID_DEPTH = 50
 
 
 @dataclass(slots=True)
@@ -53,6 +73,23 @@ class SearchPage:
     extra: dict[str, Any] = field(default_factory=dict)
     # How the text was understood (terms, phrases, exclusions, min_should_match); None without.
     query: dict[str, Any] | None = None
+    # The mode that answered: keyword, semantic or hybrid.
+    mode: Mode = "keyword"
+
+
+def _drop(task: asyncio.Task[Any]) -> None:
+    """Cancel a task whose answer is no longer wanted, retrieving any error it ended with."""
+    task.cancel()
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
+@dataclass(slots=True)
+class Retrieved:
+    hits: list[tuple[ChunkHit, tuple[int, str]]]  # (chunk, (version, title)), best first
+    space: Space
+    store: str
+    degraded: bool
+    took_ms: float
 
 
 def _fingerprint(q: SearchQuery) -> str:
@@ -94,14 +131,16 @@ class SearchService:
     def __init__(
         self,
         database: DatabaseSearch,
-        index: ElasticsearchEngine | None,
+        index: SearchEngine | None,
         metrics: Metrics,
         *,
         timeout_seconds: float = 1.0,
         retry_seconds: float = 2.0,
+        vectors: VectorSearch | None = None,
     ) -> None:
         self.database = database
         self.index = index
+        self.vectors = vectors
         self._metrics = metrics
         self._timeout = timeout_seconds
         self._retry = retry_seconds
@@ -110,7 +149,180 @@ class SearchService:
     def _label(self, engine: str) -> str:
         return {"postgres-fts": "postgres", "sqlite-fts5": "sqlite"}.get(engine, engine)
 
-    async def search(self, q: SearchQuery, cursor: str | None = None) -> SearchPage:
+    async def search(
+        self, q: SearchQuery, cursor: str | None = None, mode: Mode | None = None
+    ) -> SearchPage:
+        """One page in `mode` (None: hybrid when the tenant has embeddings, else keyword)."""
+        text = (q.text or "").strip()
+        if mode is None and (not text or self.vectors is None or cursor is not None):
+            mode = "keyword"
+        if mode == "keyword":
+            page = await self._keyword(q, cursor)
+            for hit in page.hits:
+                hit.retrievers = ["keyword"] if text else []
+            return page
+        if not text:
+            raise InvalidInput(f"mode={mode} needs a text query (q)", field="q")
+        if self.vectors is None:
+            raise InvalidInput(
+                f"mode={mode or 'hybrid'} needs embeddings, which this server has turned off "
+                "(CAPSTAN_EMBEDDINGS_ENABLED)",
+                field="mode",
+            )
+        if cursor is not None:
+            raise InvalidInput(
+                "semantic and hybrid results come as one page (raise limit): no cursor",
+                field="cursor",
+            )
+        if q.sort != "relevance":
+            raise InvalidInput(f"mode={mode} ranks by relevance only", field="sort")
+        return await self._with_vectors(q, mode)
+
+    async def _with_vectors(self, q: SearchQuery, mode: Mode | None) -> SearchPage:
+        assert self.vectors is not None
+        started = time.perf_counter()
+        text = (q.text or "").strip()
+        depth = max(q.limit, HYBRID_DEPTH) if mode != "semantic" else q.limit
+        keyword: asyncio.Task[SearchPage] | None = None
+        if mode != "semantic":
+            keyword = asyncio.create_task(self._keyword(replace(q, limit=min(depth, 100)), None))
+        try:
+            answer: VectorAnswer | None = await self.vectors.search(
+                q.tenant_id, text, q.filters, depth, check_tenant=mode is None
+            )
+        except EmbeddingInputError as exc:
+            if keyword is not None:
+                _drop(keyword)
+            raise InvalidInput(f"q cannot be embedded: {exc}", field="q") from exc
+        except VectorsUnavailable as exc:
+            self._metrics.search_requests.labels("vectors", "unavailable").inc()
+            log.warning(
+                "vector search unavailable, answering with keywords", extra={"error": str(exc)}
+            )
+            answer = None
+        if answer is None or (mode is None and answer.has_embeddings is False):
+            # The keyword flow as asked (its own page size, so its cursor pages on): the
+            # candidates fetched for fusion are `depth` deep.
+            if keyword is not None and depth == q.limit:
+                page = await keyword
+            else:
+                if keyword is not None:
+                    _drop(keyword)
+                page = await self._keyword(q, None)
+            for hit in page.hits:
+                hit.retrievers = ["keyword"]
+            page.degraded = page.degraded or answer is None
+            page.took_ms = round((time.perf_counter() - started) * 1000, 2)
+            return page
+        semantic = await self._verified(q, answer.hits)
+        if mode == "semantic":
+            hits = []
+            for chunk_hit, (version, title) in semantic:
+                hits.append(
+                    Hit(
+                        id=chunk_hit.document_id,
+                        title=title,
+                        score=round(chunk_hit.score, 6),
+                        version=version,
+                        key=(),
+                        retrievers=["semantic"],
+                        chunk=chunk_hit,
+                    )
+                )
+            page = SearchPage(
+                hits=hits[: q.limit],
+                total=len(hits),
+                facets={},
+                engines=[answer.store],
+                degraded=answer.degraded,
+                took_ms=0.0,
+                mode="semantic",
+            )
+        else:
+            assert keyword is not None
+            page = self._fuse(q, await keyword, semantic, answer)
+        page.took_ms = round((time.perf_counter() - started) * 1000, 2)
+        page.query = parse(text, typos=q.typos).describe()
+        label = "hybrid" if page.mode == "hybrid" else "semantic"
+        self._metrics.search_duration.labels(label).observe(time.perf_counter() - started)
+        self._metrics.search_requests.labels(label, "degraded" if page.degraded else "ok").inc()
+        return page
+
+    async def retrieve(self, tenant_id: str, text: str, filters: Filters, limit: int) -> Retrieved:
+        """The `limit` chunks nearest to `text` (one per document), checked by the database."""
+        started = time.perf_counter()
+        if self.vectors is None:
+            raise InvalidInput(
+                "retrieval needs embeddings, which this server has turned off "
+                "(CAPSTAN_EMBEDDINGS_ENABLED)",
+                field="query",
+            )
+        q = SearchQuery(tenant_id=tenant_id, text=text, filters=filters, limit=limit)
+        try:
+            answer = await self.vectors.search(tenant_id, text, filters, limit, check_tenant=False)
+        except EmbeddingInputError as exc:
+            raise InvalidInput(f"query cannot be embedded: {exc}", field="query") from exc
+        except VectorsUnavailable as exc:
+            self._metrics.search_requests.labels("vectors", "unavailable").inc()
+            raise Unavailable("no vector store can answer now", retry_after=1) from exc
+        hits = await self._verified(q, answer.hits)
+        took = round((time.perf_counter() - started) * 1000, 2)
+        return Retrieved(hits, answer.space, answer.store, answer.degraded, took)
+
+    async def _verified(
+        self, q: SearchQuery, hits: list[ChunkHit]
+    ) -> list[tuple[ChunkHit, tuple[int, str]]]:
+        """The hits whose documents exist in the tenant now and match the filters (the store
+        may lag behind a delete), with the database's version and title."""
+        if not hits:
+            return []
+        try:
+            found = await self.database.verify(
+                q.tenant_id, [h.document_id for h in hits], q.filters
+            )
+        except Exception as exc:
+            raise Unavailable("the database cannot answer searches now", retry_after=1) from exc
+        return [(h, found[h.document_id]) for h in hits if h.document_id in found]
+
+    def _fuse(
+        self,
+        q: SearchQuery,
+        keyword: SearchPage,
+        semantic: list[tuple[ChunkHit, tuple[int, str]]],
+        answer: VectorAnswer,
+    ) -> SearchPage:
+        by_id = {h.id: h for h in keyword.hits}
+        chunks = {c.document_id: (c, row) for c, row in semantic}
+        fused = rrf(
+            {
+                "keyword": [h.id for h in keyword.hits],
+                "semantic": [c.document_id for c, _ in semantic],
+            },
+            k=K,
+        )
+        hits: list[Hit] = []
+        for f in fused[: q.limit]:
+            hit = by_id.get(f.id)
+            if hit is None:
+                _, (version, title) = chunks[f.id]
+                hit = Hit(id=f.id, title=title, score=None, version=version)
+            hit.score = f.score
+            hit.key = ()
+            hit.retrievers = f.retrievers
+            if f.id in chunks:
+                hit.chunk = chunks[f.id][0]
+            hits.append(hit)
+        return SearchPage(
+            hits=hits,
+            total=len(fused),
+            facets=keyword.facets,
+            engines=[*keyword.engines, answer.store],
+            degraded=keyword.degraded or answer.degraded,
+            took_ms=0.0,
+            mode="hybrid",
+        )
+
+    async def _keyword(self, q: SearchQuery, cursor: str | None) -> SearchPage:
         started = time.perf_counter()
         cursor_engine: str | None = None
         if cursor is not None:

@@ -1,7 +1,8 @@
-"""The vector port (issue 16): every vector store (Elasticsearch `dense_vector`, pgvector,
-sqlite-vec) keeps the embedded chunks of each live document and answers a nearest-neighbour
-query with the tenant filter and the structured filters applied *inside* the query, never after
-it, so a filtered query still returns its `limit` best matches.
+"""The vector port (issue 16): every vector store (Elasticsearch `dense_vector`, pgvector, the
+database's exact store for SQLite; docs/embeddings.md) keeps the embedded chunks of each live
+document and answers a nearest-neighbour query with the tenant filter and the structured
+filters applied *inside* the query, never after it, so a filtered query still returns its
+`limit` best matches.
 
 Vectors live in a *space*: one embedding model at one version, with its dimension. A vector is
 comparable only with vectors of the same space, so a model change builds a new space next to the
@@ -21,6 +22,19 @@ from capstan.search.port import Filters, IndexReport, Removal
 
 class VectorsUnavailable(Exception):
     """The vector store cannot be reached (or did not answer in time)."""
+
+
+class VectorDimensionError(ValueError):
+    """A vector whose length is not its space's dimension (a model mix-up): refused before
+    anything is written or searched."""
+
+
+def check_dimension(space: Space, vector: Sequence[float], what: str) -> None:
+    if len(vector) != space.dimension:
+        raise VectorDimensionError(
+            f"{what} has {len(vector)} dimensions but space {space.model}@{space.version} "
+            f"holds {space.dimension}: vectors of different models cannot be compared"
+        )
 
 
 @dataclass(frozen=True, slots=True)

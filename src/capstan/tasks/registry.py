@@ -15,6 +15,7 @@ from capstan.errors import InvalidInput
 
 if TYPE_CHECKING:
     from capstan.container import Container
+    from capstan.embeddings.pipeline import EmbeddingPipeline
     from capstan.settings import Settings
     from capstan.tasks.context import TaskContext
 
@@ -81,13 +82,21 @@ async def check_submit(registry: TaskRegistry, c: Container, tenant_id: str, bod
     await task_type.check(data, c, tenant_id)
 
 
-def build_registry(settings: Settings) -> TaskRegistry:
-    """Built-in types, test types when enabled, then every installed plugin."""
+def build_registry(
+    settings: Settings, *, embeddings: EmbeddingPipeline | None = None
+) -> TaskRegistry:
+    """Built-in types (`embeddings.document` when given its pipeline), test types when
+    enabled, then every installed plugin."""
     from capstan.tasks.handlers import documents, testing, text
 
     registry = TaskRegistry()
     text.register(registry)
     documents.register(registry)
+    if embeddings is not None:
+        from capstan.tasks.handlers import embeddings as embedding_handlers
+
+        pipeline = embeddings
+        embedding_handlers.register(registry, lambda: pipeline)
     if settings.tasks_enable_test_handlers:
         testing.register(registry)
     for entry in entry_points(group=ENTRY_POINT_GROUP):
