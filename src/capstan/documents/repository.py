@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Select, exists, func, select, type_coerce
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import undefer
 
 from capstan.db.schema import Document
 
@@ -12,6 +13,15 @@ from capstan.db.schema import Document
 async def get(session: AsyncSession, tenant_id: str, doc_id: str) -> Document | None:
     return await session.scalar(
         select(Document).where(Document.tenant_id == tenant_id, Document.id == doc_id)
+    )
+
+
+async def get_rendered(session: AsyncSession, tenant_id: str, doc_id: str) -> Document | None:
+    """The row with its stored rendering (a deferred column) loaded: what a cached read needs."""
+    return await session.scalar(
+        select(Document)
+        .options(undefer(Document.rendered))
+        .where(Document.tenant_id == tenant_id, Document.id == doc_id)
     )
 
 

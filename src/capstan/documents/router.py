@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from capstan.api.deps import ContainerDep, PrincipalDep
 from capstan.documents.schemas import DocumentCreate, DocumentPage, DocumentRead, DocumentUpdate
-from capstan.documents.service import serialize, to_read
+from capstan.documents.service import rendered, to_read
 from capstan.errors import InvalidInput
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
@@ -53,7 +53,7 @@ async def create_document(body: DocumentCreate, c: ContainerDep, who: PrincipalD
     """Store a new document (version 1)."""
     doc = await c.documents.create(who.tenant_id, body)
     return Response(
-        serialize(doc),
+        rendered(doc),
         status_code=201,
         media_type=JSON,
         headers={"ETag": etag(doc.version), "Location": f"/v1/documents/{doc.id}"},
@@ -91,7 +91,7 @@ async def update_document(
 ) -> Response:
     """Change some fields; with `If-Match`, only if the document is still at that version."""
     doc = await c.documents.update(who.tenant_id, doc_id, body, if_match=parse_if_match(if_match))
-    return Response(serialize(doc), media_type=JSON, headers={"ETag": etag(doc.version)})
+    return Response(rendered(doc), media_type=JSON, headers={"ETag": etag(doc.version)})
 
 
 @router.delete("/{doc_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from capstan.db.fastpath import FastPath
@@ -55,6 +56,14 @@ def to_read(doc: Document) -> DocumentRead:
 def serialize(doc: Document) -> bytes:
     """The response body, byte for byte what the cache holds (docs/contracts/cache.md)."""
     return to_read(doc).model_dump_json().encode()
+
+
+def rendered(doc: Document) -> bytes:
+    """The body stored with the row (`documents.rendered`), or rendered now for a row written
+    around Capstan (NULL there). Every service returns these bytes for this version."""
+    # Unloaded (deferred, e.g. a no-op PATCH read the row without it): render rather than load.
+    stored = None if "rendered" in inspect(doc).unloaded else doc.rendered
+    return stored if stored is not None else serialize(doc)
 
 
 def encode_cursor(doc_id: str) -> str:
@@ -108,8 +117,8 @@ class DocumentStore:
 
         async def load() -> Loaded | None:
             async with self._db() as session:
-                doc = await repository.get(session, tenant_id, doc_id)
-            return None if doc is None else Loaded(doc.version, serialize(doc))
+                doc = await repository.get_rendered(session, tenant_id, doc_id)
+            return None if doc is None else Loaded(doc.version, rendered(doc))
 
         result = await self._cache.read(document_key(tenant_id, doc_id), load, bypass=bypass_cache)
         if result.loaded is None:
@@ -130,6 +139,8 @@ class DocumentStore:
             created_at=now,
             updated_at=now,
         )
+        # Rendered once, here: the response, the cache fills and the gateway all use these bytes.
+        doc.rendered = serialize(doc)
         if self._fast is not None:
             for name, value in search_columns(doc.title, doc.body, doc.tags).items():
                 setattr(doc, name, value)
@@ -163,6 +174,7 @@ class DocumentStore:
                 return doc
             doc.version += 1
             doc.updated_at = datetime.now(UTC)
+            doc.rendered = serialize(doc)
             self._event(session, doc, "updated")
         self._on_commit()
         await self._cache.invalidate(document_key(tenant_id, doc_id), doc.version)
