@@ -5,7 +5,6 @@ from __future__ import annotations
 from sqlalchemy import Select, exists, func, select, type_coerce
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import undefer
 
 from capstan.db.schema import Document
 
@@ -16,13 +15,18 @@ async def get(session: AsyncSession, tenant_id: str, doc_id: str) -> Document | 
     )
 
 
-async def get_rendered(session: AsyncSession, tenant_id: str, doc_id: str) -> Document | None:
-    """The row with its stored rendering (a deferred column) loaded: what a cached read needs."""
-    return await session.scalar(
-        select(Document)
-        .options(undefer(Document.rendered))
-        .where(Document.tenant_id == tenant_id, Document.id == doc_id)
-    )
+async def get_rendered(
+    session: AsyncSession, tenant_id: str, doc_id: str
+) -> tuple[int, bytes | None] | None:
+    """(version, stored response body) of the row, without decoding the row itself."""
+    row = (
+        await session.execute(
+            select(Document.version, Document.rendered).where(
+                Document.tenant_id == tenant_id, Document.id == doc_id
+            )
+        )
+    ).first()
+    return None if row is None else (row[0], row[1])
 
 
 async def get_for_update(session: AsyncSession, tenant_id: str, doc_id: str) -> Document | None:

@@ -61,7 +61,7 @@ def serialize(doc: Document) -> bytes:
 def rendered(doc: Document) -> bytes:
     """The body stored with the row (`documents.rendered`), or rendered now for a row written
     around Capstan (NULL there). Every service returns these bytes for this version."""
-    # Unloaded (deferred, e.g. a no-op PATCH read the row without it): render rather than load.
+    # Deferred: a row loaded without it is rendered rather than lazily loaded (no I/O here).
     stored = None if "rendered" in inspect(doc).unloaded else doc.rendered
     return stored if stored is not None else serialize(doc)
 
@@ -117,8 +117,15 @@ class DocumentStore:
 
         async def load() -> Loaded | None:
             async with self._db() as session:
-                doc = await repository.get_rendered(session, tenant_id, doc_id)
-            return None if doc is None else Loaded(doc.version, rendered(doc))
+                found = await repository.get_rendered(session, tenant_id, doc_id)
+                if found is None:
+                    return None
+                version, body = found
+                if body is not None:
+                    return Loaded(version, body)
+                # Written around the API (no stored rendering): render it, as before 0008.
+                doc = await repository.get(session, tenant_id, doc_id)
+            return None if doc is None else Loaded(doc.version, serialize(doc))
 
         result = await self._cache.read(document_key(tenant_id, doc_id), load, bypass=bypass_cache)
         if result.loaded is None:
@@ -171,6 +178,7 @@ class DocumentStore:
                     setattr(doc, attribute, value)
                     changed = True
             if not changed:  # `PATCH {}` or the same values: no new version, no event
+                await session.refresh(doc, ["rendered"])  # the answer is this version's bytes
                 return doc
             doc.version += 1
             doc.updated_at = datetime.now(UTC)
