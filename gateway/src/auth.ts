@@ -27,14 +27,21 @@ export function apiKeyId(token: string): string | null {
   return keyId;
 }
 
+/** The token of an Authorization header by the API's rule (FastAPI's HTTPBearer): the scheme
+ * precedes the first space and is `bearer` in any case; the rest, trimmed, is the token.
+ * Shared vectors: tests/contract/vectors.json. */
+export function headerToken(header: string): string | null {
+  const space = header.indexOf(' ');
+  if (space < 0) return null;
+  const token = header.slice(space + 1).trim();
+  return token && header.slice(0, space).toLowerCase() === 'bearer' ? token : null;
+}
+
 /** The bearer token of a request: the Authorization header, else `access_token` in the query
  * (EventSource and browser WebSockets cannot set headers; the gateway never logs query strings). */
 export function bearer(headers: Record<string, unknown>, query: unknown): string | null {
   const header = headers['authorization'];
-  if (typeof header === 'string') {
-    const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
-    return m ? m[1] : null;
-  }
+  if (typeof header === 'string') return headerToken(header);
   const q = (query as Record<string, unknown> | undefined)?.access_token;
   return typeof q === 'string' && q ? q : null;
 }

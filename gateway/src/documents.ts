@@ -2,7 +2,6 @@
 import type { Pool } from 'pg';
 import { CacheUnavailable, DocumentCache, documentKey } from './cache';
 import type { Metrics } from './metrics';
-import { parse, stringify } from './pyjson';
 
 export interface Loaded {
   version: number;
@@ -14,45 +13,20 @@ export interface ReadResult {
   cache: 'hit' | 'miss' | 'bypass' | 'degraded';
 }
 
-interface Row {
-  id: string;
-  collection: string;
-  title: string;
-  body: string;
-  tags: string;
-  metadata: string;
-  version: number;
-  created_at: string;
-  updated_at: string;
+/** A row without its rendering: written around Capstan (raw SQL), so there are no bytes to
+ * serve; the gateway never serializes a row itself. */
+export class NotRendered extends Error {
+  constructor(readonly docId: string) {
+    super(
+      `document ${docId} has no stored rendering (written around the API); ` +
+        'read it through the API, or run `capstan data check --fix`',
+    );
+  }
 }
 
-// Timestamps as text with microseconds in UTC (node-postgres' Date keeps milliseconds only).
-const SELECT = `
-SELECT id, collection, title, body, tags::text AS tags, metadata::text AS metadata, version,
-       to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US') AS created_at,
-       to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US') AS updated_at
-  FROM documents WHERE tenant_id = $1 AND id = $2`;
-
-/** A UTC timestamp as pydantic writes it: microseconds only when non-zero, then `Z`. */
-export function pyDatetime(text: string): string {
-  return (text.endsWith('.000000') ? text.slice(0, -7) : text) + 'Z';
-}
-
-/** The response body, byte for byte Python's `capstan.documents.service.serialize`. */
-export function serialize(row: Row): Buffer {
-  const parts = [
-    `"id":${JSON.stringify(row.id)}`,
-    `"collection":${JSON.stringify(row.collection)}`,
-    `"title":${JSON.stringify(row.title)}`,
-    `"body":${JSON.stringify(row.body)}`,
-    `"tags":${stringify(parse(row.tags))}`,
-    `"metadata":${stringify(parse(row.metadata))}`,
-    `"version":${row.version}`,
-    `"created_at":"${pyDatetime(row.created_at)}"`,
-    `"updated_at":"${pyDatetime(row.updated_at)}"`,
-  ];
-  return Buffer.from('{' + parts.join(',') + '}', 'utf8');
-}
+/** The bytes Python rendered when it wrote this version (`documents.rendered`, migration 0010):
+ * the response body, byte for byte the API's, served without parsing. */
+const SELECT = 'SELECT version, rendered FROM documents WHERE tenant_id = $1 AND id = $2';
 
 const GENERATION = 'SELECT generation FROM cache_generation WHERE id = 1';
 
@@ -75,8 +49,10 @@ export class DocumentReader {
   ) {}
 
   async load(tenantId: string, docId: string): Promise<Loaded | null> {
-    const { rows } = await this.db.query<Row>(SELECT, [tenantId, docId]);
-    return rows[0] ? { version: rows[0].version, payload: serialize(rows[0]) } : null;
+    const { rows } = await this.db.query<{ version: number; rendered: Buffer | null }>(SELECT, [tenantId, docId]);
+    if (!rows[0]) return null;
+    if (rows[0].rendered === null) throw new NotRendered(docId);
+    return { version: rows[0].version, payload: rows[0].rendered };
   }
 
   async read(tenantId: string, docId: string, bypass: boolean): Promise<ReadResult> {

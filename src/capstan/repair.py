@@ -3,7 +3,9 @@
 Such rows (a lone surrogate, a NUL, NaN, metadata nested hundreds of levels) make every read
 of them fail. `capstan data check` reports them; with `--fix` each is rewritten with the
 value made storable (see `make_storable`): a document as a normal update (new version,
-`document.updated` event, cache entry invalidated), a task's input in place.
+`document.updated` event, cache entry invalidated), a task's input in place. It also reports
+documents without a stored rendering (`documents.rendered`, written around the API: the
+gateway cannot serve them); `--fix` renders them in place.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from sqlalchemy import Text, cast, select, update
 from capstan.container import Container
 from capstan.db.schema import Document, Task
 from capstan.documents.cache import document_key
+from capstan.documents.service import serialize
 from capstan.events.outbox import add_event
 from capstan.storable import MAX_JSON_DEPTH, storable_problem
 
 BATCH = 200
+NOT_RENDERED = "rendered: no stored response body (written around the API)"
 _UNSTORABLE_CHARS = re.compile("[\x00\ud800-\udfff]")
 
 
@@ -85,6 +89,7 @@ async def _documents(c: Container, *, fix: bool, tenant_id: str | None) -> Async
                 Document.body,
                 cast(Document.tags, Text),
                 cast(Document.metadata_, Text),
+                Document.rendered.is_(None),
             )
             .where(Document.id > after)
             .order_by(Document.id)
@@ -97,7 +102,7 @@ async def _documents(c: Container, *, fix: bool, tenant_id: str | None) -> Async
         if not rows:
             return
         after = rows[-1][0]
-        for doc_id, owner, title, body, tags_raw, metadata_raw in rows:
+        for doc_id, owner, title, body, tags_raw, metadata_raw, unrendered in rows:
             fields = {
                 "title": title,
                 "body": body,
@@ -107,11 +112,26 @@ async def _documents(c: Container, *, fix: bool, tenant_id: str | None) -> Async
             problem = next(
                 (p for name, v in fields.items() if (p := storable_problem(v, where=name))), None
             )
+            if problem is None and unrendered:
+                # Written around the API: the gateway has no bytes to serve for it.
+                if fix:
+                    await _render_document(c, doc_id)
+                yield Finding("documents", doc_id, owner, NOT_RENDERED, fixed=fix)
+                continue
             if problem is None:
                 continue
             if fix:
                 await _fix_document(c, doc_id, owner, fields)
             yield Finding("documents", doc_id, owner, problem, fixed=fix)
+
+
+async def _render_document(c: Container, doc_id: str) -> None:
+    """Store the rendering of the row as it is (same version: the bytes are those the API
+    served for it, so no cache entry needs invalidating)."""
+    async with c.db.begin() as session:
+        doc = await session.get(Document, doc_id, populate_existing=True)
+        if doc is not None:
+            doc.rendered = serialize(doc)
 
 
 async def _fix_document(c: Container, doc_id: str, tenant_id: str, fields: dict[str, Any]) -> None:
@@ -132,6 +152,10 @@ async def _fix_document(c: Container, doc_id: str, tenant_id: str, fields: dict[
                 .returning(Document.version, Document.collection)
             )
         ).one()
+        # The new version's response body, as DocumentStore stores it with every write.
+        doc = await session.get(Document, doc_id, populate_existing=True)
+        if doc is not None:
+            doc.rendered = serialize(doc)
         add_event(
             session,
             source=c.settings.source,

@@ -10,8 +10,10 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 
+from capstan.db.schema import Document
+from capstan.repair import NOT_RENDERED
 from tests.api.test_input_safety import nested_json
 from tests.conftest import Api, Tenant, embedded_settings, start_api
 
@@ -66,12 +68,17 @@ async def test_check_reports_then_fix_makes_every_row_readable(api: Api) -> None
     healthy = await store_raw(api, tenant, '{"fine": [1, "é"]}')
 
     reported = [f async for f in check(api.container, fix=False, tenant_id=tenant.id)]
-    assert {f.row_id for f in reported} == set(ids.values())
+    # The healthy row is readable, but written around the API it has no stored rendering.
+    assert {f.row_id for f in reported} == {*ids.values(), healthy}
+    assert [f.problem for f in reported if f.row_id == healthy] == [NOT_RENDERED]
     assert all(not f.fixed for f in reported)
 
     fixed = [f async for f in check(api.container, fix=True, tenant_id=tenant.id)]
-    assert {f.row_id for f in fixed} == set(ids.values()) and all(f.fixed for f in fixed)
+    assert {f.row_id for f in fixed} == {*ids.values(), healthy} and all(f.fixed for f in fixed)
     assert [f async for f in check(api.container, fix=False, tenant_id=tenant.id)] == []
+    async with api.container.db() as session:
+        rows = await session.execute(select(Document.id, Document.rendered))
+        stored = {doc_id: body for doc_id, body in rows}
 
     async with api.client(tenant.key) as http:
         listing = await http.get("/v1/documents")
@@ -80,6 +87,13 @@ async def test_check_reports_then_fix_makes_every_row_readable(api: Api) -> None
     assert listing.status_code == 200 and len(listing.json()["items"]) == len(ids) + 1
     assert all(r.status_code == 200 and r.json()["version"] == 2 for r in reads.values())
     assert untouched["version"] == 1 and untouched["metadata"] == {"fine": [1, "é"]}
+    # Every row now carries the bytes the API serves for its version (what the gateway reads).
+    for doc_id in [*ids.values(), healthy]:
+        async with api.client(tenant.key) as http:
+            served = await http.get(
+                f"/v1/documents/{doc_id}", headers={"Cache-Control": "no-cache"}
+            )
+        assert stored[doc_id] == served.content
     if "lone surrogate" in reads:
         assert reads["lone surrogate"].json()["metadata"] == {"k": "\ufffd", "\ufffd": 1}
         assert reads["NaN"].json()["metadata"] == {"k": None}

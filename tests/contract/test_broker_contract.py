@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from capstan.broker.port import Broker, Delivery, Message, QueueSpec, topic_matches
+from capstan.broker.port import Broker, Delivery, Message, QueueSpec
 
 
 @dataclass
@@ -312,26 +312,6 @@ async def _until(condition: object, timeout: float = 10.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition never held")
         await asyncio.sleep(0.02)
-
-
-@pytest.mark.parametrize(
-    ("pattern", "key", "matches"),
-    [
-        ("document.*", "document.created", True),
-        ("document.*", "document", False),
-        ("document.*", "document.a.b", False),
-        ("#", "anything.at.all", True),
-        ("#", "x", True),
-        ("task.#", "task", True),
-        ("task.#", "task.a.b", True),
-        ("*.created", "document.created", True),
-        ("*.created", "document.updated", False),
-        ("a.#.z", "a.z", True),
-        ("a.#.z", "a.b.c.z", True),
-    ],
-)
-def test_topic_matching_follows_amqp(pattern: str, key: str, matches: bool) -> None:
-    assert topic_matches(pattern, key) is matches
 
 
 async def test_queue_depth_counts_ready_and_dead_messages(setup: Setup) -> None:

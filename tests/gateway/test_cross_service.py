@@ -1,5 +1,6 @@
 """The Python API and the Node.js gateway together, on real PostgreSQL, Redis and RabbitMQ:
-realtime push and resume, the shared cache contract, auth, and bad input.
+realtime push and resume, auth, and bad input (the shared cache contract and byte-equal reads:
+test_document_bytes.py).
 
 A task's completion pushed to clients waits for the tasks issue's `task.succeeded` events to
 reach the audit log; the gateway forwards every audited type (patterns `task.*`)."""
@@ -173,64 +174,6 @@ async def test_resume_while_the_missed_events_are_still_in_flight(both: Both) ->
             assert seqs == sorted(set(seqs)) and seqs[0] > last_id
             with pytest.raises(TimeoutError):
                 await stream.event(timeout=1.0)
-
-
-async def test_cache_entries_filled_by_either_service_serve_the_other_byte_for_byte(
-    both: Both,
-) -> None:
-    api, gw = both.stack.api, both.gateway
-    t = await api.tenant()
-    body = {
-        "title": 'Grüße \u2028 "quoted" \\ <tag>',
-        "body": "line\nnext\ttab \x01 😀",
-        "tags": ["b", "a"],
-        "metadata": {"z": 1.0, "a": [1e20, 1.5e-7, 12345678901234567890], "100": None, "n": {}},
-    }
-    async with (
-        api.client(t.key) as py,
-        httpx.AsyncClient(base_url=gw.url, headers=auth(t.key)) as node,
-    ):
-        # Python fills → Node hits.
-        one = (await py.post("/v1/documents", json=body)).json()
-        py_miss = await py.get(f"/v1/documents/{one['id']}")
-        assert py_miss.headers["x-cache"] == "miss"
-        node_hit = await node.get(f"/v1/documents/{one['id']}")
-        assert node_hit.headers["x-cache"] == "hit"
-        assert node_hit.content == py_miss.content
-        assert node_hit.headers["etag"] == py_miss.headers["etag"] == '"1"'
-        assert node_hit.headers["content-type"] == py_miss.headers["content-type"]
-        # Node fills → Python hits, and both serialize the row identically.
-        two = (await py.post("/v1/documents", json=body)).json()
-        node_miss = await node.get(f"/v1/documents/{two['id']}")
-        assert node_miss.headers["x-cache"] == "miss"
-        py_hit = await py.get(f"/v1/documents/{two['id']}")
-        assert py_hit.headers["x-cache"] == "hit"
-        assert py_hit.content == node_miss.content
-        py_db = await py.get(f"/v1/documents/{two['id']}", headers={"Cache-Control": "no-cache"})
-        node_db = await node.get(
-            f"/v1/documents/{two['id']}", headers={"Cache-Control": "no-cache"}
-        )
-        assert node_db.headers["x-cache"] == "bypass"
-        assert node_db.content == py_db.content
-        # An update through Python is never followed by a stale read from Node.
-        for version in range(2, 22):
-            answer = await py.patch(f"/v1/documents/{two['id']}", json={"body": f"v{version}"})
-            assert answer.status_code == 200
-            read = await node.get(f"/v1/documents/{two['id']}")
-            assert read.headers["etag"] == f'"{version}"', read.headers
-            assert read.json()["body"] == f"v{version}"
-            # The cache subscriber may invalidate again (same version) when the event arrives.
-            again = await node.get(f"/v1/documents/{two['id']}")
-            assert again.headers["etag"] == f'"{version}"' and again.content == read.content
-        # Delete through Python: Node answers 404 (problem+json), not the cached copy.
-        await py.delete(f"/v1/documents/{two['id']}")
-        gone = await node.get(f"/v1/documents/{two['id']}")
-        assert gone.status_code == 404
-        assert gone.headers["content-type"] == "application/problem+json"
-        # Another tenant cannot read it through either service.
-        other = await api.tenant()
-        foreign = await node.get(f"/v1/documents/{one['id']}", headers=auth(other.key))
-        assert foreign.status_code == 404
 
 
 async def test_the_same_credentials_work_on_both_services(both: Both) -> None:

@@ -14,8 +14,7 @@ def test_an_api_key_carries_its_id_and_only_its_hash_is_kept() -> None:
     key = new_api_key()
     assert api_key_id(key.plaintext) == key.key_id
     assert key.key_hash == digest(key.plaintext) != key.plaintext
-    assert api_key_id("cst_short_x") is None
-    assert api_key_id("Bearer nonsense") is None
+    # Malformed tokens: tests/contract/vectors.json, shared with the gateway.
 
 
 def test_session_tokens_are_told_apart_from_keys() -> None:

@@ -1,9 +1,11 @@
-/** Real servers for the gateway's own tests: a fresh PostgreSQL database with the tables the
- * gateway reads (mirroring src/capstan/db/schema.py; the Python cross-service tests in
- * tests/gateway use the real migrations), Redis, and an isolated RabbitMQ namespace. */
+/** Real servers for the gateway's own tests: a fresh PostgreSQL database built by Capstan's
+ * migrations (the schema the gateway meets in production, never a copy), Redis, and an
+ * isolated RabbitMQ namespace. */
 import amqp from 'amqplib';
+import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
+import { resolve } from 'node:path';
 import { Client } from 'pg';
 import { buildApp } from '../app';
 import { Services } from '../services';
@@ -19,22 +21,51 @@ export function servers(): { db: string; redis: string; amqp: string } | null {
   return null;
 }
 
-const DDL = `
-CREATE TABLE tenants (id varchar(36) PRIMARY KEY, name varchar(200) UNIQUE NOT NULL, created_at timestamptz NOT NULL,
-  disabled_at timestamptz);
-CREATE TABLE api_keys (id varchar(32) PRIMARY KEY, tenant_id varchar(36) NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
-  name varchar(200) NOT NULL, key_hash varchar(64) NOT NULL, created_at timestamptz NOT NULL, revoked_at timestamptz,
-  expires_at timestamptz, admin boolean NOT NULL DEFAULT false);
-CREATE TABLE auth_revocations (id bigserial PRIMARY KEY, key_id varchar(32) NOT NULL, tenant_id varchar(36) NOT NULL,
-  effective_at timestamptz NOT NULL);
-CREATE TABLE documents (id varchar(36) PRIMARY KEY, tenant_id varchar(36) NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
-  collection varchar(100) NOT NULL, title text NOT NULL, body text NOT NULL, tags jsonb NOT NULL, metadata jsonb NOT NULL,
-  version integer NOT NULL, created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL);
-CREATE TABLE audit_log (seq bigserial PRIMARY KEY, event_id varchar(36) UNIQUE NOT NULL, tenant_id varchar(36) NOT NULL,
-  type varchar(200) NOT NULL, subject varchar(200) NOT NULL, time timestamptz NOT NULL, recorded_at timestamptz NOT NULL, envelope jsonb NOT NULL);
-CREATE INDEX ix_audit_log_tenant_seq ON audit_log (tenant_id, seq);
-CREATE TABLE cache_generation (id integer PRIMARY KEY, generation bigint NOT NULL);
-INSERT INTO cache_generation VALUES (1, 1);`;
+/** The `capstan` command of this checkout (its .venv), or CAPSTAN_CLI. */
+const CAPSTAN = process.env.CAPSTAN_CLI ?? resolve(__dirname, '../../../.venv/bin/capstan');
+
+let template: Promise<string> | null = null;
+
+/** A database migrated by Capstan's own Alembic migrations (`capstan migrate`), once per test
+ * process; every harness copies it (CREATE DATABASE ... TEMPLATE), which takes milliseconds
+ * where migrating takes seconds. Dropped when the process exits (`dropTemplate`). */
+export function migratedTemplate(): Promise<string> {
+  template ??= (async () => {
+    const s = servers()!;
+    const name = `gw_tpl_${randomBytes(5).toString('hex')}`;
+    await adminQuery(s.db, `CREATE DATABASE "${name}"`);
+    const url = new URL(s.db);
+    url.pathname = `/${name}`;
+    const run = spawnSync(CAPSTAN, ['migrate'], {
+      env: { ...process.env, CAPSTAN_DATABASE_URL: url.toString() },
+      encoding: 'utf8',
+      timeout: 300_000,
+    });
+    if (run.status !== 0) {
+      await adminQuery(s.db, `DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+      throw new Error(`\`${CAPSTAN} migrate\` failed (${run.error ?? run.status}; set CAPSTAN_CLI or run scripts/bootstrap dev): ${run.stderr}`);
+    }
+    return name;
+  })();
+  return template;
+}
+
+export async function dropTemplate(): Promise<void> {
+  if (!template) return;
+  const name = await template.catch(() => null);
+  template = null;
+  if (name) await adminQuery(servers()!.db, `DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+}
+
+async function adminQuery(url: string, sql: string): Promise<void> {
+  const admin = new Client({ connectionString: url });
+  await admin.connect();
+  try {
+    await admin.query(sql);
+  } finally {
+    await admin.end();
+  }
+}
 
 export interface Harness {
   url: string;
@@ -50,15 +81,11 @@ export interface Harness {
 export async function harness(env: Record<string, string> = {}): Promise<Harness> {
   const s = servers()!;
   const name = `gw_test_${randomBytes(5).toString('hex')}`;
-  const admin = new Client({ connectionString: s.db });
-  await admin.connect();
-  await admin.query(`CREATE DATABASE "${name}"`);
-  await admin.end();
+  await adminQuery(s.db, `CREATE DATABASE "${name}" TEMPLATE "${await migratedTemplate()}"`);
   const dbUrl = new URL(s.db);
   dbUrl.pathname = `/${name}`;
   const db = new Client({ connectionString: dbUrl.toString() });
   await db.connect();
-  await db.query(DDL);
   const namespace = `gwt${randomBytes(4).toString('hex')}`;
   const settings = loadSettings({
     CAPSTAN_DATABASE_URL: dbUrl.toString(),
@@ -118,10 +145,7 @@ export async function harness(env: Record<string, string> = {}): Promise<Harness
       await channel.deleteExchange(`${namespace}.realtime`).catch(() => {});
       await conn.close().catch(() => {});
       await db.end();
-      const a = new Client({ connectionString: s.db });
-      await a.connect();
-      await a.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
-      await a.end();
+      await adminQuery(s.db, `DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
     },
   };
 }

@@ -6,7 +6,7 @@ import { Redis } from 'ioredis';
 import { randomUUID } from 'node:crypto';
 import WebSocket from 'ws';
 import { documentKey, FILL, GENERATION_KEY, INVALIDATE } from '../cache';
-import { harness, servers, SseReader, type Harness } from './helpers';
+import { dropTemplate, harness, servers, SseReader, type Harness } from './helpers';
 
 const skip = servers() === null ? 'needs CAPSTAN_TEST_DATABASE_URL, _REDIS_URL, _AMQP_URL' : false;
 
@@ -43,6 +43,7 @@ describe('gateway', { skip }, () => {
   after(async () => {
     redis?.disconnect();
     await h?.close();
+    await dropTemplate();
   });
 
   test('credentials: API key, session token, missing, wrong, revoked', async () => {
@@ -124,16 +125,20 @@ describe('gateway', { skip }, () => {
   test('document reads follow the cache contract: miss fills, hit serves, tombstones refuse old fills', async () => {
     const t = await h.tenant();
     const id = '01a21780-0000-7000-8000-000000000001';
+    // What Python's DocumentStore writes: the row and the response body it rendered for it.
+    const rendered = (version: number, title: string) =>
+      `{"id":"${id}","collection":"notes","title":"${title}","body":"B","tags":["x"],"metadata":{"b":1.0,"a":10},"version":${version},"created_at":"2026-11-26T10:19:55.904335Z","updated_at":"2026-11-26T10:19:56Z"}`;
     await h.db.query(
-      `INSERT INTO documents VALUES ($1,$2,'notes','T','B', '["x"]', '{"b": 1.0, "a": 10}', 3, '2026-11-26T10:19:55.904335Z', '2026-11-26T10:19:56Z')`,
-      [id, t.id],
+      `INSERT INTO documents (id, tenant_id, collection, title, body, tags, metadata, version, created_at, updated_at, rendered)
+       VALUES ($1, $2, 'notes', 'T', 'B', '["x"]', '{"b": 1.0, "a": 10}', 3, '2026-11-26T10:19:55.904335Z', '2026-11-26T10:19:56Z', $3)`,
+      [id, t.id, Buffer.from(rendered(3, 'T'))],
     );
     const get = (extra: Record<string, string> = {}) => fetch(`${h.url}/v1/documents/${id}`, { headers: { authorization: `Bearer ${t.key}`, ...extra } });
     let r = await get();
     const body = await r.text();
     assert.equal(r.headers.get('x-cache'), 'miss');
     assert.equal(r.headers.get('etag'), '"3"');
-    assert.equal(body, `{"id":"${id}","collection":"notes","title":"T","body":"B","tags":["x"],"metadata":{"a":10,"b":1.0},"version":3,"created_at":"2026-11-26T10:19:55.904335Z","updated_at":"2026-11-26T10:19:56Z"}`);
+    assert.equal(body, rendered(3, 'T')); // the stored bytes, never re-serialized
     const key = documentKey(t.id, id);
     const generation = await redis.get(GENERATION_KEY); // installed by the gateway before its fill
     assert.ok(generation);
@@ -145,15 +150,35 @@ describe('gateway', { skip }, () => {
     // A writer commits version 4 and invalidates; a late fill with version 3 is refused.
     await redis.eval(INVALIDATE, 1, key, 4, 300000);
     assert.equal(await redis.eval(FILL, 2, key, GENERATION_KEY, 3, body, 300000, generation), 0);
-    await h.db.query("UPDATE documents SET version = 4, title = 'T4' WHERE id = $1", [id]);
+    await h.db.query("UPDATE documents SET version = 4, title = 'T4', rendered = $2 WHERE id = $1", [id, Buffer.from(rendered(4, 'T4'))]);
     r = await get();
     assert.equal(r.headers.get('x-cache'), 'miss');
     assert.equal(r.headers.get('etag'), '"4"');
+    assert.equal(await r.text(), rendered(4, 'T4'));
     // Another tenant: 404, never the first tenant's entry.
     const other = await h.tenant();
     r = await fetch(`${h.url}/v1/documents/${id}`, { headers: { authorization: `Bearer ${other.key}` } });
     assert.equal(r.status, 404);
     assert.equal(((await r.json()) as any).detail, `document ${id} does not exist`);
+  });
+
+  test('a row written around the API (no stored rendering) is a clear 500, never a guess', async () => {
+    const t = await h.tenant();
+    const id = '01a21780-0000-7000-8000-000000000002';
+    await h.db.query(
+      `INSERT INTO documents (id, tenant_id, collection, title, body, tags, metadata, version, created_at, updated_at)
+       VALUES ($1, $2, 'notes', 'T', 'B', '[]', '{}', 1, now(), now())`,
+      [id, t.id],
+    );
+    for (const extra of [{}, { 'cache-control': 'no-cache' }] as Record<string, string>[]) {
+      const r = await fetch(`${h.url}/v1/documents/${id}`, { headers: { authorization: `Bearer ${t.key}`, ...extra } });
+      assert.equal(r.status, 500);
+      assert.equal(r.headers.get('content-type'), 'application/problem+json');
+      const p = (await r.json()) as any;
+      assert.equal(p.code, 'not-rendered');
+      assert.match(p.detail, /capstan data check --fix/);
+    }
+    assert.equal(await redis.exists(documentKey(t.id, id)), 0); // nothing was filled
   });
 
   test('SSE: replay after Last-Event-ID, then live, tenant-scoped and filtered', async () => {

@@ -38,6 +38,17 @@ def api_key_id(token: str) -> str | None:
     return key_id
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization` header, by FastAPI's HTTPBearer rule (the API's other
+    routes use it): the scheme precedes the first space and is `bearer` in any case; the rest,
+    stripped, is the token. Shared with the gateway: tests/contract/vectors.json."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    return token if token and scheme.lower() == "bearer" else None
+
+
 def new_session_token() -> str:
     return SESSION_PREFIX + secrets.token_urlsafe(32)
 

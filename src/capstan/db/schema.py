@@ -154,6 +154,12 @@ class Document(Base):
     version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The response body of GET /v1/documents/{id} for this version, rendered once by Python
+    # when the row is written (capstan.documents.service.render, migration 0010): the API and
+    # the Node gateway serve these bytes on a cache miss instead of serializing the row.
+    # NULL only for rows written around Capstan (raw SQL); `capstan data check --fix` renders
+    # them. Deferred: listing and locking a row do not read it.
+    rendered: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
 
 
 @event.listens_for(Document, "before_update")

@@ -17,12 +17,12 @@ OpenAPI describes. Same contracts, fewer steps:
 
 from __future__ import annotations
 
-from fastapi.security.utils import get_authorization_scheme_param
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from capstan.api.deps import NO_CREDENTIALS, check_rate, enforce
 from capstan.auth.service import Principal
+from capstan.auth.tokens import bearer_token
 from capstan.cache.port import CacheUnavailable
 from capstan.container import Container
 from capstan.documents.cache import document_key
@@ -91,10 +91,10 @@ class DocumentReadEndpoint:
 
     async def _authenticate(self, authorization: str | None) -> Principal:
         # What fastapi.security.HTTPBearer(auto_error=False) accepts, as in capstan.api.deps.
-        scheme, credentials = get_authorization_scheme_param(authorization)
-        if not (scheme and credentials) or scheme.lower() != "bearer":
+        token = bearer_token(authorization)
+        if token is None:
             raise Unauthorized(NO_CREDENTIALS)
-        return await self._container.auth.authenticate(credentials)
+        return await self._container.auth.authenticate(token)
 
     async def _read(self, who: Principal, doc_id: str, bypass: bool) -> tuple[int, bytes, str]:
         """(version, body, X-Cache), rate limit included; NotFound for a missing or foreign id."""

@@ -15,6 +15,20 @@ async def get(session: AsyncSession, tenant_id: str, doc_id: str) -> Document | 
     )
 
 
+async def get_rendered(
+    session: AsyncSession, tenant_id: str, doc_id: str
+) -> tuple[int, bytes | None] | None:
+    """(version, stored response body) of the row, without decoding the row itself."""
+    row = (
+        await session.execute(
+            select(Document.version, Document.rendered).where(
+                Document.tenant_id == tenant_id, Document.id == doc_id
+            )
+        )
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
 async def get_for_update(session: AsyncSession, tenant_id: str, doc_id: str) -> Document | None:
     """The row, locked until the transaction ends (no-op on SQLite, which locks the file)."""
     return await session.scalar(

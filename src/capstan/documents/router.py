@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from capstan.api.deps import ContainerDep, PrincipalDep
 from capstan.db.unit import unit_of_work
 from capstan.documents.schemas import DocumentCreate, DocumentPage, DocumentRead, DocumentUpdate
-from capstan.documents.service import serialize, to_read
+from capstan.documents.service import rendered, to_read
 from capstan.errors import InvalidInput
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
@@ -54,7 +54,7 @@ async def create_document(body: DocumentCreate, c: ContainerDep, who: PrincipalD
     """Store a new document (version 1)."""
     doc = await c.documents.create_one(who.tenant_id, body)
     return Response(
-        serialize(doc),
+        rendered(doc),
         status_code=201,
         media_type=JSON,
         headers={"ETag": etag(doc.version), "Location": f"/v1/documents/{doc.id}"},
@@ -94,7 +94,7 @@ async def update_document(
     expected = parse_if_match(if_match)
     async with unit_of_work(c.db) as uow:
         doc = await c.documents.update(uow, who.tenant_id, doc_id, body, if_match=expected)
-    return Response(serialize(doc), media_type=JSON, headers={"ETag": etag(doc.version)})
+    return Response(rendered(doc), media_type=JSON, headers={"ETag": etag(doc.version)})
 
 
 @router.delete("/{doc_id}", status_code=status.HTTP_204_NO_CONTENT)

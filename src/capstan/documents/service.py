@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from capstan.db.dialect import Dialect
@@ -60,6 +61,14 @@ def to_read(doc: Document) -> DocumentRead:
 def serialize(doc: Document) -> bytes:
     """The response body, byte for byte what the cache holds (docs/contracts/cache.md)."""
     return to_read(doc).model_dump_json().encode()
+
+
+def rendered(doc: Document) -> bytes:
+    """The body stored with the row (`documents.rendered`), or rendered now for a row written
+    around Capstan (NULL there). Every service returns these bytes for this version."""
+    # Deferred: a row loaded without it is rendered rather than lazily loaded (no I/O here).
+    stored = None if "rendered" in inspect(doc).unloaded else doc.rendered
+    return stored if stored is not None else serialize(doc)
 
 
 def encode_cursor(doc_id: str) -> str:
@@ -115,6 +124,13 @@ class DocumentStore:
 
         async def load() -> Loaded | None:
             async with self._db() as session:
+                found = await repository.get_rendered(session, tenant_id, doc_id)
+                if found is None:
+                    return None
+                version, body = found
+                if body is not None:
+                    return Loaded(version, body)
+                # Written around the API (no stored rendering): render it, as before 0010.
                 doc = await repository.get(session, tenant_id, doc_id)
             return None if doc is None else Loaded(doc.version, serialize(doc))
 
@@ -148,7 +164,7 @@ class DocumentStore:
 
     def _new(self, tenant_id: str, body: DocumentCreate) -> Document:
         now = datetime.now(UTC)
-        return Document(
+        doc = Document(
             id=uuid7(),
             tenant_id=tenant_id,
             collection=body.collection,
@@ -160,6 +176,9 @@ class DocumentStore:
             created_at=now,
             updated_at=now,
         )
+        # Rendered once, here: the response, the cache fills and the gateway all use these bytes.
+        doc.rendered = serialize(doc)
+        return doc
 
     async def update(
         self,
@@ -186,9 +205,11 @@ class DocumentStore:
                 setattr(doc, attribute, value)
                 changed = True
         if not changed:  # `PATCH {}` or the same values: no new version, no event
+            await session.refresh(doc, ["rendered"])  # the answer is this version's bytes
             return doc
         doc.version += 1
         doc.updated_at = datetime.now(UTC)
+        doc.rendered = serialize(doc)
         self._event(session, doc, "updated")
         await session.flush()
         version = doc.version
