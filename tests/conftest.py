@@ -324,10 +324,10 @@ def stack_settings(mode: str, request: pytest.FixtureRequest, tmp_path: Path) ->
 async def start_stack(
     settings: Settings, subscribers: list[str] | None = None, *, worker: bool = True
 ) -> Stack:
-    from capstan.roles import Background
+    from capstan.composition import build_background
 
     api = await start_api(settings)
-    background = Background(
+    background = build_background(
         api.container, relay=True, subscribers=subscribers or ["all"], worker=worker
     )
     await background.start()

@@ -1,4 +1,9 @@
-"""The composition root: builds every adapter and service from one Settings object."""
+"""The composition root: builds every adapter and service from one Settings object.
+
+Its second half, capstan.composition, builds each role's object graph (relay, subscribers,
+worker, maintenance, reconciler, scheduler) from the container. Nothing else imports this
+module at run time (tests/unit/test_composition_root.py): the rest of the code receives what it
+uses, explicitly."""
 
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ from capstan.search.sqlite_fts import SqliteFts
 from capstan.search.vector_stores import VectorStores, build_vector_stores
 from capstan.settings import Settings, host_list_as_params
 from capstan.signals.port import SignalBus
-from capstan.tasks.registry import TaskRegistry, build_registry
+from capstan.tasks.registry import TaskRegistry, load_plugins
 from capstan.tasks.service import TaskService
 
 
@@ -203,11 +208,9 @@ def build_container(settings: Settings) -> Container:
     )
     aside = CacheAside(cache, metrics, Generations(db), ttl_seconds=settings.cache_ttl_seconds)
     outbox_wakeup = asyncio.Event()
-    task_registry = build_registry(
-        settings, embeddings=None if embeddings is None else embeddings.pipeline
-    )
+    task_registry = TaskRegistry()
     topology = Topology(settings.broker_namespace)
-    return Container(
+    c = Container(
         settings=settings,
         metrics=metrics,
         engine=engine,
@@ -253,3 +256,28 @@ def build_container(settings: Settings) -> Container:
         signals=signals,
         _closers=closers,
     )
+    register_task_types(c)
+    return c
+
+
+def register_task_types(c: Container) -> None:
+    """Built-in types (given the services they use), test types when enabled, then every
+    installed plugin (plugin API v1: they get a TaskContext, never the container)."""
+    from capstan.search.reindex import Progress, ReindexReport, reindex
+    from capstan.tasks.handlers import documents, testing, text
+
+    async def reindex_here(progress: Progress | None, keep_old: bool) -> ReindexReport:
+        return await reindex(c, progress, keep_old=keep_old)
+
+    text.register(c.task_registry)
+    documents.register(
+        c.task_registry, documents.DocumentServices(documents=c.documents, reindex=reindex_here)
+    )
+    if c.embeddings is not None:
+        from capstan.tasks.handlers import embeddings as embedding_handlers
+
+        pipeline = c.embeddings.pipeline
+        embedding_handlers.register(c.task_registry, lambda: pipeline)
+    if c.settings.tasks_enable_test_handlers:
+        testing.register(c.task_registry)
+    load_plugins(c.task_registry)

@@ -17,16 +17,18 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Text, cast, select, update
 
-from capstan.container import Container
 from capstan.db.schema import Document, Task
 from capstan.documents.cache import document_key
 from capstan.documents.service import serialize
 from capstan.events.outbox import add_event
 from capstan.storable import MAX_JSON_DEPTH, storable_problem
+
+if TYPE_CHECKING:
+    from capstan.container import Container
 
 BATCH = 200
 NOT_RENDERED = "rendered: no stored response body (written around the API)"

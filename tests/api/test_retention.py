@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
+from capstan.composition import build_scheduler
 from capstan.db.schema import (
     AuditEntry,
     ProcessedEvent,
@@ -16,7 +17,6 @@ from capstan.db.schema import (
     WebhookAttempt,
     WebhookDelivery,
 )
-from capstan.scheduler.jobs import build_scheduler
 from capstan.scheduler.retention import prune
 from tests.conftest import Api
 

@@ -11,12 +11,13 @@ from prometheus_client import generate_latest
 
 from capstan.backups import service
 from capstan.backups.manifest import backup_root, list_backups
+from capstan.composition import build_scheduler
 from capstan.container import build_container
 from capstan.db.dialect import POSTGRESQL
 from capstan.db.engine import create_engine
 from capstan.observability.metrics import Metrics
 from capstan.scheduler.core import DatabaseLock, Job, LocalLock, Scheduler, next_run
-from capstan.scheduler.jobs import BackupJob, build_scheduler
+from capstan.scheduler.jobs import BackupJob
 from tests.backups.conftest import ScratchDb, embedded, start
 from tests.backups.test_verify_prune import _fake_backup
 from tests.conftest import free_port

@@ -158,7 +158,7 @@ async def test_a_poison_event_is_dead_lettered_while_others_keep_flowing(stack: 
 
     await stack.until(healthy_audited, what="healthy events to flow past the poison")
 
-    from capstan.roles import build_subscriber
+    from capstan.composition import build_subscriber
 
     spec = queue_spec(build_subscriber(c, "cache"), c.settings.event_retry_delays_ms, c.topology)
 

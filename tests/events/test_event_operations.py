@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 
 from capstan.broker.port import Message
+from capstan.composition import event_flow
 from capstan.db.schema import AuditEntry
 from capstan.events.operations import dead_letters, replay
 from tests.conftest import Stack
@@ -42,13 +43,16 @@ async def test_replay_to_one_subscriber_reapplies_and_to_all_repairs_only_gaps(
         return _sample(stack, indexed, {"action": "created"}) >= expected
 
     await stack.until(lambda: indexed_count(4), what="four creations indexed")
-    assert await replay(stack.container, since, subscriber="indexer", tenant_id=tenant.id) == 4
+    assert (
+        await replay(event_flow(stack.container), since, subscriber="indexer", tenant_id=tenant.id)
+        == 4
+    )
     await stack.until(lambda: indexed_count(8), what="the indexer to re-apply four events")
 
     before = _sample(
         stack, "capstan_events_consumed_total", {"subscriber": "audit", "outcome": "duplicate"}
     )
-    assert await replay(stack.container, since, tenant_id=tenant.id) == 4
+    assert await replay(event_flow(stack.container), since, tenant_id=tenant.id) == 4
 
     async def skipped() -> bool:
         now = _sample(
@@ -66,11 +70,11 @@ async def test_dead_letters_are_listed_and_requeued(stack: Stack) -> None:
     await c.broker.publish([bad], c.topology.events_exchange)
 
     async def listed() -> bool:
-        found = await dead_letters(c, ["cache"], requeue=False)
+        found = await dead_letters(event_flow(c), ["cache"], requeue=False)
         return [d.event_id for d in found] == [bad.message_id]
 
     await stack.until(listed, what="the bad message in the cache dead letters")
-    [letter] = await dead_letters(c, ["cache"], requeue=True)
+    [letter] = await dead_letters(event_flow(c), ["cache"], requeue=True)
     assert letter.subscriber == "cache" and letter.reason.startswith("malformed")
 
     async def dead_again() -> bool:

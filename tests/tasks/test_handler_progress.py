@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -59,13 +58,31 @@ def long_text(chars: int = 120_000, seed: int = 7) -> str:
     return " ".join(sentences)
 
 
-@dataclass
 class Recording(TaskContext):
     """A TaskContext that records every progress call (before the throttle) and reports the
     task cancelled once `cancel_at(calls)` says so."""
 
-    calls: list[tuple[float, str | None]] = field(default_factory=list)
-    cancel_at: Callable[[list[tuple[float, str | None]]], bool] = lambda _calls: False
+    def __init__(
+        self,
+        tenant_id: str,
+        cancel_at: Callable[[list[tuple[float, str | None]]], bool] = lambda _calls: False,
+    ) -> None:
+        self.calls: list[tuple[float, str | None]] = []
+        self.cancel_at = cancel_at
+
+        async def report(_fraction: float, _message: str | None) -> None:
+            pass
+
+        super().__init__(
+            task_id="00000000-0000-0000-0000-000000000000",
+            task_type="test",
+            tenant_id=tenant_id,
+            attempt=1,
+            max_attempts=1,
+            request_id=None,
+            report_progress=report,
+            cancel_requested=lambda: self.cancel_at(self.calls),
+        )
 
     async def progress(self, fraction: float, message: str | None = None) -> None:
         self.calls.append((fraction, message))
@@ -73,24 +90,7 @@ class Recording(TaskContext):
 
 
 def recording(stack: Stack, tenant_id: str, **kwargs: Any) -> Recording:
-    async def report(_fraction: float, _message: str | None) -> None:
-        pass
-
-    ctx: Recording
-
-    def cancelled() -> bool:
-        return ctx.cancel_at(ctx.calls)
-
-    ctx = Recording(
-        task_id="00000000-0000-0000-0000-000000000000",
-        tenant_id=tenant_id,
-        attempt=1,
-        container=stack.container,
-        report_progress=report,
-        cancel_requested=cancelled,
-        **kwargs,
-    )
-    return ctx
+    return Recording(tenant_id, **kwargs)
 
 
 def handler(stack: Stack, name: str) -> Callable[[Any, TaskContext], Awaitable[Any]]:

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from capstan.broker.port import Message
+from capstan.composition import build_worker
 from capstan.db.schema import Task
 from capstan.ids import uuid7
-from capstan.worker.worker import Worker
 from tests.conftest import Stack, embedded_settings, start_api
 
 
@@ -45,7 +45,7 @@ async def test_a_claim_that_keeps_failing_dead_letters_its_message(tmp_path: Pat
     settings = embedded_settings(tmp_path).model_copy(update={"task_claim_max_errors": 3})
     api = await start_api(settings)
     try:
-        worker = Worker(api.container, api.container.task_registry, concurrency=1)
+        worker = build_worker(api.container, concurrency=1)
 
         async def failing_claim(task_id: str) -> None:
             raise RuntimeError("schema out of step")
@@ -77,7 +77,7 @@ async def test_a_failed_claim_retries_the_message_instead_of_leaving_it_unsettle
 ) -> None:
     api = await start_api(embedded_settings(tmp_path))
     try:
-        worker = Worker(api.container, api.container.task_registry, concurrency=1)
+        worker = build_worker(api.container, concurrency=1)
 
         async def failing_claim(task_id: str) -> None:
             raise error

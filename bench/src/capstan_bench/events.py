@@ -311,7 +311,7 @@ def _environment(versions: dict[str, str], opts: Options) -> dict[str, Any]:
 
 def measure(opts: Options) -> dict[str, Any]:
     """The whole benchmark; cleans up processes, broker names, keys and the scratch database."""
-    from capstan.roles import SUBSCRIBERS
+    from capstan.composition import SUBSCRIBERS
 
     backends, amqp_url, versions = check_servers()
     environment = _environment(versions, opts)
@@ -373,8 +373,8 @@ async def _drive(
     amqp_url: str,
     environment: dict[str, Any],
 ) -> list[dict[str, Any]]:
+    from capstan.composition import build_subscriber, subscriber_names
     from capstan.container import build_container
-    from capstan.roles import build_subscriber, subscriber_names
 
     writer_settings = settings.model_copy(update={"broker_url": "memory://"})
     container = build_container(writer_settings)

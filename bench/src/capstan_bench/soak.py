@@ -146,7 +146,7 @@ def _start(
 
 def measure(opts: Options) -> dict[str, Any]:
     """The whole soak; cleans up processes, broker names, keys and the scratch database."""
-    from capstan.roles import SUBSCRIBERS
+    from capstan.composition import SUBSCRIBERS
 
     backends, amqp_url, versions = check_servers()
     environment = _environment(versions, opts)

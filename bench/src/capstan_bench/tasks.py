@@ -252,8 +252,8 @@ async def _drive(
     rounds: list[dict[str, Any]],
 ) -> None:
     """Measure, appending each finished round to `rounds` (kept if a later one fails)."""
+    from capstan.composition import build_subscriber, subscriber_names
     from capstan.container import build_container
-    from capstan.roles import build_subscriber, subscriber_names
     from capstan_bench.celery_side import celery_latency, celery_throughput
 
     # The real broker, as the API has it: submit commits the task and publishes its message

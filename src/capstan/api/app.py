@@ -1,4 +1,7 @@
-"""The FastAPI app factory: `create_app(settings)` builds a fresh app and its container."""
+"""The FastAPI app factory: `create_app(settings)` builds a fresh app and its container.
+
+An entry point: it calls the composition root (capstan.container, capstan.composition); the
+routes get their services from the container it puts in `app.state` (capstan.api.deps)."""
 
 from __future__ import annotations
 
@@ -18,11 +21,11 @@ from capstan.api.middleware import RequestContextMiddleware
 from capstan.auth.admin_router import router as admin_router
 from capstan.auth.failures import refuse_blocked_clients
 from capstan.auth.router import router as sessions_router
+from capstan.composition import build_background, build_scheduler
 from capstan.container import Container, build_container
 from capstan.documents.read_route import document_read_route
 from capstan.documents.router import router as documents_router
 from capstan.events.router import router as events_router
-from capstan.roles import Background
 from capstan.search.router import router as search_router
 from capstan.settings import Settings
 from capstan.tasks.router import router as tasks_router
@@ -34,13 +37,15 @@ def create_app(
     container: Container | None = None,
     *,
     with_background: bool = False,
+    with_scheduler: bool = False,
     lean_document_read: bool = True,
 ) -> FastAPI:
     """A new API app; pass a container to share one with other roles in the same process.
 
-    `with_background` also runs the relay and every enabled subscriber in this process
-    (`capstan dev`). `lean_document_read=False` serves GET /v1/documents/{id} with its FastAPI
-    route instead of the lean one (tests compare the two).
+    `with_background` also runs the relay, every enabled subscriber and a worker in this
+    process (`capstan dev`), and `with_scheduler` the scheduler. `lean_document_read=False`
+    serves GET /v1/documents/{id} with its FastAPI route instead of the lean one (tests compare
+    the two).
     """
     settings = settings or Settings()
     own = container is None
@@ -52,8 +57,12 @@ def create_app(
             await the_container.start()
         background = None
         if with_background:
-            background = Background(the_container, relay=True, subscribers=["all"], worker=True)
+            background = build_background(
+                the_container, relay=True, subscribers=["all"], worker=True
+            )
             await background.start()
+        # Built once the container runs, as before: the backup gauge reads the data dir.
+        scheduler = build_scheduler(the_container) if with_scheduler else None
         # Every API instance applies every key revocation (auth/revocations.py).
         stopping = asyncio.Event()
         watcher = asyncio.create_task(the_container.revocations.run(stopping))
@@ -64,6 +73,7 @@ def create_app(
         generations = asyncio.create_task(
             the_container.documents_cache.watch(stopping, poll) if shared else stopping.wait()
         )
+        jobs = asyncio.create_task(scheduler.run(stopping)) if scheduler is not None else None
         try:
             yield
         finally:
@@ -72,6 +82,9 @@ def create_app(
             for task in (watcher, generations):
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(task, timeout=5)
+            if jobs is not None:  # a failing job is the scheduler's to log, not shutdown's
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(jobs, timeout=10)
             if background is not None:
                 await background.stop()
             if own:

@@ -331,6 +331,7 @@ def events_replay(
     """Publish events again for recovery (subscribers skip what they already applied)."""
     from rich.progress import Progress
 
+    from capstan.composition import event_flow
     from capstan.events.operations import replay
 
     if source not in ("audit", "outbox"):
@@ -345,7 +346,7 @@ def events_replay(
             with Progress(console=err, transient=True) as bar:
                 task = bar.add_task("replaying", total=None)
                 return await replay(
-                    container,
+                    event_flow(container),
                     when,
                     subscriber=subscriber,
                     source=source,  # type: ignore[arg-type]
@@ -369,6 +370,7 @@ def events_dead_letters(
     """List dead-lettered events per subscriber, and optionally requeue them."""
     from rich.table import Table
 
+    from capstan.composition import event_flow
     from capstan.events.operations import DeadLetter, dead_letters
 
     require_broker(_settings(), "events dead-letters")
@@ -377,7 +379,9 @@ def events_dead_letters(
         container = build_container(_settings())
         await container.start()
         try:
-            return list(await dead_letters(container, subscriber or [], requeue=requeue))
+            return list(
+                await dead_letters(event_flow(container), subscriber or [], requeue=requeue)
+            )
         finally:
             await container.close()
 
@@ -412,11 +416,8 @@ def _serve(settings: Settings, listener: socket.socket, *, with_background: bool
     from capstan.observability.logging import configure_logging
 
     configure_logging(settings.log_level, json=settings.log_json)
-    app_ = create_app(settings, with_background=with_background)
-    if with_background:  # capstan dev: also the scheduler (backups into data_dir/backups)
-        from capstan.scheduler.jobs import attach_scheduler
-
-        attach_scheduler(app_)
+    # capstan dev: also the scheduler (backups into data_dir/backups)
+    app_ = create_app(settings, with_background=with_background, with_scheduler=with_background)
     config = uvicorn.Config(
         app_,
         host=settings.host,

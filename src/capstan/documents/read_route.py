@@ -17,6 +17,8 @@ OpenAPI describes. Same contracts, fewer steps:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
@@ -24,10 +26,12 @@ from capstan.api.deps import NO_CREDENTIALS, check_rate, enforce
 from capstan.auth.service import Principal
 from capstan.auth.tokens import bearer_token
 from capstan.cache.port import CacheUnavailable
-from capstan.container import Container
 from capstan.documents.cache import document_key
 from capstan.documents.router import etag, none_match
 from capstan.errors import RateLimited, Unauthorized
+
+if TYPE_CHECKING:
+    from capstan.container import Container
 
 PATH = "/v1/documents/{doc_id}"
 _JSON = b"application/json"

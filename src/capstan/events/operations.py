@@ -8,19 +8,39 @@ from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from capstan.broker.port import Message
-from capstan.container import Container
+from capstan.broker.port import Broker, Message, QueueSpec
 from capstan.db.schema import AuditEntry, OutboxEvent, ProcessedEvent
 from capstan.events.envelope import encode
-from capstan.roles import build_subscriber, subscriber_names
-from capstan.subscribers.runtime import queue_spec
+from capstan.events.topology import Topology
 
 BATCH = 500
 
 
+@dataclass(frozen=True)
+class EventFlow:
+    """What the recovery operations use (built by capstan.composition.event_flow)."""
+
+    db: async_sessionmaker[AsyncSession]
+    broker: Broker
+    topology: Topology
+    queues: dict[str, QueueSpec]  # every known subscriber's queue, by subscriber name
+    enabled: list[str]  # the subscribers `all` stands for
+
+    def names(self, requested: list[str]) -> list[str]:
+        """Expand `all` (or nothing) to the enabled subscribers; reject unknown names."""
+        names = self.enabled if requested in ([], ["all"]) else requested
+        unknown = sorted(set(names) - set(self.queues))
+        if unknown:
+            raise ValueError(
+                f"unknown subscriber(s): {', '.join(unknown)}; known: {', '.join(self.queues)}"
+            )
+        return list(names)
+
+
 async def replay(
-    c: Container,
+    c: EventFlow,
     since: datetime,
     *,
     subscriber: str | None = None,
@@ -36,8 +56,8 @@ async def replay(
     """
     spec = None
     if subscriber is not None:
-        [name] = subscriber_names(c, [subscriber])
-        spec = queue_spec(build_subscriber(c, name), c.settings.event_retry_delays_ms, c.topology)
+        [name] = c.names([subscriber])
+        spec = c.queues[name]
     sent = 0
     position = 0
     while True:
@@ -70,7 +90,7 @@ async def replay(
 
 
 async def _load(
-    c: Container, since: datetime, source: str, after: int, tenant_id: str | None
+    c: EventFlow, since: datetime, source: str, after: int, tenant_id: str | None
 ) -> list[tuple[int, dict[str, Any]]]:
     async with c.db() as session:
         if source == "audit":
@@ -103,11 +123,11 @@ class DeadLetter:
     reason: str
 
 
-async def dead_letters(c: Container, subscribers: list[str], *, requeue: bool) -> list[DeadLetter]:
+async def dead_letters(c: EventFlow, subscribers: list[str], *, requeue: bool) -> list[DeadLetter]:
     """The dead letters of each subscriber; with `requeue`, also moved back to their queues."""
     found: list[DeadLetter] = []
-    for name in subscriber_names(c, subscribers or ["all"]):
-        spec = queue_spec(build_subscriber(c, name), c.settings.event_retry_delays_ms, c.topology)
+    for name in c.names(subscribers):
+        spec = c.queues[name]
         for message in await c.broker.dead_letters(spec, limit=1000):
             reason = str(message.headers.get("x-capstan-death-reason", ""))
             found.append(DeadLetter(name, message.message_id, message.routing_key, reason))

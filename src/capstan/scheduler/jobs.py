@@ -1,4 +1,4 @@
-"""The scheduler's jobs and how the scheduler is built from a container.
+"""The scheduler's jobs (the scheduler is built by capstan.composition.build_scheduler).
 
 backup (CAPSTAN_BACKUP_SCHEDULE, default 02:00 UTC daily): create → verify → prune.
 retention (CAPSTAN_RETENTION_SCHEDULE, default 03:30 UTC daily): scheduler/retention.py. The
@@ -12,17 +12,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from capstan.backups import service
 from capstan.backups.manifest import backup_root, list_backups
 from capstan.backups.progress import BackupError
-from capstan.container import Container
+from capstan.db.dialect import Dialect
 from capstan.observability.metrics import Metrics
-from capstan.scheduler.core import Clock, DatabaseLock, Job, JobLock, Scheduler, utc_now
-from capstan.scheduler.retention import RetentionJob
+from capstan.scheduler.core import Clock, DatabaseLock, JobLock, utc_now
 from capstan.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,34 +73,6 @@ class BackupJob:
         )
 
 
-def job_lock(c: Container) -> JobLock:
-    return DatabaseLock(c.engine, c.dialect)
-
-
-def build_scheduler(c: Container, *, clock: Clock = utc_now) -> Scheduler:
-    backup = BackupJob(c.settings, c.metrics, clock=clock)
-    backup.init_gauge()
-    jobs = [
-        Job("backup", c.settings.backup_schedule, backup),
-        Job("retention", c.settings.retention_schedule, RetentionJob(c)),
-    ]
-    return Scheduler(jobs, job_lock(c), clock=clock)
-
-
-def attach_scheduler(app: Any) -> None:
-    """Run the scheduler inside an API app's lifespan (`capstan dev`), on its container."""
-    inner = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app_: Any) -> AsyncIterator[Any]:
-        async with inner(app_) as state:
-            stopping = asyncio.Event()
-            task = asyncio.create_task(build_scheduler(app_.state.container).run(stopping))
-            try:
-                yield state
-            finally:
-                stopping.set()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(task, timeout=10)
-
-    app.router.lifespan_context = lifespan
+def job_lock(engine: AsyncEngine, dialect: Dialect) -> JobLock:
+    """One scheduler acts per slot: the dialect's session lock (advisory on PostgreSQL)."""
+    return DatabaseLock(engine, dialect)

@@ -10,14 +10,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from capstan.container import Container
 from capstan.db.schema import AuditEntry, ProcessedEvent, Task, TaskEffect, WebhookDelivery
 from capstan.scheduler.core import utc_now
+
+if TYPE_CHECKING:
+    from capstan.container import Container
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -28,9 +28,6 @@ from capstan.observability.metrics import Metrics
 from capstan.search import indexing
 from capstan.search.elasticsearch import ElasticsearchEngine
 from capstan.search.port import Removal
-
-if TYPE_CHECKING:
-    from capstan.container import Container
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +150,8 @@ async def _tenant(
 
 
 class Reconciler:
-    """The periodic job: runs beside the indexer (Background), every `interval` seconds."""
+    """The periodic job: runs beside the indexer, every `interval` seconds (built by the
+    composition root, capstan.composition.build_reconciler)."""
 
     def __init__(
         self,
@@ -187,17 +185,3 @@ class Reconciler:
                     log.warning("search index repaired", extra=report.as_dict())
             except Exception as exc:  # Elasticsearch down: the next run tries again
                 log.warning("reconciliation failed", extra={"error": repr(exc)})
-
-
-def build_reconciler(c: Container) -> Reconciler | None:
-    """The periodic reconciler for this container, or None (no Elasticsearch, or disabled)."""
-    s = c.settings
-    if not isinstance(c.search, ElasticsearchEngine) or s.search_reconcile_seconds <= 0:
-        return None
-    return Reconciler(
-        c.search,
-        c.db,
-        c.metrics,
-        interval=s.search_reconcile_seconds,
-        grace_seconds=s.search_reconcile_grace_seconds,
-    )

@@ -102,7 +102,7 @@ def submit(
         try:
             async with c.db() as session:
                 owner = await tenant_by_name(session, tenant)
-            await check_submit(c.task_registry, c, owner.id, body)
+            await check_submit(c.task_registry, owner.id, body)
             task, _created = await c.tasks.submit(owner.id, body)
         except CapstanError as exc:
             err.print(f"[red]{exc.detail}[/red]")
@@ -132,10 +132,10 @@ def submit(
             return to_read(task).model_dump(mode="json")
         # No server: run the relay, a worker and the subscribers here, so the task's events
         # are audited (and webhooks queued) as a server would, then stop once they are.
-        from capstan.roles import Background
+        from capstan.composition import build_background
 
         err.print(f"no capstan dev runs on {c.settings.data_dir}: running {task.id} here")
-        background = Background(c, relay=True, subscribers=["all"], worker=True)
+        background = build_background(c, relay=True, subscribers=["all"], worker=True)
         await background.start()
         try:
             result = await _wait(c, task.id, timeout)

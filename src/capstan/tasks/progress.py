@@ -12,15 +12,14 @@ import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, cast
+from typing import Generic, Protocol, TypeVar, cast
 
 from sqlalchemy import Table, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from capstan.db.schema import Task
-from capstan.signals.port import task_progress
-
-if TYPE_CHECKING:
-    from capstan.container import Container
+from capstan.observability.metrics import Metrics
+from capstan.signals.port import SignalBus, task_progress
 
 log = logging.getLogger(__name__)
 
@@ -123,25 +122,34 @@ class ProgressReporter:
     and counted, never raised), and the task row coalesced to one write per
     `task_progress_write_seconds`."""
 
-    def __init__(self, c: Container, worker_id: str, *, running: Callable[[str], bool]) -> None:
-        self._c = c
+    def __init__(
+        self,
+        worker_id: str,
+        running: Callable[[str], bool],
+        *,
+        signals: SignalBus,
+        engine: AsyncEngine,
+        metrics: Metrics,
+        source: str,
+        write_seconds: float,
+    ) -> None:
         self._worker_id = worker_id
+        self._signals = signals
+        self._engine = engine
+        self._metrics = metrics
+        self._source = source
         self._rows: Coalescer[tuple[str, int]] = Coalescer(
-            self._write,
-            c.settings.task_progress_write_seconds,
-            live=lambda key: running(key[0]),
+            self._write, write_seconds, live=lambda key: running(key[0])
         )
 
     async def report(self, task: RunningTask, fraction: float, message: str | None) -> None:
-        signal = task_progress(
-            task.tenant_id, task.id, fraction, message, source=self._c.settings.source
-        )
-        await self._c.signals.publish(signal)
+        signal = task_progress(task.tenant_id, task.id, fraction, message, source=self._source)
+        await self._signals.publish(signal)
         await self._rows.report((task.id, task.attempts), fraction, message)
 
     async def _write(self, key: tuple[str, int], fraction: float, message: str | None) -> None:
         task_id, attempt = key
-        async with self._c.engine.begin() as conn:
+        async with self._engine.begin() as conn:
             # Only this attempt, still running here: a late trailing write never lands on a
             # finished task or on the next attempt.
             await conn.execute(
@@ -154,4 +162,4 @@ class ProgressReporter:
                 )
                 .values(progress=fraction, progress_message=message, updated_at=datetime.now(UTC))
             )
-        self._c.metrics.task_progress_writes.inc()
+        self._metrics.task_progress_writes.inc()

@@ -1,8 +1,11 @@
 """Task types: a name, a Pydantic input model and an async handler. Applications add theirs
-through the `capstan.tasks` entry-point group: each entry point is `register(registry)`."""
+through the `capstan.tasks` entry-point group: each entry point is `register(registry)`
+(plugin API v1, docs/tasks.md). Built-in handlers that need services get them from their own
+`register(registry, services)`, which the composition root calls (capstan.container)."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -14,9 +17,6 @@ from pydantic import BaseModel
 from capstan.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from capstan.container import Container
-    from capstan.embeddings.pipeline import EmbeddingPipeline
-    from capstan.settings import Settings
     from capstan.tasks.context import TaskContext
 
 log = logging.getLogger(__name__)
@@ -24,9 +24,10 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "capstan.tasks"
 
 Handler = Callable[[Any, "TaskContext"], Awaitable[Any]]
-# Run at submit time with the validated input: raise a CapstanError to refuse the task there
-# and then (e.g. a document that does not exist) instead of failing every attempt later.
-Check = Callable[[Any, "Container", str], Awaitable[None]]
+# Run at submit time with the validated input and the tenant id: raise a CapstanError to
+# refuse the task there and then (e.g. a document that does not exist) instead of failing
+# every attempt later. Services it needs come from its registration, like the handler's.
+Check = Callable[[Any, str], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,13 @@ class TaskRegistry:
     def register(self, task_type: TaskType) -> None:
         if task_type.name in self._types:
             raise ValueError(f"task type {task_type.name!r} is registered twice")
+        if task_type.check is not None and _positional(task_type.check) == 3:
+            # Before plugin API v1 a check took (input, container, tenant_id): refuse it at
+            # load time (logged) rather than fail every submit.
+            raise ValueError(
+                f"task type {task_type.name!r}: check(input, container, tenant_id) was replaced "
+                "by check(input, tenant_id) in task plugin API v1 (docs/tasks.md)"
+            )
         self._types[task_type.name] = task_type
 
     def get(self, name: str) -> TaskType:
@@ -68,7 +76,15 @@ class TaskRegistry:
         return name in self._types
 
 
-async def check_submit(registry: TaskRegistry, c: Container, tenant_id: str, body: Any) -> None:
+def _positional(fn: Callable[..., Any]) -> int | None:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+
+
+async def check_submit(registry: TaskRegistry, tenant_id: str, body: Any) -> None:
     """The type's submit-time check, if it has one (input errors are left to submit())."""
     if body.type not in registry:
         return
@@ -79,29 +95,14 @@ async def check_submit(registry: TaskRegistry, c: Container, tenant_id: str, bod
         data = task_type.input_model.model_validate(body.input)
     except ValueError:
         return  # TaskService.submit reports input errors, field by field
-    await task_type.check(data, c, tenant_id)
+    await task_type.check(data, tenant_id)
 
 
-def build_registry(
-    settings: Settings, *, embeddings: EmbeddingPipeline | None = None
-) -> TaskRegistry:
-    """Built-in types (`embeddings.document` when given its pipeline), test types when
-    enabled, then every installed plugin."""
-    from capstan.tasks.handlers import documents, testing, text
-
-    registry = TaskRegistry()
-    text.register(registry)
-    documents.register(registry)
-    if embeddings is not None:
-        from capstan.tasks.handlers import embeddings as embedding_handlers
-
-        pipeline = embeddings
-        embedding_handlers.register(registry, lambda: pipeline)
-    if settings.tasks_enable_test_handlers:
-        testing.register(registry)
+def load_plugins(registry: TaskRegistry) -> None:
+    """Register the task types of every installed `capstan.tasks` entry point; a plugin that
+    fails to load is logged with its error and left out."""
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         try:
             entry.load()(registry)
         except Exception:
             log.exception("task plugin failed to load", extra={"plugin": entry.name})
-    return registry

@@ -35,7 +35,7 @@ async def submit_task(
     """Queue a task; answers at once. The same idempotency key returns the same task."""
     if c.task_registry.get(body.type).admin_only and not who.admin:
         raise Forbidden(f"task type {body.type!r} {ADMIN_ONLY}")
-    await check_submit(c.task_registry, c, who.tenant_id, body)
+    await check_submit(c.task_registry, who.tenant_id, body)
     task, created = await c.tasks.submit(who.tenant_id, body)
     if not created:
         if differing := differences(task, body):

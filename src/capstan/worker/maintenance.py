@@ -7,13 +7,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from capstan.container import Container
+from capstan.broker.port import Broker
+from capstan.db.dialect import Dialect
 from capstan.db.schema import Task, WorkerRecord
+from capstan.events.topology import Topology
+from capstan.observability.metrics import Metrics
 from capstan.tasks.service import dispatch, stage_event
 
 log = logging.getLogger(__name__)
@@ -22,12 +27,38 @@ MAINTENANCE_LOCK_KEY = 0x0CA5_7A5C
 BATCH = 500
 
 
+@dataclass(frozen=True, slots=True)
+class MaintenanceConfig:
+    source: str  # CloudEvents `source` of the task events
+    poll_seconds: float
+    redispatch_seconds: float
+    heartbeat_ttl_seconds: float
+    queues: list[str]  # whose gauges go back to 0 when empty
+
+
 class TaskMaintenance:
-    def __init__(self, c: Container) -> None:
-        self._c = c
+    def __init__(
+        self,
+        *,
+        config: MaintenanceConfig,
+        db: async_sessionmaker[AsyncSession],
+        broker: Broker,
+        topology: Topology,
+        metrics: Metrics,
+        wake: Callable[[], None],
+        dialect: Dialect,
+    ) -> None:
+        """`wake()` is called after a round that staged outbox rows."""
+        self._config = config
+        self._db = db
+        self._broker = broker
+        self._topology = topology
+        self._metrics = metrics
+        self._wake = wake
+        self._dialect = dialect  # its transaction lock lets one maintainer act per round
 
     async def run(self, stopping: asyncio.Event) -> None:
-        poll = self._c.settings.task_poll_seconds
+        poll = self._config.poll_seconds
         while not stopping.is_set():
             try:
                 await self.tick()
@@ -39,8 +70,8 @@ class TaskMaintenance:
     async def tick(self) -> tuple[int, int]:
         """One round: (tasks dispatched, tasks reaped)."""
         now = datetime.now(UTC)
-        async with self._c.db.begin() as session:
-            if not await self._c.dialect.try_transaction_lock(session, MAINTENANCE_LOCK_KEY):
+        async with self._db.begin() as session:
+            if not await self._dialect.try_transaction_lock(session, MAINTENANCE_LOCK_KEY):
                 return 0, 0
             due = list(
                 await session.scalars(
@@ -58,7 +89,7 @@ class TaskMaintenance:
             reaped = await self._reap(session, now)
             redispatched = await self._redispatch_lost(session, now)
         if due or reaped or redispatched:
-            self._c.outbox_wakeup.set()
+            self._wake()
         await self._gauges(now)
         return len(due) + redispatched, reaped
 
@@ -66,7 +97,7 @@ class TaskMaintenance:
         """Queued tasks whose message is gone: dispatched long ago, never claimed, and their
         queue holds nothing that could be theirs. (A message can be lost to a bug or an
         operator purging a queue; without this their tasks would wait forever.)"""
-        cutoff = now - timedelta(seconds=self._c.settings.task_redispatch_seconds)
+        cutoff = now - timedelta(seconds=self._config.redispatch_seconds)
         stale = list(
             await session.scalars(
                 select(Task)
@@ -85,7 +116,7 @@ class TaskMaintenance:
         empty: set[str] = set()
         for queue in {task.queue for task in stale}:
             try:
-                depth = await self._c.broker.queue_depth(self._c.topology.task_queue(queue))
+                depth = await self._broker.queue_depth(self._topology.task_queue(queue))
             except Exception as exc:  # the broker is down: nothing to decide now
                 log.warning(
                     "queue depth unknown; lost tasks checked later", extra={"error": repr(exc)}
@@ -97,11 +128,11 @@ class TaskMaintenance:
         for task in lost:
             log.warning("queued task lost its message; dispatched again", extra={"task": task.id})
             dispatch(session, task, now)
-        self._c.metrics.tasks_redispatched.inc(len(lost))
+        self._metrics.tasks_redispatched.inc(len(lost))
         return len(lost)
 
     async def _reap(self, session: AsyncSession, now: datetime) -> int:
-        ttl = timedelta(seconds=self._c.settings.worker_heartbeat_ttl_seconds)
+        ttl = timedelta(seconds=self._config.heartbeat_ttl_seconds)
         # A running task is lost when its worker stopped beating, or beats without listing it
         # (the worker gave up on it); `started_at` leaves a new claim time to show up.
         alive = {
@@ -125,15 +156,15 @@ class TaskMaintenance:
             )
             if task.cancel_requested:
                 task.status, task.finished_at = "cancelled", now
-                stage_event(session, self._c.settings.source, task, "cancelled")
+                stage_event(session, self._config.source, task, "cancelled")
             else:
                 lost_worker = task.worker_id
                 task.status, task.worker_id = "queued", None
                 task.error = f"worker {lost_worker} stopped beating; re-queued"
                 dispatch(session, task, now)
-                stage_event(session, self._c.settings.source, task, "retrying", error=task.error)
+                stage_event(session, self._config.source, task, "retrying", error=task.error)
             task.updated_at = now
-        self._c.metrics.tasks_reaped.inc(len(lost))
+        self._metrics.tasks_reaped.inc(len(lost))
         # Records of workers gone for an hour: nothing refers to them any more.
         await session.execute(
             delete(WorkerRecord).where(WorkerRecord.last_heartbeat_at < now - timedelta(hours=1))
@@ -141,8 +172,8 @@ class TaskMaintenance:
         return len(lost)
 
     async def _gauges(self, now: datetime) -> None:
-        m = self._c.metrics
-        async with self._c.db() as session:
+        m = self._metrics
+        async with self._db() as session:
             rows = (
                 await session.execute(
                     select(Task.queue, func.count(), func.min(Task.run_at))
@@ -162,7 +193,7 @@ class TaskMaintenance:
             m.task_oldest_queued_age.labels(queue).set(
                 max((now - oldest).total_seconds(), 0.0) if oldest else 0.0
             )
-        for queue in self._c.settings.worker_queues:
+        for queue in self._config.queues:
             if queue not in seen:
                 m.task_queue_depth.labels(queue).set(0)
                 m.task_oldest_queued_age.labels(queue).set(0)

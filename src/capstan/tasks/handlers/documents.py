@@ -1,9 +1,13 @@
-"""Document handlers: enrich a stored document through the normal write path."""
+"""Document handlers: enrich a stored document through the normal write path, rebuild the
+search index. The services they use come from their registration (`DocumentServices`, built
+by the composition root), not from the task context."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
@@ -16,7 +20,17 @@ from capstan.tasks.handlers.text import detect_language, keywords, rank_sentence
 from capstan.tasks.registry import TaskRegistry, TaskType
 
 if TYPE_CHECKING:
-    from capstan.container import Container
+    from capstan.documents.service import DocumentStore
+    from capstan.search.reindex import Progress, ReindexReport
+
+# reindex(progress, keep_old): capstan.search.reindex.reindex bound to this process's stores.
+Reindex = Callable[["Progress | None", bool], Awaitable["ReindexReport"]]
+
+
+@dataclass(frozen=True)
+class DocumentServices:
+    documents: DocumentStore
+    reindex: Reindex
 
 
 class EnrichInput(BaseModel):
@@ -25,8 +39,7 @@ class EnrichInput(BaseModel):
     keywords: int = Field(8, ge=1, le=50)
 
 
-async def _enrich(data: EnrichInput, ctx: TaskContext) -> dict[str, Any]:
-    store = ctx.container.documents
+async def _enrich(store: DocumentStore, data: EnrichInput, ctx: TaskContext) -> dict[str, Any]:
     await ctx.progress(0.05, "reading the document")
     try:
         view = await store.read(ctx.tenant_id, data.document_id, bypass_cache=True)
@@ -59,11 +72,11 @@ async def _enrich(data: EnrichInput, ctx: TaskContext) -> dict[str, Any]:
     return {"document_id": data.document_id, "version": updated.version, "enrichment": enrichment}
 
 
-async def _enrich_check(data: BaseModel, c: Container, tenant_id: str) -> None:
+async def _enrich_check(store: DocumentStore, data: BaseModel, tenant_id: str) -> None:
     """At submit time: a document that does not exist fails the request, not three attempts."""
     assert isinstance(data, EnrichInput)
     try:
-        await c.documents.read(tenant_id, data.document_id, bypass_cache=True)
+        await store.read(tenant_id, data.document_id, bypass_cache=True)
     except NotFound as exc:
         raise InvalidInput(f"input.document_id: {exc.detail}", field="input.document_id") from exc
 
@@ -111,8 +124,8 @@ class ReindexInput(BaseModel):
     keep_old: bool = Field(False, description="keep the previous index (for a quick rollback)")
 
 
-async def _reindex(data: ReindexInput, ctx: TaskContext) -> dict[str, Any]:
-    from capstan.search.reindex import ReindexUnsupported, reindex
+async def _reindex(run: Reindex, data: ReindexInput, ctx: TaskContext) -> dict[str, Any]:
+    from capstan.search.reindex import ReindexUnsupported
 
     async def progress(done: int, total: int) -> None:
         # A cancellation point after each page: reindex() then drops the half-built index.
@@ -120,18 +133,29 @@ async def _reindex(data: ReindexInput, ctx: TaskContext) -> dict[str, Any]:
 
     await ctx.progress(0.0, "creating the new index")
     try:
-        report = await reindex(ctx.container, progress, keep_old=data.keep_old)
+        report = await run(progress, data.keep_old)
     except ReindexUnsupported as exc:
         return {"skipped": str(exc)}
     return report.as_dict()
 
 
-def register(registry: TaskRegistry) -> None:
+def register(registry: TaskRegistry, services: DocumentServices) -> None:
+    """The document task types, bound to `services`."""
+
+    async def reindex_handler(data: ReindexInput, ctx: TaskContext) -> dict[str, Any]:
+        return await _reindex(services.reindex, data, ctx)
+
+    async def enrich(data: EnrichInput, ctx: TaskContext) -> dict[str, Any]:
+        return await _enrich(services.documents, data, ctx)
+
+    async def enrich_check(data: BaseModel, tenant_id: str) -> None:
+        await _enrich_check(services.documents, data, tenant_id)
+
     registry.register(
         TaskType(
             "documents.reindex",
             ReindexInput,
-            _reindex,
+            reindex_handler,
             "Rebuild the search index from the database behind its alias, with zero downtime.",
             time_limit_seconds=6 * 3600,
             max_attempts=1,
@@ -142,8 +166,8 @@ def register(registry: TaskRegistry) -> None:
         TaskType(
             "documents.enrich",
             EnrichInput,
-            _enrich,
+            enrich,
             "Summary, keywords and language of a stored document, written into its metadata.",
-            check=_enrich_check,
+            check=enrich_check,
         )
     )
