@@ -271,7 +271,8 @@ def register_task_types(c: Container) -> None:
 
     text.register(c.task_registry)
     documents.register(
-        c.task_registry, documents.DocumentServices(documents=c.documents, reindex=reindex_here)
+        c.task_registry,
+        documents.DocumentServices(documents=c.documents, reindex=reindex_here, db=c.db),
     )
     if c.embeddings is not None:
         from capstan.tasks.handlers import embeddings as embedding_handlers

@@ -20,6 +20,8 @@ from capstan.tasks.handlers.text import detect_language, keywords, rank_sentence
 from capstan.tasks.registry import TaskRegistry, TaskType
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
     from capstan.documents.service import DocumentStore
     from capstan.search.reindex import Progress, ReindexReport
 
@@ -31,6 +33,7 @@ Reindex = Callable[["Progress | None", bool], Awaitable["ReindexReport"]]
 class DocumentServices:
     documents: DocumentStore
     reindex: Reindex
+    db: async_sessionmaker[AsyncSession]  # the handler owns its unit of work
 
 
 class EnrichInput(BaseModel):
@@ -39,7 +42,10 @@ class EnrichInput(BaseModel):
     keywords: int = Field(8, ge=1, le=50)
 
 
-async def _enrich(store: DocumentStore, data: EnrichInput, ctx: TaskContext) -> dict[str, Any]:
+async def _enrich(
+    services: DocumentServices, data: EnrichInput, ctx: TaskContext
+) -> dict[str, Any]:
+    store = services.documents
     await ctx.progress(0.05, "reading the document")
     try:
         view = await store.read(ctx.tenant_id, data.document_id, bypass_cache=True)
@@ -66,7 +72,7 @@ async def _enrich(store: DocumentStore, data: EnrichInput, ctx: TaskContext) -> 
     # The normal write path: a new version, an outbox event, cache invalidation, reindexing.
     # Writing the same enrichment again (a retried attempt) changes nothing.
     metadata = {**doc["metadata"], "enrichment": enrichment}
-    async with unit_of_work(ctx.container.db) as uow:  # the handler owns its unit of work
+    async with unit_of_work(services.db) as uow:  # the handler owns its unit of work
         patch = DocumentUpdate(metadata=metadata)
         updated = await store.update(uow, ctx.tenant_id, data.document_id, patch)
     return {"document_id": data.document_id, "version": updated.version, "enrichment": enrichment}
@@ -146,7 +152,7 @@ def register(registry: TaskRegistry, services: DocumentServices) -> None:
         return await _reindex(services.reindex, data, ctx)
 
     async def enrich(data: EnrichInput, ctx: TaskContext) -> dict[str, Any]:
-        return await _enrich(services.documents, data, ctx)
+        return await _enrich(services, data, ctx)
 
     async def enrich_check(data: BaseModel, tenant_id: str) -> None:
         await _enrich_check(services.documents, data, tenant_id)
