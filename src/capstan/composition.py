@@ -205,7 +205,7 @@ def build_scheduler(c: Container, *, clock: Clock = utc_now) -> Scheduler:
     backup.init_gauge()
     jobs = [
         Job("backup", c.settings.backup_schedule, backup),
-        Job("retention", c.settings.retention_schedule, RetentionJob(c)),
+        Job("retention", c.settings.retention_schedule, RetentionJob(c.db, c.settings, c.metrics)),
     ]
     return Scheduler(jobs, job_lock(c.engine, c.dialect), clock=clock)
 

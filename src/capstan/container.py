@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from capstan.auth.failures import FailedAuthLimiter
+from capstan.auth.lifecycle import Lifecycle
 from capstan.auth.revocations import RevocationWatcher
 from capstan.auth.service import Authenticator
 from capstan.broker.port import Broker
@@ -58,6 +59,7 @@ class Container:
     broker: Broker
     search: SearchEngine
     auth: Authenticator
+    lifecycle: Lifecycle  # tenant and key operations (admin API, `capstan keys|tenants`)
     auth_failures: FailedAuthLimiter
     revocations: RevocationWatcher
     documents: DocumentStore
@@ -225,6 +227,7 @@ def build_container(settings: Settings) -> Container:
         search=search,
         vectors=vectors,
         auth=auth,
+        lifecycle=Lifecycle(auth, cache, search, cache_ttl_seconds=settings.cache_ttl_seconds),
         auth_failures=FailedAuthLimiter(
             rate_limiter,
             per_minute=settings.auth_failures_per_minute,
@@ -267,7 +270,7 @@ def register_task_types(c: Container) -> None:
     from capstan.tasks.handlers import documents, testing, text
 
     async def reindex_here(progress: Progress | None, keep_old: bool) -> ReindexReport:
-        return await reindex(c, progress, keep_old=keep_old)
+        return await reindex(c.search, c.db, progress, keep_old=keep_old)
 
     text.register(c.task_registry)
     documents.register(

@@ -13,7 +13,6 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from capstan.auth.lifecycle import Lifecycle
 from capstan.db.schema import AuditEntry, Document, Task, Tenant, Webhook
 from capstan.db.unit import unit_of_work
 from tests.conftest import Api, start_api
@@ -137,7 +136,7 @@ async def test_rotation_keeps_the_old_key_working_for_the_overlap_only(cached: A
 async def test_an_expiring_key_and_its_sessions_stop_at_its_expiry(cached: Api) -> None:
     tenant = await cached.tenant()
     async with unit_of_work(cached.container.db) as uow:
-        created = await Lifecycle(cached.container).create_key(
+        created = await cached.container.lifecycle.create_key(
             uow, tenant.id, "short", expires_at=datetime.now(UTC) + timedelta(seconds=2)
         )
     async with cached.client(created.plaintext) as http:

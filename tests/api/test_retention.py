@@ -85,7 +85,7 @@ async def test_retention_deletes_only_rows_past_their_age(api: Api) -> None:
         )  # fmt: skip
     api.container.settings.retention_batch_size = 1  # several batches per table
 
-    deleted = await prune(api.container, now=NOW)
+    deleted = await prune(api.container.db, api.container.settings, api.container.metrics, now=NOW)
 
     async with api.container.db() as session:
 
@@ -118,7 +118,7 @@ async def test_zero_days_keeps_rows_and_the_scheduler_runs_retention(api: Api) -
     async with api.container.db.begin() as session:
         session.add(audit(tenant.id, OLD))
     api.container.settings.audit_retention_days = 0
-    deleted = await prune(api.container, now=NOW)
+    deleted = await prune(api.container.db, api.container.settings, api.container.metrics, now=NOW)
     assert "audit_log" not in deleted
     async with api.container.db() as session:
         left = await session.scalar(

@@ -172,7 +172,7 @@ async def test_reindex_while_writes_continue(es_stack: Stack) -> None:
     old = await c.search.read_index()
     progress: list[tuple[int, int]] = []
     writes = asyncio.create_task(random_writes(es_stack, tenants, 600, 4, seed=2))
-    report = await reindex(c, lambda done, total: progress.append((done, total)))
+    report = await reindex(c.search, c.db, lambda done, total: progress.append((done, total)))
     await writes
     assert report.old_index == old and report.new_index != old
     assert await c.search.read_index() == report.new_index

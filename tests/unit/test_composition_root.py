@@ -38,6 +38,10 @@ NO_CONTAINER_AT_ALL = {
     "capstan.tasks.handlers.documents",
     "capstan.tasks.handlers.text",
     "capstan.tasks.handlers.testing",
+    "capstan.tasks.handlers.embeddings",
+    "capstan.auth.lifecycle",
+    "capstan.scheduler.retention",
+    "capstan.search.reindex",
 }
 
 

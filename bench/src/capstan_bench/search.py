@@ -180,7 +180,7 @@ async def _run(docs: int, queries: int, seed: int) -> dict[str, Any]:
             marks.append((time.perf_counter(), done))
             err.print(f"indexed {done}/{total}", end="\r")
 
-        report = await reindex(container, progress)
+        report = await reindex(container.search, container.db, progress)
         err.print()
         reindex_s = time.perf_counter() - started
         backfill_s = marks[-1][0] - (started + es.alias_cache_seconds * 2)

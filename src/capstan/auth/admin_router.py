@@ -73,7 +73,7 @@ class KeyRotated(BaseModel):
 
 
 def get_lifecycle(c: ContainerDep) -> Lifecycle:
-    return Lifecycle(c)
+    return c.lifecycle
 
 
 LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]

@@ -37,7 +37,9 @@ from capstan.ids import uuid7
 from capstan.search.port import Removal
 
 if TYPE_CHECKING:
-    from capstan.container import Container
+    from capstan.auth.service import Authenticator
+    from capstan.cache.port import VersionedCache
+    from capstan.search.port import SearchEngine
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +95,18 @@ class Lifecycle:
     the caller's `UnitOfWork` and forget revoked keys once it has committed; reads take a
     session."""
 
-    def __init__(self, c: Container) -> None:
-        self._c = c
+    def __init__(
+        self,
+        auth: Authenticator,
+        cache: VersionedCache,
+        search: SearchEngine,
+        *,
+        cache_ttl_seconds: int,
+    ) -> None:
+        self._auth = auth
+        self._cache = cache
+        self._search = search
+        self._cache_ttl_seconds = cache_ttl_seconds
 
     # --- tenants ---------------------------------------------------------------------
 
@@ -134,7 +146,7 @@ class Lifecycle:
         tenant.disabled_at = None
         keys = await self._tenant_keys(uow.session, tenant.id)
         await uow.session.flush()
-        uow.after_commit(lambda: self._c.auth.remember_again(keys))
+        uow.after_commit(lambda: self._auth.remember_again(keys))
         return tenant_view(tenant)
 
     async def delete_tenant(self, uow: UnitOfWork, id_or_name: str) -> dict[str, int]:
@@ -161,11 +173,11 @@ class Lifecycle:
         async def gone() -> None:
             await self._forget(keys)
             for doc_id, version in docs:
-                await self._c.cache.invalidate(
-                    document_key(tenant.id, doc_id), version + 1, self._c.settings.cache_ttl_seconds
+                await self._cache.invalidate(
+                    document_key(tenant.id, doc_id), version + 1, self._cache_ttl_seconds
                 )
-            if docs and self._c.search.derived:  # the database search engines went with the rows
-                await self._c.search.delete([Removal(tenant.id, d, v) for d, v in docs])
+            if docs and self._search.derived:  # the database search engines went with the rows
+                await self._search.delete([Removal(tenant.id, d, v) for d, v in docs])
 
         uow.after_commit(gone)
         return {"documents": len(docs), "keys": len(keys)}
@@ -253,10 +265,10 @@ class Lifecycle:
     async def _forget(self, key_ids: list[str]) -> None:
         """This process stops accepting the keys and their sessions now (the others when
         their watchers poll, which also retries the session deletion if Redis was down)."""
-        self._c.auth.forget(key_ids)
+        self._auth.forget(key_ids)
         for key_id in key_ids:
             try:
-                await self._c.auth.close_key_sessions(key_id)
+                await self._auth.close_key_sessions(key_id)
             except CacheUnavailable:
                 log.warning("sessions of a revoked key not deleted yet", extra={"key": key_id})
 

@@ -42,6 +42,8 @@ def data_prune() -> None:
     """Delete rows past their retention now (what the scheduler's retention job does)."""
     from capstan.scheduler.retention import prune
 
-    deleted: dict[str, int] = asyncio.run(_with_container(prune))
+    deleted: dict[str, int] = asyncio.run(
+        _with_container(lambda c: prune(c.db, c.settings, c.metrics))
+    )
     for table, count in deleted.items():
         typer.echo(f"{table}\t{count}")

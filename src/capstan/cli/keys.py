@@ -35,7 +35,7 @@ def _write(work: Callable[[Lifecycle, UnitOfWork], Awaitable[T]]) -> T:
 
     async def go(c: Container) -> T:
         async with unit_of_work(c.db) as uow:
-            return await work(Lifecycle(c), uow)
+            return await work(c.lifecycle, uow)
 
     return _run(go)
 
@@ -43,7 +43,7 @@ def _write(work: Callable[[Lifecycle, UnitOfWork], Awaitable[T]]) -> T:
 def _read(work: Callable[[Lifecycle, AsyncSession], Awaitable[T]]) -> T:
     async def go(c: Container) -> T:
         async with c.db() as session:
-            return await work(Lifecycle(c), session)
+            return await work(c.lifecycle, session)
 
     return _run(go)
 

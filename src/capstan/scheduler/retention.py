@@ -13,13 +13,14 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select, tuple_
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from capstan.db.schema import AuditEntry, ProcessedEvent, Task, TaskEffect, WebhookDelivery
 from capstan.scheduler.core import utc_now
 
 if TYPE_CHECKING:
-    from capstan.container import Container
+    from capstan.observability.metrics import Metrics
+    from capstan.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,15 @@ def _cutoff(now: datetime, days: float) -> datetime | None:
 
 
 async def _in_batches(
-    c: Container, pick: Any, remove: Callable[[AsyncSession, list[Any]], Any]
+    db: async_sessionmaker[AsyncSession],
+    size: int,
+    pick: Any,
+    remove: Callable[[AsyncSession, list[Any]], Any],
 ) -> int:
     """Delete what `pick` (a SELECT of keys, oldest first) finds, a batch at a time."""
     total = 0
-    size = c.settings.retention_batch_size
     while True:
-        async with c.db.begin() as session:
+        async with db.begin() as session:
             keys = list(await session.execute(pick.limit(size)))
             if not keys:
                 return total
@@ -48,15 +51,21 @@ async def _in_batches(
             return total
 
 
-async def prune(c: Container, *, now: datetime | None = None) -> dict[str, int]:
+async def prune(
+    db: async_sessionmaker[AsyncSession],
+    s: Settings,
+    metrics: Metrics,
+    *,
+    now: datetime | None = None,
+) -> dict[str, int]:
     """Delete rows past their retention; how many per table."""
     now = now or utc_now()
-    s = c.settings
     deleted: dict[str, int] = {}
 
     if cutoff := _cutoff(now, s.processed_events_retention_days):
         deleted["processed_events"] = await _in_batches(
-            c,
+            db,
+            s.retention_batch_size,
             select(ProcessedEvent.subscriber, ProcessedEvent.event_id)
             .where(ProcessedEvent.processed_at < cutoff)
             .order_by(ProcessedEvent.processed_at),
@@ -70,7 +79,8 @@ async def prune(c: Container, *, now: datetime | None = None) -> dict[str, int]:
         )
     if cutoff := _cutoff(now, s.audit_retention_days):
         deleted["audit_log"] = await _in_batches(
-            c,
+            db,
+            s.retention_batch_size,
             select(AuditEntry.seq).where(AuditEntry.recorded_at < cutoff).order_by(AuditEntry.seq),
             lambda session, keys: session.execute(
                 delete(AuditEntry).where(AuditEntry.seq.in_([k[0] for k in keys]))
@@ -79,7 +89,8 @@ async def prune(c: Container, *, now: datetime | None = None) -> dict[str, int]:
     if cutoff := _cutoff(now, s.webhook_delivery_retention_days):
         # Attempts go with their delivery (ON DELETE CASCADE).
         deleted["webhook_deliveries"] = await _in_batches(
-            c,
+            db,
+            s.retention_batch_size,
             select(WebhookDelivery.id)
             .where(
                 WebhookDelivery.status.in_(FINISHED_DELIVERIES),
@@ -98,15 +109,16 @@ async def prune(c: Container, *, now: datetime | None = None) -> dict[str, int]:
             await session.execute(delete(Task).where(Task.id.in_(ids)))
 
         deleted["tasks"] = await _in_batches(
-            c,
+            db,
+            s.retention_batch_size,
             select(Task.id)
             .where(Task.status.in_(FINISHED_TASKS), Task.finished_at < cutoff)
             .order_by(Task.id),
             remove_tasks,
         )
     for table, count in deleted.items():
-        c.metrics.retention_deleted.labels(table).inc(count)
-    c.metrics.retention_last_run.set(now.timestamp())
+        metrics.retention_deleted.labels(table).inc(count)
+    metrics.retention_last_run.set(now.timestamp())
     log.info("retention done", extra={"deleted": deleted})
     return deleted
 
@@ -114,8 +126,12 @@ async def prune(c: Container, *, now: datetime | None = None) -> dict[str, int]:
 class RetentionJob:
     """The scheduler job: prune at each slot of CAPSTAN_RETENTION_SCHEDULE."""
 
-    def __init__(self, c: Container) -> None:
-        self.c = c
+    def __init__(
+        self, db: async_sessionmaker[AsyncSession], settings: Settings, metrics: Metrics
+    ) -> None:
+        self._db = db
+        self._settings = settings
+        self._metrics = metrics
 
     async def __call__(self, slot: datetime) -> None:
-        await prune(self.c)
+        await prune(self._db, self._settings, self._metrics)

@@ -58,7 +58,7 @@ async def _reindex(settings: Settings, keep_old: bool, if_stale: bool) -> dict[s
         def progress(done: int, total: int) -> None:
             err.print(f"reindex: {done}/{total}", end="\r")
 
-        report = await reindex(c, progress, keep_old=keep_old)
+        report = await reindex(c.search, c.db, progress, keep_old=keep_old)
         err.print()
         return report.as_dict()
     finally:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from capstan.db.schema import Document
 from capstan.search.elasticsearch import ElasticsearchEngine
@@ -34,7 +35,7 @@ from capstan.search.indexing import to_index_doc
 from capstan.search.reconcile import ReconcileReport, reconcile
 
 if TYPE_CHECKING:
-    from capstan.container import Container
+    from capstan.search.port import SearchEngine
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,14 @@ class ReindexUnsupported(Exception):
 
 
 async def reindex(
-    container: Container, progress: Progress | None = None, *, keep_old: bool = False
+    engine: SearchEngine,
+    db: async_sessionmaker[AsyncSession],
+    progress: Progress | None = None,
+    *,
+    keep_old: bool = False,
 ) -> ReindexReport:
-    """Rebuild the search index from the database; `progress(done, total)` after each page.
-    The `documents.reindex` task handler calls this."""
-    engine = container.search
+    """Rebuild the search index of `engine` from the database; `progress(done, total)` after
+    each page. The `documents.reindex` task handler calls this."""
     if not isinstance(engine, ElasticsearchEngine):
         raise ReindexUnsupported(
             f"the search engine is {engine.name}: the database keeps it, nothing to rebuild"
@@ -86,7 +90,7 @@ async def reindex(
     log.info("reindex: backfilling", extra={"old": old, "new": new})
 
     try:
-        done = await _backfill(container, engine, new, progress)
+        done = await _backfill(db, engine, new, progress)
     except BaseException:
         # Cancelled or failed before the swap: detach and drop the half-built index, so the
         # indexers stop writing to it and a later run starts clean.
@@ -96,7 +100,7 @@ async def reindex(
         raise
 
     await engine.client.indices.refresh(index=new)
-    repaired = await reconcile(engine, container.db, grace_seconds=0, index=new)
+    repaired = await reconcile(engine, db, grace_seconds=0, index=new)
     actions: list[dict[str, Any]] = [{"add": {"index": new, "alias": engine.alias}}]
     if old is not None:
         actions += [
@@ -109,16 +113,19 @@ async def reindex(
         await asyncio.sleep(engine.alias_cache_seconds * 2)
         await engine.delete_index(old)
     await engine.client.indices.refresh(index=new)
-    final = await reconcile(engine, container.db, grace_seconds=0, index=new)
+    final = await reconcile(engine, db, grace_seconds=0, index=new)
     repaired.repaired += final.repaired
     return ReindexReport(old, new, done, repaired, loop.time() - started)
 
 
 async def _backfill(
-    container: Container, engine: ElasticsearchEngine, new: str, progress: Progress | None
+    db: async_sessionmaker[AsyncSession],
+    engine: ElasticsearchEngine,
+    new: str,
+    progress: Progress | None,
 ) -> int:
     """Copy every document into the index `new`, a page at a time; returns how many."""
-    async with container.db() as session:
+    async with db() as session:
         total = int((await session.execute(select(func.count(Document.id)))).scalar_one())
     done = 0
     last: str | None = None
@@ -131,7 +138,7 @@ async def _backfill(
             log.warning("reindex: documents failed", extra={"count": len(result.failed)})
 
     while True:
-        async with container.db() as session:
+        async with db() as session:
             stmt = select(Document).order_by(Document.id).limit(PAGE)
             if last is not None:
                 stmt = stmt.where(Document.id > last)
