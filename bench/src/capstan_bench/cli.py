@@ -17,6 +17,7 @@ from capstan_bench.retrieval import retrieval_command
 from capstan_bench.search import search_command
 from capstan_bench.soak import soak
 from capstan_bench.tasks import tasks
+from capstan_bench.vectors import vectors_command
 
 app = typer.Typer(
     help="Benchmarks against the production backends on this machine.", no_args_is_help=True
@@ -30,4 +31,5 @@ app.command("search")(search_command)  # search.py
 app.command("relevance")(relevance_command)  # relevance/
 app.command("search-embedded")(embedded_command)  # relevance/latency.py
 app.command("embeddings")(embeddings_command)  # embeddings.py
+app.command("vectors")(vectors_command)  # vectors.py: latency and recall per vector store
 app.command("retrieval")(retrieval_command)  # retrieval.py: semantic/hybrid recall, paraphrases.py

@@ -1,6 +1,8 @@
-"""Query latency of every vector store at a modest size (docs/embeddings.md has the figures).
+"""`capstan bench vectors`: query latency and recall of every vector store (docs/embeddings.md
+has the figures).
 
-    .venv/bin/python bench/vector_latency.py [--docs 2000] [--chunks 5] [--queries 200]
+    capstan bench vectors [--docs 2000] [--chunks 5] [--queries 200]
+    capstan bench vectors --docs 20000 --chunks 5      # 100k chunks per store
 
 One tenant holds `docs` documents of `chunks` chunks each (256 dimensions, clustered random
 unit vectors: 50 topics plus noise), 2% of them in collection "rare". Queries (vectors near a
@@ -12,7 +14,6 @@ from CAPSTAN_TEST_DATABASE_URL / CAPSTAN_TEST_ELASTICSEARCH_URL (scripts/service
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -22,9 +23,12 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import Progress
 from sqlalchemy.engine import make_url
 
 from capstan.db.engine import create_engine
@@ -34,6 +38,7 @@ from capstan.search.vectors import ChunkVector, DocumentVectors, Space, VectorQu
 
 DIM = 256
 TENANT = "bench"
+console = Console(stderr=True)
 
 
 def corpus(docs: int, chunks: int, seed: int = 7) -> tuple[list[DocumentVectors], Any]:
@@ -70,9 +75,15 @@ async def measure(
 ) -> dict[str, Any]:
     await store.ensure_space(space)
     started = time.perf_counter()
-    for i in range(0, len(docs), 200):
-        await store.upsert(space, docs[i : i + 200])
+    with Progress(console=console, transient=True) as bar:
+        loading = bar.add_task(f"{store.name}: loading", total=len(docs))
+        for i in range(0, len(docs), 200):
+            await store.upsert(space, docs[i : i + 200])
+            bar.advance(loading, len(docs[i : i + 200]))
     await store.refresh()
+    console.print(
+        f"{store.name}: {len(docs):,} documents loaded in {time.perf_counter() - started:.1f} s"
+    )
     load = time.perf_counter() - started
     if after_load is not None:
         await after_load()
@@ -98,17 +109,11 @@ async def measure(
     return out
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--docs", type=int, default=2000)
-    parser.add_argument("--chunks", type=int, default=5)
-    parser.add_argument("--queries", type=int, default=200)
-    args = parser.parse_args()
-    docs, topics = corpus(args.docs, args.chunks)
+async def run(docs_n: int, chunks_n: int, queries_n: int, output: Path | None) -> None:
+    docs, topics = corpus(docs_n, chunks_n)
     rng = np.random.default_rng(11)
     queries = [
-        (topics[rng.integers(50)] + 0.8 * rng.normal(size=DIM)).tolist()
-        for _ in range(args.queries)
+        (topics[rng.integers(50)] + 0.8 * rng.normal(size=DIM)).tolist() for _ in range(queries_n)
     ]
     space = Space("bench", uuid.uuid4().hex[:6], DIM)
     results: dict[str, Any] = {}
@@ -176,18 +181,30 @@ async def main() -> None:
             recall = statistics.mean(len(set(a) & set(b)) / max(1, len(b)) for a, b in pairs)
             r[label]["recall_at_10"] = round(recall, 3)
     report = {
-        "docs": args.docs,
-        "chunks": args.docs * args.chunks,
+        "docs": docs_n,
+        "chunks": docs_n * chunks_n,
         "dimension": DIM,
-        "queries": args.queries,
+        "queries": queries_n,
         "load_average": os.getloadavg(),
         "stores": results,
     }
     print(json.dumps(report, indent=2))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = Path(__file__).parent / "results" / f"vectors-{stamp}.json"
+    out = output or Path("bench/results") / f"vectors-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
+    console.print(f"results: {out}")
 
 
-if __name__ == "__main__":
-    asyncio.run(main())
+def vectors_command(
+    docs: Annotated[int, typer.Option(min=10, help="Documents in the one tenant.")] = 2000,
+    chunks: Annotated[int, typer.Option(min=1, help="Chunks per document.")] = 5,
+    queries: Annotated[int, typer.Option(min=20, help="Timed queries per filter.")] = 200,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="JSON result file (default bench/results/vectors-<UTC stamp>.json)."),
+    ] = None,
+) -> None:
+    """Vector query latency p50/p99 and recall@10 per store (SQLite, pgvector, PostgreSQL
+    exact, Elasticsearch kNN), unfiltered and with a 2% filter."""
+    asyncio.run(run(docs, chunks, queries, output))
