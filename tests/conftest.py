@@ -206,9 +206,10 @@ async def api(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[A
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port outside the ephemeral range (capstan.localcluster.free_port says why)."""
+    from capstan.localcluster import free_port as outside_ephemeral_range
+
+    return outside_ephemeral_range()
 
 
 class RedisProcess:

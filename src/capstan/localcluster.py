@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -38,9 +39,29 @@ def missing(message: str) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port free now and outside the kernel's ephemeral range. A port the kernel handed out
+    for bind(0) comes from the range it also gives outgoing connections, so a server that takes
+    seconds to bind it (a JVM) could find it taken by some client's socket meanwhile."""
+    low, _high = _ephemeral_range()
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12_000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # every try taken: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
 
 
 def wait_port(port: int, *, timeout: float = 30.0, what: str = "server") -> None:

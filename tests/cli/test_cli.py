@@ -83,7 +83,11 @@ def test_dev_serves_embedded_and_shares_its_data_dir_with_other_commands(tmp_pat
                 if feed["items"]:
                     break
                 time.sleep(0.05)
-            assert [i["event"]["subject"] for i in feed["items"]] == [f"documents/{doc['id']}"]
+            # First the write; then, with embeddings on (the default), the events of the
+            # `embeddings.document` task the embedder subscriber submitted for it.
+            subjects = [i["event"]["subject"] for i in feed["items"]]
+            assert subjects[0] == f"documents/{doc['id']}", subjects
+            assert all(s.startswith("tasks/") for s in subjects[1:]), subjects
 
         # The dev key is the operator's too.
         admin_only = httpx.get(f"{base}/v1/workers", headers={"Authorization": f"Bearer {dev_key}"})
