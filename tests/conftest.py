@@ -85,6 +85,20 @@ def postgres_url() -> Iterator[str]:
     run_async(_admin_sql(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """The URL of an empty, unmigrated database of this test: a SQLite file, or a database on
+    the PostgreSQL test server dropped afterwards (migration tests step through revisions)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'm.db'}"
+        return
+    base = service_url("postgres")
+    name = f"capstan_m_{uuid.uuid4().hex[:8]}"
+    await _admin_sql(base, f'CREATE DATABASE "{name}"')
+    yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    await _admin_sql(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion from sync code, even inside a running event loop."""
     with ThreadPoolExecutor(1) as pool:

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
-import pytest
 from sqlalchemy import inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,7 +14,6 @@ from capstan.db.engine import create_engine
 from capstan.db.migrate import downgrade, upgrade
 from capstan.db.schema import Document
 from capstan.documents.service import serialize
-from tests.conftest import _admin_sql, service_url
 
 INSERT_TENANT = "INSERT INTO tenants (id, name, created_at) VALUES (:id, :id, :now)"
 INSERT_DOC = (
@@ -26,24 +22,12 @@ INSERT_DOC = (
 )
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'm.db'}"
-        return
-    from sqlalchemy.engine import make_url
-
-    base = service_url("postgres")
-    name = f"capstan_r_{uuid.uuid4().hex[:8]}"
-    await _admin_sql(base, f'CREATE DATABASE "{name}"')
-    yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    await _admin_sql(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-async def test_existing_documents_are_rendered_as_the_api_serializes_them(database: str) -> None:
-    await upgrade(database, "0009")
+async def test_existing_documents_are_rendered_as_the_api_serializes_them(
+    empty_database: str,
+) -> None:
+    await upgrade(empty_database, "0009")
     tenant, good, bad = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
-    sqlite = database.startswith("sqlite")
+    sqlite = empty_database.startswith("sqlite")
     # SQLite stores times as text; asyncpg wants a datetime.
     now: object = (
         "2024-01-01 10:00:00.123456"
@@ -51,7 +35,7 @@ async def test_existing_documents_are_rendered_as_the_api_serializes_them(databa
         else datetime(2024, 1, 1, 10, 0, 0, 123456, tzinfo=UTC)
     )
     deep = '{"k": ' * 1500 + "1" + "}" * 1500  # json.loads recurses too deep: not renderable
-    engine = create_engine(database, pool_size=1)
+    engine = create_engine(empty_database, pool_size=1)
     try:
         async with engine.begin() as conn:
             await conn.execute(text(INSERT_TENANT), {"id": tenant, "now": now})
@@ -89,9 +73,9 @@ async def test_existing_documents_are_rendered_as_the_api_serializes_them(databa
     finally:
         await engine.dispose()
 
-    assert await upgrade(database) == ["0010"]
+    assert await upgrade(empty_database) == ["0010"]
 
-    engine = create_engine(database, pool_size=1)
+    engine = create_engine(empty_database, pool_size=1)
     try:
         async with engine.connect() as conn:
             rendered = dict((await conn.execute(select(Document.id, Document.rendered))).all())
@@ -107,8 +91,8 @@ async def test_existing_documents_are_rendered_as_the_api_serializes_them(databa
     if sqlite:
         assert rendered[bad] is None
 
-    await downgrade(database, "0009")
-    engine = create_engine(database, pool_size=1)
+    await downgrade(empty_database, "0009")
+    engine = create_engine(empty_database, pool_size=1)
     try:
         async with engine.connect() as conn:
             columns = await conn.run_sync(

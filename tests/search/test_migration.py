@@ -4,37 +4,19 @@ previous full-text index: on SQLite and PostgreSQL alike."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
-import pytest
 from sqlalchemy import inspect, text
 
 from capstan.db.engine import create_engine
 from capstan.db.migrate import downgrade, upgrade
 from capstan.search.port import SearchQuery
-from tests.conftest import _admin_sql, service_url
 
 INSERT_TENANT = "INSERT INTO tenants (id, name, created_at) VALUES (:id, :id, :now)"
 INSERT_DOC = (
     "INSERT INTO documents (id, tenant_id, collection, title, body, tags, metadata, version, "
     "created_at, updated_at) VALUES (:id, :tenant, 'c', :title, :body, :tags, '{}', 1, :now, :now)"
 )
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'm.db'}"
-        return
-    from sqlalchemy.engine import make_url
-
-    base = service_url("postgres")
-    name = f"capstan_m_{uuid.uuid4().hex[:8]}"
-    await _admin_sql(base, f'CREATE DATABASE "{name}"')
-    yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    await _admin_sql(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def search(url: str, tenant: str, q: str) -> list[str]:
@@ -49,17 +31,17 @@ async def search(url: str, tenant: str, q: str) -> list[str]:
         await engine.dispose()
 
 
-async def test_existing_documents_are_analyzed_and_downgrade_restores(database: str) -> None:
+async def test_existing_documents_are_analyzed_and_downgrade_restores(empty_database: str) -> None:
     # Given a document written before the analysis existed,
-    await upgrade(database, "0003_search")
-    await upgrade(database, "0004_tasks")
+    await upgrade(empty_database, "0003_search")
+    await upgrade(empty_database, "0004_tasks")
     tenant, doc = str(uuid.uuid4()), str(uuid.uuid4())
-    engine = create_engine(database, pool_size=1)
+    engine = create_engine(empty_database, pool_size=1)
     try:
         async with engine.begin() as conn:
             # SQLite stores times as text; asyncpg wants a datetime.
             now: object = "2024-01-01 00:00:00.000000+00:00"
-            if not database.startswith("sqlite"):
+            if not empty_database.startswith("sqlite"):
                 now = datetime(2024, 1, 1, tzinfo=UTC)
             await conn.execute(text(INSERT_TENANT), {"id": tenant, "now": now})
             await conn.execute(
@@ -76,12 +58,12 @@ async def test_existing_documents_are_analyzed_and_downgrade_restores(database: 
     finally:
         await engine.dispose()
     # when the migration runs, then it is found through the analysis,
-    await upgrade(database)
-    assert await search(database, tenant, "serializing files") == [doc]
-    assert await search(database, tenant, "parseDocument cafe") == [doc]
+    await upgrade(empty_database)
+    assert await search(empty_database, tenant, "serializing files") == [doc]
+    assert await search(empty_database, tenant, "parseDocument cafe") == [doc]
     # and the downgrade gives back the exact-word index.
-    await downgrade(database, "0004_tasks")
-    engine = create_engine(database, pool_size=1)
+    await downgrade(empty_database, "0004_tasks")
+    engine = create_engine(empty_database, pool_size=1)
     try:
         async with engine.connect() as conn:
             columns = await conn.run_sync(

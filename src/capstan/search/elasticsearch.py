@@ -21,6 +21,7 @@ from capstan.node_urls import node_urls
 from capstan.search.analysis import ANALYSIS_VERSION, search_columns
 from capstan.search.highlight import highlight
 from capstan.search.port import (
+    Filters,
     Hit,
     IndexDoc,
     IndexReport,
@@ -74,6 +75,28 @@ def document_source(doc: IndexDoc) -> dict[str, Any]:
         "created_at": doc.created_at.isoformat(),
         "updated_at": doc.updated_at.isoformat(),
     }
+
+
+def filter_clauses(tenant_id: str, f: Filters) -> list[dict[str, Any]]:
+    """The tenant and structured filters as Elasticsearch filter clauses, on the fields both
+    indices (documents, vectors) map alike: tenant_id, collection, tags, created_at, meta."""
+    clauses: list[dict[str, Any]] = [{"term": {"tenant_id": tenant_id}}]
+    if f.collection is not None:
+        clauses.append({"term": {"collection": f.collection}})
+    if f.tags:
+        if f.tags_mode == "all":
+            clauses.extend({"term": {"tags": t}} for t in f.tags)
+        else:
+            clauses.append({"terms": {"tags": list(f.tags)}})
+    dates: dict[str, str] = {}
+    if f.created_after is not None:
+        dates["gt"] = f.created_after.isoformat()
+    if f.created_before is not None:
+        dates["lt"] = f.created_before.isoformat()
+    if dates:
+        clauses.append({"range": {"created_at": dates}})
+    clauses.extend({"term": {"meta": f"{k}={v}"}} for k, v in f.metadata)
+    return clauses
 
 
 class ElasticsearchEngine:
@@ -478,23 +501,7 @@ class ElasticsearchEngine:
 
     def build_query(self, q: SearchQuery, idfs: Sequence[float] = ()) -> dict[str, Any]:
         """The search body; `idfs` (from `stats`) weigh the ranked items of a text query."""
-        f = q.filters
-        filters: list[dict[str, Any]] = [{"term": {"tenant_id": q.tenant_id}}]
-        if f.collection is not None:
-            filters.append({"term": {"collection": f.collection}})
-        if f.tags:
-            if f.tags_mode == "all":
-                filters.extend({"term": {"tags": t}} for t in f.tags)
-            else:
-                filters.append({"terms": {"tags": list(f.tags)}})
-        dates: dict[str, str] = {}
-        if f.created_after is not None:
-            dates["gt"] = f.created_after.isoformat()
-        if f.created_before is not None:
-            dates["lt"] = f.created_before.isoformat()
-        if dates:
-            filters.append({"range": {"created_at": dates}})
-        filters.extend({"term": {"meta": f"{k}={v}"}} for k, v in f.metadata)
+        filters = filter_clauses(q.tenant_id, q.filters)
         text = (q.text or "").strip()
         bool_: dict[str, Any] = {"filter": filters}
         if text:

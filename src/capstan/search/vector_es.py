@@ -25,7 +25,8 @@ from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError, Transport
 from elasticsearch import ConnectionError as EsConnectionError
 
 from capstan.node_urls import node_urls
-from capstan.search.port import Filters, IndexReport, Removal
+from capstan.search.elasticsearch import filter_clauses
+from capstan.search.port import IndexReport, Removal
 from capstan.search.vector_sql import meta_terms, unit
 from capstan.search.vectors import (
     ChunkHit,
@@ -43,26 +44,6 @@ MIN_CANDIDATES = 100
 MAX_CANDIDATES = 10_000
 PAGE = 5000
 RESCORE_OVERSAMPLE = 3.0
-
-
-def filters_clauses(tenant_id: str, f: Filters) -> list[dict[str, Any]]:
-    clauses: list[dict[str, Any]] = [{"term": {"tenant_id": tenant_id}}]
-    if f.collection is not None:
-        clauses.append({"term": {"collection": f.collection}})
-    if f.tags:
-        if f.tags_mode == "all":
-            clauses.extend({"term": {"tags": t}} for t in f.tags)
-        else:
-            clauses.append({"terms": {"tags": list(f.tags)}})
-    dates: dict[str, str] = {}
-    if f.created_after is not None:
-        dates["gt"] = f.created_after.isoformat()
-    if f.created_before is not None:
-        dates["lt"] = f.created_before.isoformat()
-    if dates:
-        clauses.append({"range": {"created_at": dates}})
-    clauses.extend({"term": {"meta": f"{k}={v}"}} for k, v in f.metadata)
-    return clauses
 
 
 class ElasticsearchVectors:
@@ -284,7 +265,7 @@ class ElasticsearchVectors:
             "query_vector": unit(q.vector).tolist(),
             "k": q.limit,
             "num_candidates": min(MAX_CANDIDATES, max(MIN_CANDIDATES, 2 * q.limit)),
-            "filter": filters_clauses(q.tenant_id, q.filters),
+            "filter": filter_clauses(q.tenant_id, q.filters),
             # The graph holds int8-quantized vectors (Elasticsearch's default, a quarter of the
             # memory); the candidates are rescored with the stored floats: exact cosines.
             "rescore_vector": {"oversample": RESCORE_OVERSAMPLE},
