@@ -235,6 +235,30 @@ async def test_the_limiter_allows_the_burst_then_refuses_with_retry_after(
     assert 0 < decisions[3].retry_after <= 10.0
 
 
+async def test_remaining_counts_down_one_by_one_however_close_the_hits(
+    adapters: dict[str, Any],
+) -> None:
+    """Hundreds of hits in the same few milliseconds (pipelined on Redis): each allowed hit
+    reports one less remaining, never the same number twice. (The stored arrival time once
+    lost its microseconds to Lua's 14-digit `tostring`, and a hit right after another read a
+    time rounded up into its future: two hits said the same `remaining`.)"""
+    limiter: RateLimiter = adapters["limiter"]
+    reader: RateLimitedReader = adapters["reader"]
+    doc = f"capstan:test:{uuid.uuid4().hex}"
+    burst = 400
+    alone, combined = uuid.uuid4().hex, uuid.uuid4().hex
+    by_limiter: list[Any] = []
+    by_reader: list[Any] = []
+    for _ in range(burst // 40):  # in waves the client's connection pool can hold
+        by_limiter += await asyncio.gather(*(limiter.hit(alone, 1, burst) for _ in range(40)))
+        by_reader += await asyncio.gather(
+            *(reader.hit_and_get(combined, 1, burst, doc) for _ in range(40))
+        )
+    for decisions in (by_limiter, [r.decision for r in by_reader]):
+        assert all(d.allowed for d in decisions)
+        assert sorted(d.remaining for d in decisions) == list(range(burst))
+
+
 async def test_limits_are_per_key(adapters: dict[str, Any]) -> None:
     limiter: RateLimiter = adapters["limiter"]
     a, b = uuid.uuid4().hex, uuid.uuid4().hex

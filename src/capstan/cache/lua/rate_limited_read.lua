@@ -18,7 +18,8 @@ local allow_at = new_tat - tolerance - interval
 if now < allow_at then
   return {0, 0, tostring(allow_at - now)}
 end
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
+-- %.17g: the exact double (tostring keeps 14 digits, rounding the time by up to 50 us).
+redis.call('SET', KEYS[1], string.format('%.17g', new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
 local remaining = math.floor((tolerance - (new_tat - interval - now)) / interval + 1e-9)
 if remaining < 0 then remaining = 0 end
 local gen = redis.call('GET', KEYS[3])
