@@ -319,7 +319,9 @@ EVENT_TEST_SETTINGS = {
     "task_retry_base_seconds": 0.1,
     "task_poll_seconds": 0.1,
     "worker_heartbeat_seconds": 0.2,
-    "worker_heartbeat_ttl_seconds": 1.5,
+    # Short enough for the kill -9 test to see a dead worker re-queued soon, long enough that
+    # a busy CI machine stalling the loop for a second (1.5 s did, once) reaps no live worker.
+    "worker_heartbeat_ttl_seconds": 5.0,
     "worker_shutdown_grace_seconds": 1.0,
     "webhook_allow_private": True,
 }
