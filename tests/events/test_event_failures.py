@@ -137,7 +137,28 @@ async def test_rabbitmq_restarted_during_1000_concurrent_writes_loses_and_double
                 )
             return audited == 1000
 
-        await stack.until(all_delivered, timeout=180, what="all 1000 events to be audited")
+        try:
+            await stack.until(all_delivered, timeout=180, what="all 1000 events to be audited")
+        except AssertionError as exc:  # say where it stuck: the relay or the subscribers
+            async with stack.container.db() as session:
+                audited_n, unpublished = (
+                    await session.execute(
+                        select(
+                            select(func.count())
+                            .select_from(AuditEntry)
+                            .where(AuditEntry.tenant_id == tenant.id)
+                            .scalar_subquery(),
+                            select(func.count())
+                            .select_from(OutboxEvent)
+                            .where(
+                                OutboxEvent.tenant_id == tenant.id,
+                                OutboxEvent.published_at.is_(None),
+                            )
+                            .scalar_subquery(),
+                        )
+                    )
+                ).one()
+            raise AssertionError(f"{exc}: {audited_n} audited, {unpublished} not published") from exc
         async with stack.container.db() as session:
             committed = set(
                 await session.scalars(
