@@ -13,7 +13,7 @@ from capstan.db.engine import create_engine, sessionmaker
 from capstan.db.migrate import upgrade
 from capstan.search.port import Filters, SearchQuery
 from tests.conftest import service_url
-from tests.search.corpus import T0, Harness
+from tests.search.corpus import T0, Harness, make_doc
 
 
 @pytest.fixture(
@@ -120,6 +120,27 @@ async def test_pagination_visits_every_hit_once(harness: Harness, text: str | No
     assert seen == everything
     # By position (a cursor from another engine falls back to this).
     assert await harness.keys(text, limit=2, offset=2) == everything[2:4]
+
+
+async def test_later_pages_rank_with_the_first_pages_weights(harness: Harness) -> None:
+    """Documents written between two pages change every idf, so every score: a later page that
+    re-weighed would compare its scores with the first page's key, and skip or repeat hits."""
+    first = await harness.ask("moon", limit=2)
+    assert len(first.weights) == 1 and first.more
+    for i in range(3):
+        key = f"late{i}"
+        harness.docs[key] = make_doc(harness.tenant, (f"Moon note {i}", "moon", "x", [], {}, 8))
+        await harness.put(harness.docs[key])
+    seen = [harness.name_of(h.id) for h in first.hits]
+    after = first.hits[-1].key
+    for _ in range(10):
+        page = await harness.ask("moon", limit=2, after=after, weights=first.weights)
+        seen += [harness.name_of(h.id) for h in page.hits]
+        if not page.more:
+            break
+        after = page.hits[-1].key
+    assert len(seen) == len(set(seen)), seen
+    assert {"apollo", "cheese", "soil"} <= set(seen), seen
 
 
 async def test_facets_count_every_match(harness: Harness) -> None:

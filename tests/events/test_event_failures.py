@@ -158,7 +158,8 @@ async def test_rabbitmq_restarted_during_1000_concurrent_writes_loses_and_double
                         )
                     )
                 ).one()
-            raise AssertionError(f"{exc}: {audited_n} audited, {unpublished} not published") from exc
+            stuck = f"{audited_n} audited, {unpublished} not published"
+            raise AssertionError(f"{exc}: {stuck}") from exc
         async with stack.container.db() as session:
             committed = set(
                 await session.scalars(

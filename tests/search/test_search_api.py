@@ -4,6 +4,8 @@ PostgreSQL), through the event flow."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 from typing import Any
 
@@ -111,6 +113,24 @@ async def test_cursor_pagination_and_edits(search_stack: Stack) -> None:
         assert ids[0] not in {h["id"] for h in after["hits"]}
 
 
+async def test_writes_between_pages_neither_skip_nor_repeat_hits(search_stack: Stack) -> None:
+    """Every write changes the idfs, so every score; the cursor keeps the first page's."""
+    api = search_stack.api
+    tenant = await api.tenant()
+    async with api.client(tenant.key) as client:
+        ids = {(await create(client, f"Ibis {i}", "ibis", "birds", []))["id"] for i in range(5)}
+        await found(search_stack, client, "ibis", 5)
+        page = await search(client, q="ibis", limit=2)
+        seen = [h["id"] for h in page["hits"]]
+        late = {(await create(client, f"Ibis {i}", "ibis", "birds", []))["id"] for i in range(5, 9)}
+        await found(search_stack, client, "ibis", 9)
+        while page["next_cursor"]:
+            page = await search(client, q="ibis", limit=2, cursor=page["next_cursor"])
+            seen += [h["id"] for h in page["hits"]]
+        assert len(seen) == len(set(seen)), seen
+        assert ids <= set(seen) <= ids | late
+
+
 async def test_tenants_never_see_each_other(search_stack: Stack) -> None:
     api = search_stack.api
     a, b = await api.tenant(), await api.tenant()
@@ -153,6 +173,14 @@ async def test_bad_parameters_are_422(search_stack: Stack) -> None:
             "/v1/search", params={"collection": "other", "cursor": page["next_cursor"]}
         )
         assert r.status_code == 422
+        # A cursor whose weights do not fit its query is not one this API issued.
+        await found(search_stack, client, "gamma", 3)
+        page = await search(client, q="gamma", limit=1)
+        raw = json.loads(base64.urlsafe_b64decode(page["next_cursor"] + "=="))
+        for weights in ([1.0, 2.0], ["x"], [-1.0]):
+            forged = base64.urlsafe_b64encode(json.dumps({**raw, "w": weights}).encode()).decode()
+            r = await client.get("/v1/search", params={"q": "gamma", "cursor": forged})
+            assert r.status_code == 422, (weights, r.text)
         assert (await client.get("/v1/search")).status_code == 200
         assert (
             await httpx.AsyncClient(

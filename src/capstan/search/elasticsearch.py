@@ -541,7 +541,13 @@ class ElasticsearchEngine:
                 "run `capstan search reindex` (the database answers until then)"
             )
         parsed = parse(text, typos=q.typos) if text else None
-        idfs = await self.stats(q.tenant_id, parsed.ranked()) if parsed is not None else []
+        idfs: list[float] = []
+        if parsed is not None:
+            idfs = (
+                list(q.weights)
+                if q.weights is not None
+                else await self.stats(q.tenant_id, parsed.ranked())
+            )
         body = self.build_query(q, idfs)
         response = await self._call(self.client.search(index=self.alias, **body))
         raw = response["hits"]["hits"]
@@ -574,7 +580,11 @@ class ElasticsearchEngine:
                 for name in ("collections", "tags")
             }
         return SearchResult(
-            hits=hits, total=int(response["hits"]["total"]["value"]), facets=facets, more=more
+            hits=hits,
+            total=int(response["hits"]["total"]["value"]),
+            facets=facets,
+            more=more,
+            weights=tuple(idfs),
         )
 
     async def versions(self, tenant_id: str, *, index: str | None = None) -> dict[str, int]:

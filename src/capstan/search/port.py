@@ -80,6 +80,11 @@ class SearchQuery:
     with_highlights: bool = True
     # Typo tolerance: longer terms also match indexed terms one edit away (search/query.py).
     typos: bool = False
+    # The idf of each ranked item (search/query.py) that the first page scored with, or None
+    # to weigh them now. Later pages pass the first page's (a cursor carries them): documents
+    # written in between change every idf, and a page scored on other numbers than its `after`
+    # key would skip or repeat hits.
+    weights: tuple[float, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -106,6 +111,8 @@ class SearchResult:
     total: int
     facets: dict[str, dict[str, int]] = field(default_factory=dict)
     more: bool = False
+    # The idfs this page scored with (empty for structured queries): the next page's `weights`.
+    weights: tuple[float, ...] = ()
 
 
 @dataclass(slots=True)

@@ -97,23 +97,28 @@ def _fingerprint(q: SearchQuery) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:12]
 
 
-def encode_cursor(q: SearchQuery, engine: str, key: tuple[Any, ...], offset: int) -> str:
+def encode_cursor(
+    q: SearchQuery, engine: str, key: tuple[Any, ...], offset: int, weights: tuple[float, ...]
+) -> str:
     raw = json.dumps(
-        {"e": engine, "k": list(key), "o": offset, "f": _fingerprint(q)}, separators=(",", ":")
+        {"e": engine, "k": list(key), "o": offset, "f": _fingerprint(q), "w": list(weights)},
+        separators=(",", ":"),
     )
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, q: SearchQuery) -> tuple[str, tuple[Any, ...], int]:
-    """(engine, key, offset) from a cursor; InvalidInput if it is not one issued for `q`."""
+def decode_cursor(cursor: str, q: SearchQuery) -> tuple[str, SearchQuery]:
+    """The engine that issued a cursor, and `q` continued after it (key, offset and the first
+    page's weights); InvalidInput if it is not one issued for `q`."""
     bad = InvalidInput("the cursor is not one this API returned for this query", field="cursor")
     try:
         raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise bad from exc
-    if not isinstance(raw, dict) or set(raw) != {"e", "k", "o", "f"}:
+    if not isinstance(raw, dict) or set(raw) != {"e", "k", "o", "f", "w"}:
         raise bad
-    engine, key, offset, fp = raw["e"], raw["k"], raw["o"], raw["f"]
+    engine, key, offset, fp, weights = raw["e"], raw["k"], raw["o"], raw["f"], raw["w"]
+    text = (q.text or "").strip()
     if (
         not isinstance(engine, str)
         or not isinstance(key, list)
@@ -122,9 +127,17 @@ def decode_cursor(cursor: str, q: SearchQuery) -> tuple[str, tuple[Any, ...], in
         or not isinstance(offset, int)
         or offset < 0
         or fp != _fingerprint(q)
+        or not isinstance(weights, list)
+        or not all(isinstance(w, int | float) and w >= 0 for w in weights)
+        or len(weights) != (len(parse(text, typos=q.typos).ranked()) if text else 0)
     ):
         raise bad
-    return engine, tuple(key), offset
+    return engine, replace(
+        q,
+        after=tuple(key),
+        offset=offset,
+        weights=tuple(float(w) for w in weights) if text else None,
+    )
 
 
 class SearchService:
@@ -326,8 +339,7 @@ class SearchService:
         started = time.perf_counter()
         cursor_engine: str | None = None
         if cursor is not None:
-            cursor_engine, key, offset = decode_cursor(cursor, q)
-            q = replace(q, after=key, offset=offset)
+            cursor_engine, q = decode_cursor(cursor, q)
         text = (q.text or "").strip()
         page: SearchPage
         if text and self.index is not None and time.monotonic() >= self._index_down_until:
@@ -378,7 +390,7 @@ class SearchService:
             q = replace(q, after=None)
         collected: list[Hit] = []
         total, facets, more = 0, {}, False
-        after, offset = q.after, q.offset
+        after, offset, weights = q.after, q.offset, q.weights
         last_key: tuple[Any, ...] | None = None
         examined = 0
         for round_ in range(MAX_ROUNDS):
@@ -387,14 +399,15 @@ class SearchService:
                 after=after,
                 offset=offset if after is None else 0,
                 with_facets=q.with_facets and round_ == 0,
+                weights=weights,
             )
             started = time.perf_counter()
             result = await asyncio.wait_for(index.query(ask), self._timeout)
             self._metrics.search_duration.labels("elasticsearch").observe(
                 time.perf_counter() - started
             )
-            if round_ == 0:
-                total, facets = result.total, result.facets
+            if round_ == 0:  # later rounds (and pages) rank with this round's weights
+                total, facets, weights = result.total, result.facets, result.weights
             started = time.perf_counter()
             try:
                 found = await db.verify(q.tenant_id, [h.id for h in result.hits], q.filters)
@@ -429,7 +442,9 @@ class SearchService:
             took_ms=0.0,
         )
         if more and last_key is not None:
-            page.next_cursor = encode_cursor(q, index.name, last_key, q.offset + len(collected))
+            page.next_cursor = encode_cursor(
+                q, index.name, last_key, q.offset + len(collected), weights or ()
+            )
         return page
 
     def _page(
@@ -445,6 +460,6 @@ class SearchService:
         )
         if result.more and result.hits:
             page.next_cursor = encode_cursor(
-                q, engine, result.hits[-1].key, q.offset + len(result.hits)
+                q, engine, result.hits[-1].key, q.offset + len(result.hits), result.weights
             )
         return page

@@ -260,11 +260,17 @@ class DatabaseSearch:
         counts: list[Any] = [literal_column("NULL"), literal_column("NULL")]
         text_ = (q.text or "").strip()
         parsed = parse(text_, typos=q.typos) if text_ else None
+        weights: tuple[float, ...] = ()
         if parsed is not None:
             if parsed.empty:
                 empty: dict[str, dict[str, int]] = {"collections": {}, "tags": {}}
                 return SearchResult(hits=[], total=0, facets=empty if q.with_facets else {})
-            idfs = await self._stats(conn, q.tenant_id, parsed.ranked())
+            idfs = (
+                list(q.weights)
+                if q.weights is not None
+                else await self._stats(conn, q.tenant_id, parsed.ranked())
+            )
+            weights = tuple(idfs)
             fts = self._fts(parsed, idfs)
             base = fts.base
             conds += fts.conds
@@ -334,7 +340,7 @@ class DatabaseSearch:
                 title, body = found.get(h.id, (h.title, ""))
                 h.highlights = highlight(title, body, words)
         total, facets = await self._total_and_facets(conn, base, conds, q.with_facets)
-        return SearchResult(hits=hits, total=total, facets=facets, more=more)
+        return SearchResult(hits=hits, total=total, facets=facets, more=more, weights=weights)
 
 
 CFG = "'simple'::regconfig"
