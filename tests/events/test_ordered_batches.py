@@ -324,6 +324,67 @@ async def test_waiting_events_are_applied_once_each_in_publish_order_in_batches(
     assert await env.broker.dead_letters(runner.spec) == []
 
 
+class Versioned:
+    """An unordered, batched subscriber whose effect is idempotent by itself (the embedder with
+    embeddings off, the indexer): it offers `apply_idempotent`; `handle` (a transaction and a
+    processed_events row) should never be needed. It holds the `held` event until `release`."""
+
+    name: ClassVar[str] = FAKE
+    patterns: ClassVar[tuple[str, ...]] = ("document.*",)
+    ordered: ClassVar[bool] = False
+    batched: ClassVar[bool] = True
+
+    def __init__(self, held: str) -> None:
+        self.applied: list[str] = []
+        self.in_transaction: list[str] = []
+        self.held = held
+        self.release = asyncio.Event()
+        self.apply_idempotent = self._apply
+
+    async def _apply(self, event: Event) -> Outcome | None:
+        self.applied.append(event.id)
+        if event.id == self.held:
+            await self.release.wait()
+        return None
+
+    async def handle(self, event: Event, session: AsyncSession) -> Outcome | None:
+        self.in_transaction.append(event.id)
+        raise RuntimeError("an idempotent subscriber's events need no transaction")
+
+
+async def test_a_waiting_batch_of_an_idempotent_subscriber_takes_no_transaction(
+    env: Env,
+) -> None:
+    lead, *queued = _events(21, env.tenant)
+    fake = Versioned(held=lead.message_id)
+    broker = Handovers(env.broker)
+    metrics = Metrics()
+    runner = _runner(fake, replace(env, broker=broker), metrics)
+    await runner.start()
+    try:
+        await _publish(env, [lead])
+        await _wait(lambda: _true(bool(fake.applied)), "the lead event in hand")
+        await _publish(env, queued)  # they wait behind the lead: one batch
+        await _wait(lambda: _true(broker.count == 1 + len(queued)), "all handed to the runner")
+        fake.release.set()
+        await _wait(lambda: _true(len(fake.applied) >= 1 + len(queued)), "every event applied")
+        await asyncio.sleep(SETTLE)
+    finally:
+        fake.release.set()
+        await runner.stop()
+    assert sorted(fake.applied) == sorted([lead.message_id] + [m.message_id for m in queued])
+    assert fake.in_transaction == []
+    assert _batch_metric(metrics, "count") == 1 and _batch_metric(metrics, "sum") == len(queued)
+    async with env.db() as session:
+        kept = await session.scalar(
+            select(func.count())
+            .select_from(ProcessedEvent)
+            .where(ProcessedEvent.event_id.in_(fake.applied))
+        )
+    assert kept == 0
+    assert await env.broker.dead_letters(runner.spec) == []
+
+
 async def test_an_idle_runner_applies_a_lone_event_at_once(env: Env) -> None:
     fake = Recorder(env.effects)
     metrics = Metrics()

@@ -1,6 +1,6 @@
 """The embedder subscriber: each document event → one `embeddings.document` task, staged in
-the subscriber's own transaction (with its processed_events row), so the document write
-itself pays nothing for embeddings.
+the subscriber's own transaction (with its processed_events row; the events waiting in the
+queue share one), so the document write itself pays nothing for embeddings.
 
 Dedup: the task's idempotency key is `embeddings.document:<id>:<version>[:deleted]`, so a
 replayed or duplicated event submits nothing new; and a task whose document has moved on to a
@@ -27,6 +27,9 @@ class EmbedderSubscriber:
     name: ClassVar[str] = "embedder"
     patterns: ClassVar[tuple[str, ...]] = ("document.*",)
     ordered: ClassVar[bool] = False
+    # What waits in the queue is staged in one transaction (runtime.py): one commit per
+    # batch, not per document event.
+    batched: ClassVar[bool] = True
 
     def __init__(self, registry: TaskRegistry, settings: Settings) -> None:
         self._registry = registry

@@ -108,8 +108,9 @@ class SubscriberRunner:
         # paid once per batch instead of once per event, and the broker's next delivery never
         # waits for an ack. Batches form only when events queue up, so an idle subscriber
         # still handles each event as soon as it arrives.
-        # Unordered subscribers marked `batched` (notifier) drain the same way, without the
-        # single active consumer: a batch costs one lookup instead of one per event.
+        # Unordered subscribers marked `batched` (notifier, embedder) drain the same way,
+        # without the single active consumer: a batch costs one lookup and one commit instead
+        # of one per event.
         self._batched = batched(subscriber)
         self._prefetch = ordered_batch if self._batched else prefetch
         self._apply_batch: ApplyBatch | None = getattr(subscriber, "apply_batch", None)
@@ -248,6 +249,8 @@ class SubscriberRunner:
             if self._apply_batch is not None:
                 results = await self._apply_batch([e for _, e in events])
                 applied = [(d, e, *r) for (d, e), r in zip(events, results, strict=True)]
+            elif self._apply_idempotent is not None:  # no transaction to share: one by one
+                applied = [(d, e, await self._apply_idempotent(e), True) for d, e in events]
             else:
                 async with self._db.begin() as session:
                     applied = [(d, e, *await self._apply_in(session, e)) for d, e in events]
