@@ -10,13 +10,27 @@ import pytest
 from sqlalchemy import func, select
 
 from capstan.db.schema import AuditEntry, OutboxEvent, ProcessedEvent
-from tests.conftest import stack_settings, start_stack, stop_stack
+from tests.conftest import Stack, stack_settings, start_stack, stop_stack
 
 SERVICES = Path(__file__).resolve().parents[2] / "scripts" / "services"
 
 
 class Crash(Exception):
     pass
+
+
+async def audited_and_unsent(stack: Stack, tenant_id: str) -> tuple[int, int]:
+    """The tenant's audit entries, and its outbox events not yet published."""
+    async with stack.container.db() as session:
+        audited = await session.scalar(
+            select(func.count()).select_from(AuditEntry).where(AuditEntry.tenant_id == tenant_id)
+        )
+        unsent = await session.scalar(
+            select(func.count())
+            .select_from(OutboxEvent)
+            .where(OutboxEvent.tenant_id == tenant_id, OutboxEvent.published_at.is_(None))
+        )
+    return int(audited or 0), int(unsent or 0)
 
 
 @pytest.mark.parametrize(
@@ -49,18 +63,7 @@ async def test_a_relay_that_dies_after_publishing_loses_nothing_and_duplicates_n
             doc = (await http.post("/v1/documents", json={"body": "survives"})).json()
 
         async def audited_and_marked() -> bool:
-            async with stack.container.db() as session:
-                audit = await session.scalar(
-                    select(func.count())
-                    .select_from(AuditEntry)
-                    .where(AuditEntry.tenant_id == tenant.id)
-                )
-                unsent = await session.scalar(
-                    select(func.count())
-                    .select_from(OutboxEvent)
-                    .where(OutboxEvent.tenant_id == tenant.id, OutboxEvent.published_at.is_(None))
-                )
-            return audit == 1 and unsent == 0
+            return await audited_and_unsent(stack, tenant.id) == (1, 0)
 
         await stack.until(audited_and_marked, what="the event to be audited and marked sent")
         assert crashes == 2  # published three times in all
@@ -128,38 +131,17 @@ async def test_rabbitmq_restarted_during_1000_concurrent_writes_loses_and_double
         await asyncio.gather(*(client(n) for n in range(10)), restart_midway())
         assert writes_done == 1000
 
+        counts = (0, 0)
+
         async def all_delivered() -> bool:
-            async with stack.container.db() as session:
-                audited = await session.scalar(
-                    select(func.count())
-                    .select_from(AuditEntry)
-                    .where(AuditEntry.tenant_id == tenant.id)
-                )
-            return audited == 1000
+            nonlocal counts
+            counts = await audited_and_unsent(stack, tenant.id)
+            return counts[0] == 1000
 
         try:
             await stack.until(all_delivered, timeout=180, what="all 1000 events to be audited")
         except AssertionError as exc:  # say where it stuck: the relay or the subscribers
-            async with stack.container.db() as session:
-                audited_n, unpublished = (
-                    await session.execute(
-                        select(
-                            select(func.count())
-                            .select_from(AuditEntry)
-                            .where(AuditEntry.tenant_id == tenant.id)
-                            .scalar_subquery(),
-                            select(func.count())
-                            .select_from(OutboxEvent)
-                            .where(
-                                OutboxEvent.tenant_id == tenant.id,
-                                OutboxEvent.published_at.is_(None),
-                            )
-                            .scalar_subquery(),
-                        )
-                    )
-                ).one()
-            stuck = f"{audited_n} audited, {unpublished} not published"
-            raise AssertionError(f"{exc}: {stuck}") from exc
+            raise AssertionError(f"{exc}: {counts[0]} audited, {counts[1]} not published") from exc
         async with stack.container.db() as session:
             committed = set(
                 await session.scalars(

@@ -541,12 +541,12 @@ class ElasticsearchEngine:
                 "run `capstan search reindex` (the database answers until then)"
             )
         parsed = parse(text, typos=q.typos) if text else None
-        idfs: list[float] = []
+        idfs: tuple[float, ...] = ()
         if parsed is not None:
             idfs = (
-                list(q.weights)
+                q.weights
                 if q.weights is not None
-                else await self.stats(q.tenant_id, parsed.ranked())
+                else tuple(await self.stats(q.tenant_id, parsed.ranked()))
             )
         body = self.build_query(q, idfs)
         response = await self._call(self.client.search(index=self.alias, **body))
@@ -584,7 +584,7 @@ class ElasticsearchEngine:
             total=int(response["hits"]["total"]["value"]),
             facets=facets,
             more=more,
-            weights=tuple(idfs),
+            weights=idfs,
         )
 
     async def versions(self, tenant_id: str, *, index: str | None = None) -> dict[str, int]:

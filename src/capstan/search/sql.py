@@ -265,13 +265,12 @@ class DatabaseSearch:
             if parsed.empty:
                 empty: dict[str, dict[str, int]] = {"collections": {}, "tags": {}}
                 return SearchResult(hits=[], total=0, facets=empty if q.with_facets else {})
-            idfs = (
-                list(q.weights)
+            weights = (
+                q.weights
                 if q.weights is not None
-                else await self._stats(conn, q.tenant_id, parsed.ranked())
+                else tuple(await self._stats(conn, q.tenant_id, parsed.ranked()))
             )
-            weights = tuple(idfs)
-            fts = self._fts(parsed, idfs)
+            fts = self._fts(parsed, weights)
             base = fts.base
             conds += fts.conds
             score = TIER * (fts.exact + fts.matched) + fts.relevance
