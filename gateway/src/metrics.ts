@@ -51,7 +51,7 @@ export class Metrics {
     this.replayed = new Counter({ name: 'capstan_gateway_events_replayed_total', help: 'events pushed from the audit log (resume and catch-up)', labelNames: ['transport'], registers });
     this.resumes = new Counter({ name: 'capstan_gateway_resume_requests_total', help: 'subscriptions that asked to resume from a cursor', labelNames: ['transport', 'outcome'], registers });
     this.disconnects = new Counter({ name: 'capstan_gateway_disconnects_total', help: 'connections closed, by reason', labelNames: ['transport', 'reason'], registers });
-    this.received = new Counter({ name: 'capstan_gateway_events_received_total', help: 'messages consumed from the realtime exchange', labelNames: ['outcome'], registers });
+    this.received = new Counter({ name: 'capstan_gateway_events_received_total', help: 'events read from the realtime exchange (each line of a batch message counts): ok, malformed', labelNames: ['outcome'], registers });
     this.catchUps = new Counter({ name: 'capstan_gateway_catch_ups_total', help: 'audit-log catch-ups run for clients, by trigger', labelNames: ['trigger'], registers });
     this.signalsReceived = new Counter({ name: 'capstan_gateway_signals_received_total', help: 'ephemeral signals received from Redis Pub/Sub: ok, malformed', labelNames: ['outcome'], registers });
     this.signalsSent = new Counter({ name: 'capstan_gateway_signals_sent_total', help: 'ephemeral signals pushed to clients', labelNames: ['transport'], registers });

@@ -19,6 +19,8 @@ from capstan.broker.port import topic_matches
 from capstan.cache.port import CacheUnavailable
 from capstan.cache.redis import RedisLink
 from capstan.documents.router import none_match
+from capstan.events.envelope import parse_event
+from capstan.events.realtime import batch_message, read_batch
 from capstan.webhooks.schemas import check_pattern
 
 VECTORS: dict[str, Any] = json.loads((Path(__file__).parent / "vectors.json").read_text())
@@ -106,3 +108,22 @@ async def test_the_redis_breaker(monkeypatch: pytest.MonkeyPatch) -> None:
             got = "ok"
         assert got == step["expect"], step
     await link.close()
+
+
+@pytest.mark.parametrize("case", [c for c in cases("realtime_batch") if "audited" in c], ids=repr)
+def test_realtime_batch_as_the_audit_subscriber_publishes_it(case: dict[str, Any]) -> None:
+    audited = [(parse_event(a["received"].encode()), a["seq"]) for a in case["audited"]]
+    message = batch_message(audited)
+    expected = case["message"]
+    assert message.content_type == expected["content_type"]
+    assert message.routing_key == expected["routing_key"]
+    assert message.headers == expected["headers"]
+    assert message.body.decode() == expected["body"]
+    read = read_batch(message)
+    assert [(e["seq"], e["type"].removeprefix("capstan."), e["tenantid"]) for e in read] == [
+        (r["seq"], r["key"], r["tenant"]) for r in case["read"]
+    ]
+    # Each line is the envelope received, plus its seq, and nothing else.
+    assert [{k: v for k, v in e.items() if k != "seq"} for e in read] == [
+        json.loads(a["received"]) for a in case["audited"]
+    ]

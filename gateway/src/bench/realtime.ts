@@ -26,6 +26,7 @@ import { randomUUID } from 'node:crypto';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import amqp from 'amqplib';
 import WebSocket from 'ws';
+import { BATCH_CONTENT_TYPE } from '../realtime/wire';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -57,12 +58,12 @@ interface ReceiverReport {
   latencies?: number[];
 }
 
-/** `"time":"...Z"` of an envelope without parsing it: the field the latency is measured from. */
+/** `"time": "...Z"` of an envelope without parsing it: the field the latency is measured from
+ * (compact, or as PostgreSQL renders jsonb, which is what the relay and the audit pass on). */
+const TIME = /"time":\s*"([^"]+)"/;
 function eventTime(text: string): number | null {
-  const at = text.indexOf('"time":"');
-  if (at < 0) return null;
-  const end = text.indexOf('"', at + 8);
-  return Date.parse(text.slice(at + 8, end));
+  const found = TIME.exec(text);
+  return found ? Date.parse(found[1]) : null;
 }
 
 const CONTROL = Buffer.from('{"op":');
@@ -197,7 +198,8 @@ async function publisher(job: PublisherJob): Promise<void> {
     });
     confirms.push(
       new Promise<void>((resolve) =>
-        channel.publish(exchange, 'document.created', Buffer.from(body), { messageId: id, headers: { tenantid: job.tenant, seq: i + 1 } }, (err) => {
+        // As the audit subscriber publishes an event that arrived alone: a batch of one.
+        channel.publish(exchange, 'audited', Buffer.from(body), { messageId: id, contentType: BATCH_CONTENT_TYPE, headers: { count: 1, seq: i + 1 } }, (err) => {
           if (err) errors['not confirmed'] = (errors['not confirmed'] ?? 0) + 1;
           else written++;
           resolve();

@@ -5,6 +5,7 @@ import amqp from 'amqplib';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics';
 import type { RtEvent } from './subscriber';
+import { readRealtime } from './wire';
 import { brokerNodes } from './nodes';
 
 export class RealtimeConsumer {
@@ -90,18 +91,17 @@ export class RealtimeConsumer {
   }
 
   private receive(msg: amqp.ConsumeMessage): void {
-    try {
-      const json = msg.content.toString('utf8');
-      const env = JSON.parse(json) as { tenantid?: string; seq?: number; time?: string };
-      const seq = Number(env.seq ?? msg.properties.headers?.seq);
-      const tenantId = env.tenantid ?? msg.properties.headers?.tenantid;
-      if (!Number.isSafeInteger(seq) || seq <= 0 || typeof tenantId !== 'string') throw new Error('no seq or tenantid');
-      const time = env.time ? Date.parse(env.time) : undefined;
-      this.metrics.received.inc({ outcome: 'ok' });
-      this.onEvent({ seq, key: msg.fields.routingKey, tenantId, json: env.seq === undefined ? JSON.stringify({ ...env, seq }) : json, time });
-    } catch (err) {
-      this.metrics.received.inc({ outcome: 'malformed' });
-      this.log.warn({ err: (err as Error).message, routingKey: msg.fields.routingKey }, 'malformed realtime message skipped');
+    const { events, malformed } = readRealtime({
+      content: msg.content,
+      contentType: msg.properties.contentType as string | undefined,
+      routingKey: msg.fields.routingKey,
+      headers: msg.properties.headers,
+    });
+    if (events.length > 0) this.metrics.received.inc({ outcome: 'ok' }, events.length);
+    for (const ev of events) this.onEvent(ev);
+    if (malformed.length > 0) {
+      this.metrics.received.inc({ outcome: 'malformed' }, malformed.length);
+      this.log.warn({ err: malformed[0], count: malformed.length, routingKey: msg.fields.routingKey }, 'malformed realtime message skipped');
     }
   }
 

@@ -7,6 +7,7 @@ import { test } from 'node:test';
 import { apiKeyId, headerToken } from '../auth';
 import { CacheUnavailable, RedisLink } from '../cache';
 import { checkPattern, Matcher } from '../realtime/patterns';
+import { readRealtime } from '../realtime/wire';
 import { noneMatch } from '../routes/documents';
 
 // dist/test -> the repository's tests/contract.
@@ -79,5 +80,15 @@ test('the Redis breaker (vectors: redis_breaker)', async () => {
   } finally {
     Date.now = realNow;
     void link.close();
+  }
+});
+
+test('realtime messages, batched and single (vectors: realtime_batch)', () => {
+  for (const c of cases('realtime_batch')) {
+    const m = c.message;
+    const { events, malformed } = readRealtime({ content: Buffer.from(m.body, 'utf8'), contentType: m.content_type, routingKey: m.routing_key, headers: m.headers });
+    assert.deepEqual(events.map((e) => ({ seq: e.seq, key: e.key, tenant: e.tenantId })), c.read, m.body.slice(0, 60));
+    assert.equal(malformed.length, c.malformed ?? 0);
+    for (const e of events) assert.equal((JSON.parse(e.json) as { seq: number }).seq, e.seq); // what clients get
   }
 });

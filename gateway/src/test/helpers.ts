@@ -10,6 +10,7 @@ import { Client } from 'pg';
 import { buildApp } from '../app';
 import { Services } from '../services';
 import { loadSettings } from '../settings';
+import { BATCH_CONTENT_TYPE } from '../realtime/wire';
 import pino from 'pino';
 
 export function servers(): { db: string; redis: string; amqp: string } | null {
@@ -135,7 +136,8 @@ export async function harness(env: Record<string, string> = {}): Promise<Harness
       );
       const seq = Number(rows[0].seq);
       if (publish) {
-        channel.publish(`${namespace}.realtime`, type, Buffer.from(JSON.stringify({ ...envelope, seq })), { headers: { tenantid: tenantId, seq } });
+        // As capstan.events.realtime does for an audit batch of one.
+        channel.publish(`${namespace}.realtime`, 'audited', Buffer.from(JSON.stringify({ ...envelope, seq })), { contentType: BATCH_CONTENT_TYPE, headers: { count: 1, seq } });
       }
       return seq;
     },

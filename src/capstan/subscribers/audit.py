@@ -1,8 +1,8 @@
 """The audit subscriber: appends every event to the audit log, the source of GET /v1/events
 and of realtime resume. It runs ordered (one consumer at a time, one batch at a time) so that
 audit `seq` order is the order in which entries become visible: a reader that saw seq n has
-seen every entry below n. After committing, it fans the event out to the realtime exchange
-with its seq, for the gateway.
+seen every entry below n. After committing, it fans the batch out to the realtime exchange
+with each event's seq, for the gateway: one message per batch (capstan.events.realtime).
 
 On PostgreSQL a batch is ONE statement (capstan.db.fastpath): the unique event_id makes it
 idempotent by itself, so no processed_events row is needed; SQLite takes the runtime's path."""
@@ -14,11 +14,11 @@ from typing import ClassVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from capstan.broker.port import Message
 from capstan.db.fastpath import FastPath
 from capstan.db.schema import AuditEntry
 from capstan.db.upsert import insert_ignore_returning
 from capstan.events.envelope import Event, encode
+from capstan.events.realtime import batch_message
 from capstan.subscribers.runtime import ApplyBatch, Outcome
 
 # Rows are inserted in the batch's order (ORDER BY the ordinality), so seq follows queue order.
@@ -60,7 +60,7 @@ class AuditSubscriber:
             },
             AuditEntry.__table__.c.seq,
         )
-        return None if seq is None else self._fan_out(event, seq)
+        return None if seq is None else self._fan_out([(event, seq)])
 
     async def _apply_fast(self, events: list[Event]) -> list[tuple[Outcome | None, bool]]:
         assert self._fast is not None
@@ -76,17 +76,18 @@ class AuditSubscriber:
         )
         seqs = {row["event_id"]: row["seq"] for row in rows}
         applied: list[tuple[Outcome | None, bool]] = []
+        audited: list[tuple[Event, int]] = []
         for event in events:
             # pop: a duplicate within the batch was inserted (and is fanned out) once.
             seq = seqs.pop(event.id, None)
-            applied.append((None, False) if seq is None else (self._fan_out(event, seq), True))
+            applied.append((None, seq is not None))
+            if seq is not None:
+                audited.append((event, seq))
+        if audited:
+            # The whole batch's fan-out rides on its last event: one message, published once
+            # the batch is committed, in seq order.
+            applied[-1] = (self._fan_out(audited), applied[-1][1])
         return applied
 
-    def _fan_out(self, event: Event, seq: int) -> Outcome:
-        realtime = Message(
-            routing_key=event.routing_key,
-            body=encode({**event.envelope, "seq": seq}),
-            message_id=event.id,
-            headers={"tenantid": event.tenant_id, "seq": seq},
-        )
-        return Outcome(publish=[(self._realtime_exchange, realtime)])
+    def _fan_out(self, audited: list[tuple[Event, int]]) -> Outcome:
+        return Outcome(publish=[(self._realtime_exchange, batch_message(audited))])

@@ -1,0 +1,49 @@
+"""The `<ns>.realtime` wire format: what the audit subscriber publishes for the gateway.
+
+One message per audit batch, not per event: its body is the batch's audited envelopes, each
+with its `seq`, one compact JSON object per line (NDJSON), in `seq` order. A fan-out of N
+events costs one publish, one broker route and one gateway read instead of N, which is most
+of what the realtime path spent per event once the audit itself was one statement per batch.
+The gateway (gateway/src/realtime/wire.ts) reads this and the single-envelope messages of
+earlier versions alike (docs/contracts/events.md, "Broker names")."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from capstan.broker.port import Message
+from capstan.events.envelope import Event, encode
+
+CONTENT_TYPE = "application/x-ndjson"
+ROUTING_KEY = "audited"
+
+
+def audited_line(event: Event, seq: int) -> bytes:
+    """The envelope as received plus `"seq"`, as one line: the received bytes are spliced
+    rather than encoded again when they are one compact object (what the relay sends)."""
+    body = event.body.rstrip()
+    if body.endswith(b"}") and len(body) > 2 and b"\n" not in body and "seq" not in event.envelope:
+        return b'%s,"seq":%d}' % (body[:-1], seq)
+    return encode({**event.envelope, "seq": seq})
+
+
+def batch_message(audited: Sequence[tuple[Event, int]]) -> Message:
+    """One realtime message for `audited` (events with their seq, in seq order)."""
+    first, last = audited[0], audited[-1]
+    return Message(
+        routing_key=ROUTING_KEY,
+        body=b"\n".join(audited_line(event, seq) for event, seq in audited),
+        message_id=f"audit-{first[1]}-{last[1]}",
+        headers={"count": len(audited), "seq": last[1]},
+        content_type=CONTENT_TYPE,
+    )
+
+
+def read_batch(message: Message) -> list[dict[str, Any]]:
+    """The envelopes of a realtime message, in order (for tests and tools; the gateway has
+    its own reader)."""
+    if message.content_type != CONTENT_TYPE:
+        return [json.loads(message.body)]
+    return [json.loads(line) for line in message.body.split(b"\n") if line.strip()]
