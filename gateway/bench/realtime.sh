@@ -46,7 +46,7 @@ mkdir -p "$results"
 out="$results/realtime-$SOURCE-$(date -u +%Y%m%dT%H%M%SZ).json"
 if [ "$SOURCE" = api ]; then source_args=(--api "http://127.0.0.1:$api_port")
 else source_args=(--amqp "$CAPSTAN_BROKER_URL" --namespace "$ns" --tenant "$tenant"); fi
-node gateway/dist/bench/realtime.js --gateway "http://127.0.0.1:$gw_port" "${source_args[@]}" \
+node ${BENCH_NODE_ARGS:-} gateway/dist/bench/realtime.js --gateway "http://127.0.0.1:$gw_port" "${source_args[@]}" \
   --key "$key" --clients "$CLIENTS" --rate "$RATE" --seconds "$SECONDS_" --out "$out" \
   --pids "api=$api_pid,relay=$relay_pid,audit=$audit_pid,gateway=$gw_pid,rabbitmq=$(pgrep -o beam.smp || true)"
 echo "results: $out (logs in $work)"

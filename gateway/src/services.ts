@@ -53,7 +53,7 @@ export class Services {
     this.reader = new DocumentReader(this.db, new DocumentCache(this.redis, settings.cacheTtlSeconds), this.metrics);
     this.limiter = new RateLimiter(this.redis, settings.rateLimitPerMinute, settings.rateLimitBurst);
     this.failures = new RateLimiter(this.redis, settings.authFailuresPerMinute, settings.authFailuresBurst);
-    this.hub = new Hub(this.db, this.metrics, this.log, Math.max(1, settings.dbPool - 2));
+    this.hub = new Hub(this.db, this.metrics, this.log, Math.max(1, settings.dbPool - 2), settings.flushLingerMs);
     this.consumer = new RealtimeConsumer(
       settings.brokerUrl,
       settings.brokerNamespace,

@@ -26,6 +26,7 @@ const schema = {
     CAPSTAN_GATEWAY_SWEEP_SECONDS: { type: 'number', minimum: 0, default: 30 },
     CAPSTAN_GATEWAY_CLIENT_BUFFER_BYTES: { type: 'integer', minimum: 1024, default: 1048576 },
     CAPSTAN_GATEWAY_CLIENT_BUFFER_EVENTS: { type: 'integer', minimum: 1, default: 10000 },
+    CAPSTAN_GATEWAY_FLUSH_LINGER_MS: { type: 'number', minimum: 0, maximum: 1000, default: 10 },
     CAPSTAN_GATEWAY_MAX_MESSAGE_BYTES: { type: 'integer', minimum: 64, default: 4096 },
     CAPSTAN_GATEWAY_MAX_PATTERNS: { type: 'integer', minimum: 1, default: 32 },
     CAPSTAN_GATEWAY_RECONNECT_MS: { type: 'integer', minimum: 0, default: 2000 },
@@ -56,6 +57,7 @@ export interface Settings {
   sweepSeconds: number;
   clientBufferBytes: number;
   clientBufferEvents: number;
+  flushLingerMs: number;
   maxMessageBytes: number;
   maxPatterns: number;
   reconnectMs: number;
@@ -88,6 +90,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     sweepSeconds: e.CAPSTAN_GATEWAY_SWEEP_SECONDS,
     clientBufferBytes: e.CAPSTAN_GATEWAY_CLIENT_BUFFER_BYTES,
     clientBufferEvents: e.CAPSTAN_GATEWAY_CLIENT_BUFFER_EVENTS,
+    flushLingerMs: e.CAPSTAN_GATEWAY_FLUSH_LINGER_MS,
     maxMessageBytes: e.CAPSTAN_GATEWAY_MAX_MESSAGE_BYTES,
     maxPatterns: e.CAPSTAN_GATEWAY_MAX_PATTERNS,
     reconnectMs: e.CAPSTAN_GATEWAY_RECONNECT_MS,

@@ -136,6 +136,27 @@ test('a burst of live events reaches each client in one corked write, in order',
   assert.deepEqual(a.flushes, [[1, 3], [4]]);
 });
 
+test('under load a client gets at most one write per flush linger; a quiet feed is not delayed', async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout'] }); // setImmediate stays real: the end of a turn
+  const db = { query: async () => ({ rows: [{ m: '0' }] }) } as unknown as Pool;
+  const hub = new Hub(db, new Metrics(), pino({ level: 'silent' }), 1, 60_000);
+  const a = new FakeSink();
+  await hub.start(new Subscriber('t', new Matcher(['#']), a, { bufferBytes: 1e6, bufferEvents: 10 }, counters), null);
+  const turn = () => new Promise((r) => setImmediate(r));
+  hub.dispatch(ev(1));
+  await turn();
+  assert.deepEqual(a.flushes, [[1]]); // the first event after a quiet spell: at once
+  hub.dispatch(ev(2));
+  await turn();
+  hub.dispatch(ev(3));
+  await turn();
+  assert.deepEqual(a.flushes, [[1]]); // within the linger: held, corked
+  assert.equal(a.corks, 1);
+  t.mock.timers.tick(60_000);
+  assert.deepEqual(a.flushes, [[1], [2, 3]]); // one write for both
+  assert.equal(a.corks, 0);
+});
+
 test('a redis+sentinel:// URL names the sentinels, the service, the database and the passwords', () => {
   assert.deepEqual(sentinelOptions('redis+sentinel://:s3cret@10.0.0.1:26379,[::1]:26380/capstan/2?sentinel_password=x'), {
     sentinels: [{ host: '10.0.0.1', port: 26379 }, { host: '::1', port: 26380 }],
