@@ -41,12 +41,13 @@ for _ in $(seq 100); do
   curl -sf "localhost:$gw_port/readyz" >/dev/null && curl -sf "localhost:$api_port/healthz" >/dev/null && break
   sleep 0.2
 done
+export BENCH_GIT="$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD 2>/dev/null || echo -dirty)"
 results=${REALTIME_RESULTS_DIR:-gateway/bench/results}
 mkdir -p "$results"
 out="$results/realtime-$SOURCE-$(date -u +%Y%m%dT%H%M%SZ).json"
 if [ "$SOURCE" = api ]; then source_args=(--api "http://127.0.0.1:$api_port")
 else source_args=(--amqp "$CAPSTAN_BROKER_URL" --namespace "$ns" --tenant "$tenant"); fi
 node ${BENCH_NODE_ARGS:-} gateway/dist/bench/realtime.js --gateway "http://127.0.0.1:$gw_port" "${source_args[@]}" \
-  --key "$key" --clients "$CLIENTS" --rate "$RATE" --seconds "$SECONDS_" --out "$out" \
-  --pids "api=$api_pid,relay=$relay_pid,audit=$audit_pid,gateway=$gw_pid,rabbitmq=$(pgrep -o beam.smp || true)"
+  --key "$key" --clients "$CLIENTS" --rate "$RATE" --seconds "$SECONDS_" --warmup "${WARMUP_SECONDS:-3}" --out "$out" \
+  --pids "api=$api_pid,relay=$relay_pid,audit=$audit_pid,gateway=$gw_pid,rabbitmq=$(pgrep -o beam.smp || true),postgres=comm:postgres"
 echo "results: $out (logs in $work)"

@@ -23,7 +23,7 @@ def test_the_realtime_bench_delivers_every_event_to_every_client(
     _need_gateway()
     for name in ("postgres", "redis", "rabbitmq"):
         service_url(name)  # the script finds them through scripts/services env
-    env = {**os.environ, "REALTIME_RESULTS_DIR": str(tmp_path)}
+    env = {**os.environ, "REALTIME_RESULTS_DIR": str(tmp_path), "WARMUP_SECONDS": "1"}
     run = subprocess.run(
         ["bash", str(GATEWAY / "bench" / "realtime.sh"), "20", "10", "2", source],
         env=env,
@@ -36,9 +36,13 @@ def test_the_realtime_bench_delivers_every_event_to_every_client(
     result = json.loads(path.read_text())
     assert result["source"] == source
     assert result["writes"] == 20 and result["write_errors"] == {}
-    assert result["deliveries"] == result["deliveries_expected"] == 20 * 20
+    warm = result["warmup_writes"]
+    assert warm == 10  # WARMUP_SECONDS=1 at 10/s, delivered but not measured
+    assert result["deliveries"] == result["deliveries_expected"] == (warm + 20) * 20
     assert result["disconnected_during_run"] == 0
-    assert result["latency_samples"] == 2 * 20  # clients 0 and 10 are the probes
+    assert result["latency_samples"] == 2 * 20  # clients 0 and 10 probe the measured writes
+    assert sum(s["samples"] for s in result["latency_by_second"]) == 2 * 20
     assert result["latency_ms"]["p50"] >= 0
-    assert {"api", "relay", "audit", "gateway", "rabbitmq"} <= set(result["cpu_seconds"])
+    roles = {"api", "relay", "audit", "gateway", "rabbitmq", "postgres"}
+    assert roles <= set(result["cpu_seconds"])
     assert result["gateway_bytes_per_connection"] != 0
