@@ -50,7 +50,7 @@ SUBSCRIBERS: dict[str, Callable[[Container], Subscriber]] = {
     "cache": lambda c: CacheSubscriber(c.cache, c.settings.cache_ttl_seconds),
     "audit": lambda c: AuditSubscriber(c.topology.realtime_exchange, c.fast),
     "notifier": lambda c: NotifierSubscriber(fast=c.fast),
-    "embedder": lambda c: EmbedderSubscriber(c.task_registry, c.settings),
+    "embedder": lambda c: EmbedderSubscriber(c.task_registry, c.settings, c.fast),
 }
 
 

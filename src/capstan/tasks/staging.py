@@ -8,16 +8,19 @@ message from the outbox, as it does for any task whose direct dispatch failed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from capstan.db.fastpath import FastPath
 from capstan.db.schema import Task
 from capstan.events.outbox import add_envelope
 from capstan.ids import uuid7
 from capstan.settings import Settings
+from capstan.tasks import statements
 from capstan.tasks.registry import TaskRegistry
 from capstan.tasks.service import dispatch, task_event
 
@@ -64,3 +67,55 @@ async def stage_task(
     add_envelope(session, task_event(settings.source, task, "queued"))
     dispatch(session, task, now)
     return task
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """One task to stage with `stage_many`."""
+
+    tenant_id: str
+    input: dict[str, Any]
+    idempotency_key: str
+
+
+async def stage_many(
+    fast: FastPath, registry: TaskRegistry, settings: Settings, type: str, wanted: list[Staged]
+) -> int:
+    """Stage tasks of one `type` on PostgreSQL in ONE statement, committed by itself (a
+    subscriber's batch, issue 11): each row with its `task.queued` event and its dispatch
+    message, as `stage_task` writes them; a taken idempotency key stages nothing. Returns how
+    many were created."""
+    task_type = registry.get(type)
+    now = datetime.now(UTC)
+    unique = {w.idempotency_key: w for w in wanted}  # one row per key, even in one batch
+    tasks: list[Task] = []
+    for w in unique.values():
+        task_type.input_model.model_validate(w.input)
+        tasks.append(
+            Task(
+                id=uuid7(),
+                tenant_id=w.tenant_id,
+                type=task_type.name,
+                status="queued",
+                attempts=0,
+                max_attempts=task_type.max_attempts or settings.task_default_max_attempts,
+                request_id=None,
+            )
+        )
+    events = [task_event(settings.source, task, "queued") for task in tasks]
+    row = await fast.fetchrow(
+        statements.STAGE_MANY,
+        [t.id for t in tasks],
+        [t.tenant_id for t in tasks],
+        [w.input for w in unique.values()],
+        list(unique),
+        [e["id"] for e in events],
+        events,
+        [uuid7() for _ in tasks],
+        task_type.name,
+        task_type.queue,
+        task_type.max_attempts or settings.task_default_max_attempts,
+        task_type.time_limit_seconds or settings.task_default_time_limit_seconds,
+        now,
+    )
+    return int(row["created"])

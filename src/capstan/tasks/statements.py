@@ -137,3 +137,37 @@ async def finish(
         event,
     )
     return row is not None
+
+
+# Tasks staged by a subscriber (capstan.tasks.staging.stage_many), all in ONE statement: the
+# rows, their `task.queued` events and their dispatch messages; nothing for a task whose
+# idempotency key is taken (a redelivered event), so no processed_events row is needed.
+# $1 ids, $2 tenant ids, $3 inputs, $4 idempotency keys, $5 event ids, $6 event envelopes,
+# $7 message ids, then $8 type, $9 queue, $10 max attempts, $11 time limit, $12 now.
+STAGE_MANY = f"""
+WITH wanted AS (
+  SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::text[],
+                       $6::jsonb[], $7::text[])
+         AS w(id, tenant_id, input, idempotency_key, event_id, envelope, message_id)
+), created AS (
+  INSERT INTO tasks (id, tenant_id, type, queue, priority, status, input, attempts,
+                     max_attempts, time_limit_seconds, idempotency_key, progress,
+                     cancel_requested, run_at, dispatched_at, created_at, updated_at)
+  SELECT w.id, w.tenant_id, $8::text, $9::text, 0, 'queued', w.input, 0, $10::int,
+         $11::float8, w.idempotency_key, 0, false, $12::timestamptz, $12::timestamptz,
+         $12::timestamptz, $12::timestamptz
+    FROM wanted w
+  ON CONFLICT DO NOTHING
+  RETURNING id
+), announced AS (
+  {OUTBOX_INSERT}
+  SELECT w.event_id, w.tenant_id, 'task.queued', 'tasks/' || w.id, 'events', w.envelope,
+         $12::timestamptz
+    FROM created c JOIN wanted w USING (id)
+  UNION ALL
+  SELECT w.message_id, w.tenant_id, $9::text, 'tasks/' || w.id, 'tasks',
+         jsonb_build_object('task_id', w.id, 'priority', 0), $12::timestamptz
+    FROM created c JOIN wanted w USING (id)
+)
+SELECT count(*) AS created FROM created
+"""
