@@ -60,16 +60,21 @@ export class Authenticator {
    * the Python API and CLI): drop the keys from the cache. Sessions are deleted in Redis by
    * whoever revoked, so the gateway sees them gone at once. Returns the key ids. */
   async pollRevocations(): Promise<string[]> {
-    const now = new Date();
-    const { rows } = await this.db.query<{ id: string; key_id: string }>(
-      'SELECT id::text AS id, key_id FROM auth_revocations WHERE effective_at >= $1 AND effective_at <= $2',
-      [new Date(this.revocationsSince.getTime() - REVOCATION_MARGIN_MS), now],
+    // Bounded by the database's clock, the one that stamped effective_at: bounding it by this
+    // process's clock skipped a revocation stamped "later" than it (clock skew, or the same
+    // millisecond, which Date truncates), until the next poll.
+    const { rows } = await this.db.query<{ at: Date; id: string | null; key_id: string | null }>(
+      `SELECT t.at, r.id::text AS id, r.key_id
+         FROM (SELECT now() AS at) t
+         LEFT JOIN auth_revocations r ON r.effective_at >= $1 AND r.effective_at <= t.at`,
+      [new Date(this.revocationsSince.getTime() - REVOCATION_MARGIN_MS)],
     );
-    const fresh = rows.filter((r) => !this.appliedRevocations.has(r.id));
+    const found = rows.filter((r): r is { at: Date; id: string; key_id: string } => r.id !== null);
+    const fresh = found.filter((r) => !this.appliedRevocations.has(r.id));
     const keys = [...new Set(fresh.map((r) => r.key_id))];
     this.forget(keys);
-    this.appliedRevocations = new Set(rows.map((r) => r.id));
-    this.revocationsSince = now;
+    this.appliedRevocations = new Set(found.map((r) => r.id));
+    this.revocationsSince = rows[0].at;
     return keys;
   }
 

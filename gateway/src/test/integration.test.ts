@@ -122,6 +122,34 @@ describe('gateway', { skip }, () => {
     assert.deepEqual(await h.services.auth.pollRevocations(), []); // applied once
   });
 
+  test('a revocation applies at the next poll even when the gateway clock is behind the database\'s', async () => {
+    // effective_at is the database's now(); a poll that bounded it by the gateway's own clock
+    // skipped a revocation stamped "later" than that clock: by clock skew, or by the
+    // millisecond the gateway's Date truncates (a flaky CI failure of the test above).
+    const get = (key: string) => fetch(`${h.url}/v1/documents/none`, { headers: { authorization: `Bearer ${key}` } });
+    const t = await h.tenant();
+    assert.equal((await get(t.key)).status, 404); // verified and cached
+    await h.db.query('INSERT INTO auth_revocations (key_id, tenant_id, effective_at) VALUES ($1, $2, now())', [t.keyId, t.id]);
+    const behind = Date.now() - 5_000;
+    const RealDate = Date;
+    class SlowDate extends RealDate {
+      constructor(...args: unknown[]) {
+        if (args.length === 0) super(behind);
+        else super(...(args as [string]));
+      }
+      static override now(): number {
+        return behind;
+      }
+    }
+    globalThis.Date = SlowDate as DateConstructor;
+    try {
+      await h.services.auth.pollRevocations(); // this one, or the gateway's timer before it
+    } finally {
+      globalThis.Date = RealDate;
+    }
+    assert.equal((await get(t.key)).status, 401);
+  });
+
   test('document reads follow the cache contract: miss fills, hit serves, tombstones refuse old fills', async () => {
     const t = await h.tenant();
     const id = '01a21780-0000-7000-8000-000000000001';
