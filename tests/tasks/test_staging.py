@@ -106,8 +106,11 @@ async def test_a_batch_is_staged_once_per_version_as_the_orm_path_stages_one(
     tenant = await _tenant(sessions)
     batch = [_event(tenant, "d1", 1), _event(tenant, "d2", 1), _event(tenant, "d1", 2)]
     batch.append(batch[0])  # a duplicate delivery inside the batch
+    neighbour = await _tenant(sessions)
+    batch.append(_event(neighbour, "d1", 1))  # the same key in another tenant: its own task
     results = await fast_embedder.apply_batch(batch)
-    assert [fresh for _, fresh in results] == [True] * 4
+    assert [fresh for _, fresh in results] == [True] * 5
+    assert len((await _staged(sessions, neighbour))["tasks"]) == 1
 
     staged = await _staged(sessions, tenant)
     keys = sorted(t.idempotency_key for t in staged["tasks"])

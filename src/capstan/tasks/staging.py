@@ -87,7 +87,8 @@ async def stage_many(
     many were created."""
     task_type = registry.get(type)
     now = datetime.now(UTC)
-    unique = {w.idempotency_key: w for w in wanted}  # one row per key, even in one batch
+    # One row per (tenant, key) even within one batch: keys are unique per tenant only.
+    unique = {(w.tenant_id, w.idempotency_key): w for w in wanted}
     tasks: list[Task] = []
     for w in unique.values():
         task_type.input_model.model_validate(w.input)
@@ -108,7 +109,7 @@ async def stage_many(
         [t.id for t in tasks],
         [t.tenant_id for t in tasks],
         [w.input for w in unique.values()],
-        list(unique),
+        [w.idempotency_key for w in unique.values()],
         [e["id"] for e in events],
         events,
         [uuid7() for _ in tasks],
