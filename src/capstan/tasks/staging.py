@@ -21,8 +21,40 @@ from capstan.events.outbox import add_envelope
 from capstan.ids import uuid7
 from capstan.settings import Settings
 from capstan.tasks import statements
-from capstan.tasks.registry import TaskRegistry
+from capstan.tasks.registry import TaskRegistry, TaskType
 from capstan.tasks.service import dispatch, task_event
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """One task a subscriber stages: for this tenant, with this input, once per key."""
+
+    tenant_id: str
+    input: dict[str, Any]
+    idempotency_key: str
+
+
+def _new_task(task_type: TaskType, settings: Settings, staged: Staged, now: datetime) -> Task:
+    """The queued, due task row both staging paths write (its input validated by the caller)."""
+    return Task(
+        id=uuid7(),
+        tenant_id=staged.tenant_id,
+        type=task_type.name,
+        queue=task_type.queue,
+        priority=0,
+        status="queued",
+        input=staged.input,
+        attempts=0,
+        max_attempts=task_type.max_attempts or settings.task_default_max_attempts,
+        time_limit_seconds=task_type.time_limit_seconds or settings.task_default_time_limit_seconds,
+        idempotency_key=staged.idempotency_key,
+        progress=0.0,
+        cancel_requested=False,
+        request_id=None,
+        run_at=now,
+        created_at=now,
+        updated_at=now,
+    )
 
 
 async def stage_task(
@@ -44,38 +76,11 @@ async def stage_task(
     if found is not None:
         return None
     now = datetime.now(UTC)
-    task = Task(
-        id=uuid7(),
-        tenant_id=tenant_id,
-        type=task_type.name,
-        queue=task_type.queue,
-        priority=0,
-        status="queued",
-        input=input,
-        attempts=0,
-        max_attempts=task_type.max_attempts or settings.task_default_max_attempts,
-        time_limit_seconds=task_type.time_limit_seconds or settings.task_default_time_limit_seconds,
-        idempotency_key=idempotency_key,
-        progress=0.0,
-        cancel_requested=False,
-        request_id=None,
-        run_at=now,
-        created_at=now,
-        updated_at=now,
-    )
+    task = _new_task(task_type, settings, Staged(tenant_id, input, idempotency_key), now)
     session.add(task)
     add_envelope(session, task_event(settings.source, task, "queued"))
     dispatch(session, task, now)
     return task
-
-
-@dataclass(frozen=True, slots=True)
-class Staged:
-    """One task to stage with `stage_many`."""
-
-    tenant_id: str
-    input: dict[str, Any]
-    idempotency_key: str
 
 
 async def stage_many(
@@ -89,34 +94,25 @@ async def stage_many(
     now = datetime.now(UTC)
     # One row per (tenant, key) even within one batch: keys are unique per tenant only.
     unique = {(w.tenant_id, w.idempotency_key): w for w in wanted}
-    tasks: list[Task] = []
+    if not unique:
+        return 0
     for w in unique.values():
         task_type.input_model.model_validate(w.input)
-        tasks.append(
-            Task(
-                id=uuid7(),
-                tenant_id=w.tenant_id,
-                type=task_type.name,
-                status="queued",
-                attempts=0,
-                max_attempts=task_type.max_attempts or settings.task_default_max_attempts,
-                request_id=None,
-            )
-        )
+    tasks = [_new_task(task_type, settings, w, now) for w in unique.values()]
     events = [task_event(settings.source, task, "queued") for task in tasks]
     row = await fast.fetchrow(
         statements.STAGE_MANY,
         [t.id for t in tasks],
         [t.tenant_id for t in tasks],
-        [w.input for w in unique.values()],
-        [w.idempotency_key for w in unique.values()],
+        [t.input for t in tasks],
+        [t.idempotency_key for t in tasks],
         [e["id"] for e in events],
         events,
         [uuid7() for _ in tasks],
         task_type.name,
         task_type.queue,
-        task_type.max_attempts or settings.task_default_max_attempts,
-        task_type.time_limit_seconds or settings.task_default_time_limit_seconds,
+        tasks[0].max_attempts,  # the type's, as every row's
+        tasks[0].time_limit_seconds,
         now,
     )
     return int(row["created"])
