@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from capstan.broker.port import Broker, Delivery, Message, QueueSpec
+from capstan.broker.port import Broker, BrokerUnavailable, Delivery, Message, QueueSpec
 
 
 @dataclass
@@ -375,3 +375,62 @@ async def test_ack_with_settles_exactly_the_batch(setup: Setup) -> None:
     await consumer.stop()
     assert [g[1] for g in again.got] == [second[0].message_id]
     assert {m.message_id for m in first}.isdisjoint(g[1] for g in again.got)
+
+
+async def test_parts_of_a_message_are_retried_and_dead_lettered_alone(setup: Setup) -> None:
+    """A message carrying several events settles each on its own: a part sent to retry comes
+    back alone with the attempt asked for, a part dead-lettered is kept alone with its reason,
+    and the message itself is acked once, never redelivered."""
+    spec = setup.spec("document.*")
+    await setup.broker.declare(spec)
+    retried = Message("document.updated", b"part-retried", "p-retry", {"tenantid": "t"})
+    dead = Message("document.deleted", b"part-dead", "p-dead", {"tenantid": "t"})
+    carrier = Message("batch", b"part-retried\npart-dead", "carrier", content_type="x/batch")
+    got: list[tuple[str, str, bytes, int]] = []
+    changed = asyncio.Event()
+
+    async def handler(delivery: Delivery) -> None:
+        message = delivery.message
+        got.append((message.routing_key, message.message_id, message.body, delivery.attempt))
+        if message.message_id == "carrier":
+            await delivery.retry_part(retried, 100, attempt=2)
+            await delivery.dead_letter_part(dead, "poison")
+        await delivery.ack()
+        changed.set()
+
+    consumer = await setup.broker.consume(spec, handler, prefetch=4)
+    await setup.broker.publish_to_queue(spec, [carrier], declare=False)
+    await _until(lambda: len(got) == 2)
+    await asyncio.sleep(0.3)  # room for the carrier to show up again if it were not acked
+    await consumer.stop()
+    assert got == [
+        ("batch", "carrier", b"part-retried\npart-dead", 1),
+        ("document.updated", "p-retry", b"part-retried", 2),
+    ]
+    letters = await setup.broker.dead_letters(spec)
+    for _ in range(50):
+        if letters:
+            break
+        await asyncio.sleep(0.05)
+        letters = await setup.broker.dead_letters(spec)
+    assert [(m.message_id, m.body, m.routing_key) for m in letters] == [
+        ("p-dead", b"part-dead", "document.deleted")
+    ]
+    assert letters[0].headers["x-capstan-death-reason"] == "poison"
+
+
+async def test_publishing_into_a_missing_queue_undeclared_is_an_error(setup: Setup) -> None:
+    spec = setup.spec("document.*")
+    with pytest.raises(BrokerUnavailable):
+        await setup.broker.publish_to_queue(
+            spec, [Message("batch", b"x", uuid.uuid4().hex)], declare=False
+        )
+
+
+async def test_a_mandatory_message_no_queue_takes_is_an_error(setup: Setup) -> None:
+    await setup.broker.declare(setup.spec("document.*"))
+    with pytest.raises(BrokerUnavailable):
+        await setup.publish("task.nobody-binds-this")
+    await setup.broker.publish(
+        [Message("task.nobody", b"x", uuid.uuid4().hex)], setup.exchange, mandatory=False
+    )

@@ -29,6 +29,7 @@ from capstan.db.engine import create_engine, sessionmaker
 from capstan.db.fastpath import FastPath
 from capstan.db.migrate import upgrade
 from capstan.db.schema import AuditEntry, ProcessedEvent
+from capstan.events.batch import batch_message
 from capstan.events.envelope import Event
 from capstan.events.realtime import read_batch
 from capstan.events.topology import Topology
@@ -645,3 +646,74 @@ async def test_stop_sends_the_follow_ups_of_every_committed_batch(env: Env) -> N
         if fast is not None:
             await fast.close()
     assert realtime == ids
+
+
+class Unordered(Recorder):
+    """The same effect, through the runner's one-message-at-a-time path."""
+
+    ordered: ClassVar[bool] = False
+
+
+def _carrier(parts: list[tuple[str, bytes]]) -> Message:
+    """What the relay sends a subscriber for one of its batches (capstan.events.batch)."""
+    return batch_message(parts)
+
+
+async def test_relay_batch_messages_are_applied_in_order_and_acked_once_applied(
+    env: Env,
+) -> None:
+    sent = _events(30, env.tenant)
+    ids = [m.message_id for m in sent]
+    fake = Recorder(env.effects)
+    metrics = Metrics()
+    runner = _runner(fake, env, metrics, ordered_batch=8)
+    await runner.start()
+    try:
+        await env.broker.publish_to_queue(
+            runner.spec,
+            [_carrier([(m.message_id, m.body) for m in part]) for part in (sent[:20], sent[20:])],
+        )
+        await _applied(env, len(ids))
+        await asyncio.sleep(SETTLE)
+    finally:
+        await runner.stop()
+    assert await _effects(env) == ids  # once each, in order
+    assert max(len(b) for b in fake.batches()) <= 8  # a transaction takes ordered_batch at most
+    assert await env.broker.queue_depth(runner.spec.name) == 0  # both messages acked
+    assert _consumed(metrics, "processed") == len(ids)
+
+
+@pytest.mark.parametrize("subscriber", [Recorder, Unordered])
+async def test_a_poison_event_and_a_malformed_line_in_a_relay_batch_are_dead_lettered_alone(
+    env: Env, subscriber: type[Recorder]
+) -> None:
+    sent = _events(10, env.tenant)
+    ids = [m.message_id for m in sent]
+    poison = ids[4]
+    fake = subscriber(env.effects, poison=poison)
+    metrics = Metrics()
+    runner = _runner(fake, env, metrics)
+    parts = [(m.message_id, m.body) for m in sent]
+    carrier = _carrier([*parts[:7], ("garbage", b"{not json"), *parts[7:]])
+
+    async def settled() -> bool:
+        dead = await env.broker.dead_letters(runner.spec)
+        return len(dead) == 2 and await _has(env, len(ids) - 1)
+
+    await runner.start()
+    try:
+        await env.broker.publish_to_queue(runner.spec, [carrier])
+        await _wait(settled, "the poison and the garbage dead-lettered, the rest applied")
+        await asyncio.sleep(SETTLE)
+    finally:
+        await runner.stop()
+    assert await _effects(env) == [i for i in ids if i != poison]
+    dead = {m.body: m for m in await env.broker.dead_letters(runner.spec)}
+    assert set(dead) == {sent[4].body, b"{not json"}
+    assert dead[sent[4].body].message_id == poison  # sent alone, as a one-event message
+    assert dead[sent[4].body].routing_key == "document.updated"
+    assert dead[b"{not json"].headers["x-capstan-death-reason"].startswith("malformed")
+    assert await env.broker.queue_depth(runner.spec.name) == 0  # the carrier was acked
+    assert _consumed(metrics, "processed") == len(ids) - 1
+    assert _consumed(metrics, "retried") == MAX_ATTEMPTS - 1
+    assert _consumed(metrics, "dead_lettered") == 2

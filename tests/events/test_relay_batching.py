@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
 from capstan.broker.memory import MemoryBroker
-from capstan.broker.port import QueueSpec
+from capstan.broker.port import Delivery, Message, QueueSpec
 from capstan.db.dialect import POSTGRESQL
 from capstan.db.engine import create_engine, sessionmaker
 from capstan.db.fastpath import FastPath
 from capstan.db.migrate import upgrade
+from capstan.events import batch
 from capstan.events.envelope import encode
 from capstan.events.outbox import OUTBOX_INSERT, envelope
 from capstan.observability.metrics import Metrics
@@ -45,7 +47,7 @@ async def database() -> AsyncIterator[str]:
 
 
 class Relay:
-    def __init__(self, url: str, linger: float) -> None:
+    def __init__(self, url: str, linger: float, declare: Sequence[QueueSpec] = ()) -> None:
         self.broker = MemoryBroker()
         self.metrics = Metrics()
         self.engine = create_engine(url, pool_size=2)
@@ -59,7 +61,7 @@ class Relay:
             poll_seconds=0.05,
             fast=self.fast,
             linger_seconds=linger,
-            declare=[QueueSpec("relay-test", ("#",))],
+            declare=declare or [QueueSpec("relay-test", ("#",))],
         )
         self.windows: list[float] = []
         self.window_open = asyncio.Event()
@@ -87,31 +89,35 @@ class Relay:
                 await asyncio.sleep(0.01)
 
 
-async def commit_events(url: str, n: int) -> None:
-    """`n` events, each in a transaction of its own (as n API writes would)."""
+async def commit_events(url: str, n: int, key: str = "document.updated") -> list[str]:
+    """`n` events, each in a transaction of its own (as n API writes would); their ids."""
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     conn = await asyncpg.connect(dsn)
+    entity, action = key.split(".")
+    ids = []
     try:
         for _ in range(n):
             env = envelope(
                 source="test",
-                entity="document",
-                action="updated",
+                entity=entity,
+                action=action,
                 tenant_id="t-relay",
                 subject=f"documents/{uuid.uuid4().hex}",
                 data={},
                 request_id=None,
             )
             await conn.execute(
-                f"{OUTBOX_INSERT} VALUES ($1, $2, 'document.updated', $3, 'events', $4::jsonb,"
-                " now())",
+                f"{OUTBOX_INSERT} VALUES ($1, $2, $3, $4, 'events', $5::jsonb, now())",
                 env["id"],
                 "t-relay",
+                key,
                 env["subject"],
                 encode(env).decode(),
             )
+            ids.append(env["id"])
     finally:
         await conn.close()
+    return ids
 
 
 @contextlib.asynccontextmanager
@@ -169,3 +175,49 @@ async def test_a_relay_without_the_lock_publishes_nothing(database: str) -> None
         await holder.close()
         await r.fast.close()
         await r.engine.dispose()
+
+
+async def test_each_subscriber_gets_a_batch_as_one_message_of_the_events_it_takes(
+    database: str,
+) -> None:
+    everything = QueueSpec("all-events", ("#",))
+    documents = QueueSpec("documents-only", ("document.*",))
+    nobody = QueueSpec("webhooks-only", ("webhook.*",))
+    ids = {
+        "doc": await commit_events(database, 2),
+        "task": await commit_events(database, 2, "task.succeeded"),
+        "doc2": await commit_events(database, 1, "document.deleted"),
+    }
+    r = Relay(database, linger=0.0, declare=[everything, documents, nobody])
+    try:
+        assert await r.relay.relay_once() == 5
+    finally:
+        await r.fast.close()
+        await r.engine.dispose()
+
+    got: dict[str, list[Message]] = {}
+    for spec in (everything, documents):
+        received: list[Message] = []
+
+        async def keep(delivery: Delivery, into: list[Message] = received) -> None:
+            into.append(delivery.message)
+            await delivery.ack()
+
+        consumer = await r.broker.consume(spec, keep, prefetch=10)
+        async with asyncio.timeout(DEADLINE):
+            while not received:  # noqa: ASYNC110 - the memory broker hands it over at once
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # room for a second message, were there one
+        await consumer.stop()
+        got[spec.name] = received
+
+    def event_ids(message: Message) -> list[str]:
+        assert batch.is_batch(message)
+        return [json.loads(line)["id"] for line in batch.lines(message)]
+
+    [every] = got["all-events"]
+    assert event_ids(every) == ids["doc"] + ids["task"] + ids["doc2"]  # commit order
+    assert every.headers["count"] == 5
+    [docs] = got["documents-only"]
+    assert event_ids(docs) == ids["doc"] + ids["doc2"]
+    assert await r.broker.queue_depth(nobody.name) == 0  # nothing it takes: no message

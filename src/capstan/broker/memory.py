@@ -86,16 +86,31 @@ class _MemoryDelivery:
         if self._consumer_gone("retry"):
             return
         self.settled = True
-        tier = self._queue.spec.retry_tier(delay_ms)
-        item = (self._message, self._attempt + 1 if count_attempt else self._attempt)
-        self._broker._later(tier / 1000, lambda: self._queue.put(item))
+        attempt = self._attempt + 1 if count_attempt else self._attempt
+        self._retry_copy(self._message, delay_ms, attempt)
 
     async def dead_letter(self, reason: str) -> None:
         if self._consumer_gone("dead letter"):
             return
         self.settled = True
-        headers = {**self._message.headers, "x-capstan-death-reason": reason}
-        self._queue.dead.append(_with_headers(self._message, headers))
+        self._dead_letter_copy(self._message, reason)
+
+    async def retry_part(self, part: Message, delay_ms: int, *, attempt: int) -> None:
+        if not self._consumer_gone("retry part"):
+            self._retry_copy(part, delay_ms, attempt)
+
+    async def dead_letter_part(self, part: Message, reason: str) -> None:
+        if not self._consumer_gone("dead letter part"):
+            self._dead_letter_copy(part, reason)
+
+    def _retry_copy(self, message: Message, delay_ms: int, attempt: int) -> None:
+        tier = self._queue.spec.retry_tier(delay_ms)
+        item = (message, attempt)
+        self._broker._later(tier / 1000, lambda: self._queue.put(item))
+
+    def _dead_letter_copy(self, message: Message, reason: str) -> None:
+        headers = {**message.headers, "x-capstan-death-reason": reason}
+        self._queue.dead.append(_with_headers(message, headers))
 
     def _consumer_gone(self, what: str) -> bool:
         # Like a closed AMQP channel: stopping the consumer already put the unsettled
@@ -158,10 +173,16 @@ class MemoryBroker:
             for queue in queues:
                 queue.put((message, 1))
 
-    async def publish_to_queue(self, spec: QueueSpec, messages: Sequence[Message]) -> None:
-        await self.declare(spec)
+    async def publish_to_queue(
+        self, spec: QueueSpec, messages: Sequence[Message], *, declare: bool = True
+    ) -> None:
+        if declare:
+            await self.declare(spec)
+        queue = self._queues.get(spec.name)
+        if queue is None:
+            raise BrokerUnavailable(f"no queue {spec.name!r}")
         for message in messages:
-            self._queues[spec.name].put((message, 1))
+            queue.put((message, 1))
 
     async def declare(self, spec: QueueSpec) -> None:
         self._queues.setdefault(spec.name, _Queue(spec))

@@ -84,6 +84,17 @@ class Delivery(Protocol):
 
     async def dead_letter(self, reason: str) -> None: ...
 
+    async def retry_part(self, part: Message, delay_ms: int, *, attempt: int) -> None:
+        """Put `part`, one of several events this message carries, into this queue's retry
+        tier for about `delay_ms`, to be delivered alone with `attempt`. This delivery stays
+        unsettled (the caller settles it once every part is); a no-op once the consumer is
+        stopping, as the whole message is then delivered again."""
+        ...
+
+    async def dead_letter_part(self, part: Message, reason: str) -> None:
+        """Dead-letter `part` alone (see retry_part); this delivery stays unsettled."""
+        ...
+
 
 Handler = Callable[[Delivery], Awaitable[None]]
 
@@ -113,8 +124,12 @@ class Broker(Protocol):
         than silently dropped."""
         ...
 
-    async def publish_to_queue(self, spec: QueueSpec, messages: Sequence[Message]) -> None:
-        """Publish straight into one queue (replays aimed at one subscriber), confirmed."""
+    async def publish_to_queue(
+        self, spec: QueueSpec, messages: Sequence[Message], *, declare: bool = True
+    ) -> None:
+        """Publish straight into one queue (the relay's batches, replays aimed at one
+        subscriber), confirmed. `declare=False` skips declaring a queue the caller already
+        declared; a queue that does not exist then is an error (BrokerUnavailable)."""
         ...
 
     async def declare(self, spec: QueueSpec) -> None:

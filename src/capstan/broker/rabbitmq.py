@@ -126,20 +126,32 @@ class _RabbitDelivery:
     async def retry(self, delay_ms: int, *, count_attempt: bool = True) -> None:
         if self._channel_closing("retry"):
             return
-        tier = self._spec.retry_tier(delay_ms)
         attempt = self._attempt + 1 if count_attempt else self._attempt
-        headers = {**self._message.headers, ATTEMPT_HEADER: attempt}
-        await self._broker._publish_to_queue(
-            f"{self._spec.name}.retry.{tier}", self._message, headers
-        )
+        await self._retry_copy(self._message, delay_ms, attempt)
         await self._ack("retry")
 
     async def dead_letter(self, reason: str) -> None:
         if self._channel_closing("dead letter"):
             return
-        headers = {**self._message.headers, REASON_HEADER: reason[:1000]}
-        await self._broker._publish_to_queue(self._spec.dead_letter_queue, self._message, headers)
+        await self._dead_letter_copy(self._message, reason)
         await self._ack("dead letter")
+
+    async def retry_part(self, part: Message, delay_ms: int, *, attempt: int) -> None:
+        if self._consumer is None or not self._consumer.closing:
+            await self._retry_copy(part, delay_ms, attempt)
+
+    async def dead_letter_part(self, part: Message, reason: str) -> None:
+        if self._consumer is None or not self._consumer.closing:
+            await self._dead_letter_copy(part, reason)
+
+    async def _retry_copy(self, message: Message, delay_ms: int, attempt: int) -> None:
+        tier = self._spec.retry_tier(delay_ms)
+        headers = {**message.headers, ATTEMPT_HEADER: attempt}
+        await self._broker._publish_to_queue(f"{self._spec.name}.retry.{tier}", message, headers)
+
+    async def _dead_letter_copy(self, message: Message, reason: str) -> None:
+        headers = {**message.headers, REASON_HEADER: reason[:1000]}
+        await self._broker._publish_to_queue(self._spec.dead_letter_queue, message, headers)
 
     def _channel_closing(self, settle: str) -> bool:
         """True once the consumer is stopping or its channel closed: the message goes back
@@ -322,7 +334,9 @@ class RabbitBroker:
         async with self._publisher_lock:
             if self._publisher is None or self._publisher.is_closed:
                 conn = await self._ready()
-                self._publisher = await conn.channel(publisher_confirms=True)
+                # on_return_raises: a mandatory message no queue takes is an error (the port's
+                # contract), not a confirm that hides it was dropped.
+                self._publisher = await conn.channel(publisher_confirms=True, on_return_raises=True)
                 self._exchanges.clear()
             return self._publisher
 
@@ -357,10 +371,13 @@ class RabbitBroker:
         except (TimeoutError, aio_pika.exceptions.AMQPError, OSError, RuntimeError) as exc:
             raise BrokerUnavailable(f"publish not confirmed: {exc!r}") from exc
 
-    async def publish_to_queue(self, spec: QueueSpec, messages: Sequence[Message]) -> None:
+    async def publish_to_queue(
+        self, spec: QueueSpec, messages: Sequence[Message], *, declare: bool = True
+    ) -> None:
         try:
             # Inside the try: a declaration on a connection that just dropped is an outage too.
-            await self.declare(spec)
+            if declare:
+                await self.declare(spec)
             await asyncio.gather(
                 *(self._publish_to_queue(spec.name, m, m.headers) for m in messages)
             )

@@ -8,6 +8,9 @@ from datetime import datetime
 from typing import Any
 
 TYPE_PREFIX = "capstan."
+# One event per message, and several (one envelope per line) per message.
+CONTENT_TYPE = "application/cloudevents+json"
+NDJSON = "application/x-ndjson"
 
 
 class MalformedEvent(ValueError):

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from capstan.broker.port import Message
-from capstan.events.envelope import Event, encode
+from capstan.events.envelope import NDJSON, Event, encode
 
-CONTENT_TYPE = "application/x-ndjson"
+CONTENT_TYPE = NDJSON
 ROUTING_KEY = "audited"
 
 

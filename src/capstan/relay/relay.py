@@ -13,10 +13,11 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from capstan.broker.port import Broker, BrokerUnavailable, Message, QueueSpec
+from capstan.broker.port import Broker, BrokerUnavailable, Message, QueueSpec, topic_matches
 from capstan.db.dialect import Dialect
 from capstan.db.fastpath import FastPath
 from capstan.db.schema import OutboxEvent
+from capstan.events.batch import batch_message
 from capstan.events.envelope import encode
 from capstan.events.topology import Topology
 from capstan.observability.metrics import Metrics
@@ -54,11 +55,13 @@ class OutboxRelay:
         linger_seconds: float = 0.0,
     ) -> None:
         self._topology = topology or Topology()
-        # Queues that must exist before anything is published, so no event is unroutable
-        # even if a subscriber starts after the relay; task queues are declared on first use.
+        # The subscribers' queues: each batch's events go to them (as one message per queue),
+        # declared before anything is published, so that no event is lost even if a
+        # subscriber starts after the relay; task queues are declared on first use.
         self._declare = list(declare)
         self._task_queue = task_queue
         self._declared: set[str] = set()
+        self._routes: dict[tuple[str, str], bool] = {}  # (queue, routing key) -> routed there
         self._engine = engine
         self._db = db
         self._broker = broker
@@ -207,14 +210,36 @@ class OutboxRelay:
         if self._task_queue is not None:
             for queue in {p.routing_key for p in pending if p.channel == "tasks"}:
                 await self._declare_once(self._task_queue(queue))
-        # Grouped by exchange; within each, rows keep their commit order.
-        for channel in dict.fromkeys(p.channel for p in pending):
-            await self._broker.publish(
-                [_message(p) for p in pending if p.channel == channel],
-                self._topology.exchange_for(channel),
-            )
+        tasks = [_task_message(p) for p in pending if p.channel == "tasks"]
+        if tasks:
+            await self._broker.publish(tasks, self._topology.tasks_exchange)
+        await self._fan_out([p for p in pending if p.channel == "events"])
         if self.fail_after_publish is not None:
             self.fail_after_publish()
+
+    async def _fan_out(self, events: list[_Pending]) -> None:
+        """Each subscriber gets the batch's events it takes as one message, in commit order
+        (capstan.events.batch), straight into its queue; confirmed together."""
+        sends = []
+        for spec in self._declare:
+            mine = [(p.event_id, p.body) for p in events if self._takes(spec, p.routing_key)]
+            if mine:
+                sends.append(
+                    self._broker.publish_to_queue(spec, [batch_message(mine)], declare=False)
+                )
+        try:
+            await asyncio.gather(*sends)
+        except BrokerUnavailable:
+            # A queue deleted under us, or a broker restarted without it: declare again.
+            self._declared.clear()
+            raise
+
+    def _takes(self, spec: QueueSpec, routing_key: str) -> bool:
+        key = (spec.name, routing_key)
+        takes = self._routes.get(key)
+        if takes is None:
+            takes = self._routes[key] = any(topic_matches(p, routing_key) for p in spec.patterns)
+        return takes
 
     def _count(self, pending: list[_Pending]) -> None:
         for p in pending:
@@ -288,13 +313,14 @@ class _Pending:
     priority: int
 
 
-def _message(p: _Pending) -> Message:
+def _task_message(p: _Pending) -> Message:
+    """A task's dispatch message (the outbox is the fallback of the publish after commit)."""
     return Message(
         routing_key=p.routing_key,
         body=p.body,
         message_id=p.event_id,
         headers={"tenantid": p.tenant_id},
-        content_type="application/json" if p.channel == "tasks" else "application/cloudevents+json",
+        content_type="application/json",
         priority=p.priority,
     )
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import ClassVar, Protocol
@@ -24,6 +24,7 @@ from capstan.broker.port import (
 )
 from capstan.db.schema import ProcessedEvent
 from capstan.db.upsert import insert_ignore
+from capstan.events import batch
 from capstan.events.envelope import Event, MalformedEvent, parse_event
 from capstan.events.topology import Topology
 from capstan.observability.context import reset_request_id, set_request_id
@@ -183,9 +184,35 @@ class SubscriberRunner:
             self._publisher = None
 
     async def on_delivery(self, delivery: Delivery) -> None:
-        event = await self._parse(delivery)
-        if event is not None:
-            await self._handle_one(delivery, event)
+        events = await self._events_of(delivery)
+        if self._apply_idempotent is not None and len(events) > 1:
+            # No transaction to share: a batch's events go at once (the indexer gathers them
+            # into its bulk requests).
+            await asyncio.gather(*(self._handle_one(d, e) for d, e in events))
+            return
+        for one, event in events:
+            await self._handle_one(one, event)
+
+    async def _events_of(self, delivery: Delivery) -> list[tuple[Delivery, Event]]:
+        """The events a delivery carries, each with the delivery that settles it: the
+        delivery itself for a one-event message, a part of it for a batch
+        (capstan.events.batch). Malformed ones are dead-lettered (alone) and left out."""
+        if not batch.is_batch(delivery.message):
+            event = await self._parse(delivery)
+            return [] if event is None else [(delivery, event)]
+        lines = batch.lines(delivery.message)
+        if not lines:
+            await delivery.ack()
+            return []
+        countdown = _Countdown(delivery, len(lines))
+        events: list[tuple[Delivery, Event]] = []
+        for line in lines:
+            part = _Part(countdown, line)
+            event = await self._parse(part)
+            if event is not None:
+                part.event = event
+                events.append((part, event))
+        return events
 
     async def _parse(self, delivery: Delivery) -> Event | None:
         """The delivery's event, or None once a malformed one has been dead-lettered."""
@@ -238,8 +265,12 @@ class SubscriberRunner:
                         settled.set_result(None)
 
     async def _handle_batch(self, deliveries: list[Delivery]) -> None:
-        parsed = [(d, await self._parse(d)) for d in deliveries]
-        events = [(d, e) for d, e in parsed if e is not None]
+        events = [e for delivery in deliveries for e in await self._events_of(delivery)]
+        # A relay batch may carry hundreds of events: at most `prefetch` per transaction.
+        for start in range(0, len(events), self._prefetch):
+            await self._apply_together(events[start : start + self._prefetch])
+
+    async def _apply_together(self, events: list[tuple[Delivery, Event]]) -> None:
         if len(events) <= 1:
             for delivery, event in events:
                 await self._handle_one(delivery, event)
@@ -261,8 +292,11 @@ class SubscriberRunner:
                 await self._handle_one(delivery, event)
             return
         await self._follow_up([outcome for _, _, outcome, _ in applied])
-        settled = [delivery for delivery, _, _, _ in applied]
-        await settled[-1].ack_with(settled[:-1])  # one frame on RabbitMQ when it can be
+        # The messages all of whose events are now settled, in arrival order: one frame on
+        # RabbitMQ when it can be.
+        settled = [m for d, _, _, _ in applied if (m := _settles(d)) is not None]
+        if settled:
+            await settled[-1].ack_with(settled[:-1])
         for _, event, _, fresh in applied:
             self._done(event, fresh, started)
         self._metrics.subscriber_batch.labels(self.name).observe(len(applied))
@@ -380,6 +414,77 @@ class SubscriberRunner:
         )
         await delivery.retry(delay)
         self._metrics.events_consumed.labels(name, "retried").inc()
+
+
+class _Countdown:
+    """A batch message and how many of its events are still unsettled."""
+
+    def __init__(self, delivery: Delivery, events: int) -> None:
+        self.delivery = delivery
+        self.left = events
+
+    def settle_one(self) -> Delivery | None:
+        """Count one event settled; the message once the last one is (to be acked)."""
+        self.left -= 1
+        return self.delivery if self.left == 0 else None
+
+
+class _Part:
+    """One event of a batch message, settled on its own: a retry or dead letter sends this
+    event alone (broker `retry_part`); the message is acked once its last event is settled.
+    Left unsettled (a stop, a crash), the whole message is delivered again: its events that
+    were applied are then duplicates, which subscribers absorb."""
+
+    def __init__(self, countdown: _Countdown, line: bytes) -> None:
+        self._countdown = countdown
+        self._line = line
+        self._settled = False
+        self.event: Event | None = None
+
+    @property
+    def message(self) -> Message:
+        return batch.part_message(self._line, self.event, self._countdown.delivery.message)
+
+    @property
+    def attempt(self) -> int:
+        return self._countdown.delivery.attempt
+
+    def settle(self) -> Delivery | None:
+        """Mark this event settled; the batch message if it is now to be acked."""
+        if self._settled:
+            return None
+        self._settled = True
+        return self._countdown.settle_one()
+
+    async def ack(self) -> None:
+        if (whole := self.settle()) is not None:
+            await whole.ack()
+
+    async def ack_with(self, earlier: Sequence[Delivery]) -> None:
+        for delivery in earlier:
+            await delivery.ack()
+        await self.ack()
+
+    async def retry(self, delay_ms: int, *, count_attempt: bool = True) -> None:
+        attempt = self.attempt + 1 if count_attempt else self.attempt
+        await self._countdown.delivery.retry_part(self.message, delay_ms, attempt=attempt)
+        await self.ack()
+
+    async def dead_letter(self, reason: str) -> None:
+        await self._countdown.delivery.dead_letter_part(self.message, reason)
+        await self.ack()
+
+    async def retry_part(self, part: Message, delay_ms: int, *, attempt: int) -> None:
+        await self._countdown.delivery.retry_part(part, delay_ms, attempt=attempt)
+
+    async def dead_letter_part(self, part: Message, reason: str) -> None:
+        await self._countdown.delivery.dead_letter_part(part, reason)
+
+
+def _settles(delivery: Delivery) -> Delivery | None:
+    """What to ack for `delivery` now that its event is applied: itself, its batch message
+    once the message's last event is, or nothing yet."""
+    return delivery.settle() if isinstance(delivery, _Part) else delivery
 
 
 def _outage(exc: BaseException) -> bool:
