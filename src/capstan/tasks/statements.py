@@ -17,13 +17,20 @@ from capstan.events.outbox import OUTBOX_INSERT, envelope_head, routing_key
 
 _TASK_COLUMNS = [c.name for c in Task.__table__.columns]
 
+# CLAIM and FINISH find their row by primary key only: the state guards compare
+# `status || ''` (and `worker_id || ''`), which no index can serve. asyncpg prepares each
+# statement once per connection and PostgreSQL may keep a generic plan costed on the
+# statistics of that moment: on a fresh database it chose ix_tasks_due / ix_tasks_worker with
+# the guard as the index condition, so that every claim walked every queued task
+# (tests/tasks/test_statement_plans.py).
+
 
 # $1 task id, $2 worker id, $3 now, $4 event id, $5 envelope head (no tenant/subject/data).
 CLAIM = f"""
 WITH claimed AS (
   UPDATE tasks SET status = 'running', attempts = attempts + 1, worker_id = $2,
          started_at = $3, updated_at = $3, progress = 0, progress_message = NULL
-   WHERE id = $1 AND status = 'queued' AND run_at <= $3
+   WHERE id = $1 AND status || '' = 'queued' AND run_at <= $3
   RETURNING *
 ), announced AS (
   {OUTBOX_INSERT}
@@ -54,7 +61,7 @@ WITH finished AS (
          worker_id = CASE WHEN $4::text = 'queued' THEN NULL ELSE worker_id END,
          progress = CASE WHEN $4::text = 'succeeded' THEN 1.0 ELSE progress END,
          updated_at = $9
-   WHERE id = $1 AND status = 'running' AND worker_id = $2 AND attempts = $3
+   WHERE id = $1 AND status || '' = 'running' AND worker_id || '' = $2 AND attempts = $3
   RETURNING id
 ), announced AS (
   {OUTBOX_INSERT}
