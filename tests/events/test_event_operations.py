@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from capstan.broker.port import Message
 from capstan.composition import event_flow
 from capstan.db.schema import AuditEntry
 from capstan.events.operations import dead_letters, replay
-from tests.conftest import Stack
+from capstan.events.outbox import add_envelope, add_task_message, envelope
+from tests.conftest import Stack, stack_settings, start_stack, stop_stack
 
 
 def _sample(stack: Stack, name: str, labels: dict[str, str]) -> float:
@@ -86,3 +89,56 @@ async def test_dead_letters_are_listed_and_requeued(stack: Stack) -> None:
         return dead >= 2
 
     await stack.until(dead_again, what="the requeued message to be consumed (and refused) again")
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "embedded",
+        pytest.param(
+            "production",
+            marks=[pytest.mark.postgres, pytest.mark.redis, pytest.mark.rabbitmq],
+        ),
+    ],
+)
+async def test_replay_sends_events_only_where_they_are_taken_and_skips_task_messages(
+    mode: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Only the indexer enabled: a task event no subscriber takes is not needed, not an
+    error; a task's dispatch message (the outbox's other channel) is not an event; a replay
+    aimed at one subscriber sends it only what it takes."""
+    settings = stack_settings(mode, request, tmp_path).model_copy(
+        update={"subscribers": ["indexer"]}
+    )
+    stack = await start_stack(settings, worker=False)
+    try:
+        tenant = await stack.api.tenant()
+        since = datetime.now(UTC) - timedelta(seconds=1)
+        async with stack.api.client(tenant.key) as http:
+            created = await http.post("/v1/documents", json={"body": "replayed"})
+            assert created.status_code == 201
+        async with stack.container.db.begin() as session:
+            add_envelope(
+                session,
+                envelope(
+                    source="test",
+                    entity="task",
+                    action="succeeded",
+                    tenant_id=tenant.id,
+                    subject="tasks/t-replay",
+                    data={"id": "t-replay"},
+                ),
+            )
+            add_task_message(
+                session, tenant_id=tenant.id, queue="default", task_id="t-replay", priority=0
+            )
+        flow = event_flow(stack.container)
+        # The document's event and the task event: both sent, the dispatch message left out.
+        assert await replay(flow, since, source="outbox", tenant_id=tenant.id) == 2
+        # Aimed at the indexer: only what it takes (the document's event).
+        assert (
+            await replay(flow, since, subscriber="indexer", source="outbox", tenant_id=tenant.id)
+            == 1
+        )
+    finally:
+        await stop_stack(stack)

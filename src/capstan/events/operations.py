@@ -10,7 +10,7 @@ from typing import Any, Literal
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from capstan.broker.port import Broker, Message, QueueSpec
+from capstan.broker.port import Broker, Message, QueueSpec, topic_matches
 from capstan.db.schema import AuditEntry, OutboxEvent, ProcessedEvent
 from capstan.events.envelope import encode
 from capstan.events.topology import Topology
@@ -75,16 +75,24 @@ async def replay(
             for _, env in batch
         ]
         if spec is None:
-            await c.broker.publish(messages, c.topology.events_exchange)
+            # To whichever subscribers take each event: one that none of the enabled
+            # subscribers takes is not needed, not an error (publish refuses unroutable
+            # mandatory messages, on RabbitMQ as in memory).
+            await c.broker.publish(messages, c.topology.events_exchange, mandatory=False)
         else:
-            async with c.db.begin() as session:
-                await session.execute(
-                    delete(ProcessedEvent).where(
-                        ProcessedEvent.subscriber == subscriber,
-                        ProcessedEvent.event_id.in_([m.message_id for m in messages]),
+            # Only what that subscriber takes (its queue is not bound to the others).
+            messages = [
+                m for m in messages if any(topic_matches(p, m.routing_key) for p in spec.patterns)
+            ]
+            if messages:
+                async with c.db.begin() as session:
+                    await session.execute(
+                        delete(ProcessedEvent).where(
+                            ProcessedEvent.subscriber == subscriber,
+                            ProcessedEvent.event_id.in_([m.message_id for m in messages]),
+                        )
                     )
-                )
-            await c.broker.publish_to_queue(spec, messages)
+                await c.broker.publish_to_queue(spec, messages)
         sent += len(messages)
         progress(len(messages))
 
@@ -105,7 +113,11 @@ async def _load(
         else:
             stmt = (
                 select(OutboxEvent.id, OutboxEvent.envelope)
-                .where(OutboxEvent.created_at >= since, OutboxEvent.id > after)
+                .where(
+                    OutboxEvent.channel == "events",  # not the task dispatch messages
+                    OutboxEvent.created_at >= since,
+                    OutboxEvent.id > after,
+                )
                 .order_by(OutboxEvent.id)
                 .limit(BATCH)
             )
