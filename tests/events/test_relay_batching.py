@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from capstan.broker.memory import MemoryBroker
-from capstan.broker.port import Delivery, Message, QueueSpec
+from capstan.broker.port import Broker, BrokerUnavailable, Delivery, Message, QueueSpec
 from capstan.db.dialect import POSTGRESQL
 from capstan.db.engine import create_engine, sessionmaker
 from capstan.db.fastpath import FastPath
@@ -47,8 +47,14 @@ async def database() -> AsyncIterator[str]:
 
 
 class Relay:
-    def __init__(self, url: str, linger: float, declare: Sequence[QueueSpec] = ()) -> None:
-        self.broker = MemoryBroker()
+    def __init__(
+        self,
+        url: str,
+        linger: float,
+        declare: Sequence[QueueSpec] = (),
+        broker: Broker | None = None,
+    ) -> None:
+        self.broker: Broker = broker or MemoryBroker()
         self.metrics = Metrics()
         self.engine = create_engine(url, pool_size=2)
         self.fast = FastPath(url, max_size=2)
@@ -221,3 +227,52 @@ async def test_each_subscriber_gets_a_batch_as_one_message_of_the_events_it_take
     [docs] = got["documents-only"]
     assert event_ids(docs) == ids["doc"] + ids["doc2"]
     assert await r.broker.queue_depth(nobody.name) == 0  # nothing it takes: no message
+
+
+@pytest.mark.rabbitmq
+async def test_a_subscriber_queue_deleted_under_the_relay_is_declared_again_and_nothing_lost(
+    database: str,
+) -> None:
+    import aio_pika
+
+    from capstan.broker.rabbitmq import RabbitBroker
+    from tests.conftest import delete_namespace
+
+    url = service_url("rabbitmq")
+    namespace = f"relayq{uuid.uuid4().hex[:8]}"
+    spec = QueueSpec(f"{namespace}.sub.all", ("#",), exchange=f"{namespace}.events")
+    broker = RabbitBroker(url)
+    await broker.connect()
+    r = Relay(database, linger=0.0, declare=[spec], broker=broker)
+    try:
+        [first] = await commit_events(database, 1)
+        assert await r.relay.relay_once() == 1  # declares the queue, then sends
+        connection = await aio_pika.connect(url)
+        async with connection:
+            channel = await connection.channel()
+            await channel.queue_delete(spec.name)  # an operator's mistake, or a reset node
+
+        [second] = await commit_events(database, 1)
+        with pytest.raises(BrokerUnavailable):  # unroutable: an error, not a silent drop
+            await r.relay.relay_once()
+        assert await r.relay.relay_once() == 1  # declared again, sent again
+
+        received: list[Message] = []
+
+        async def keep(delivery: Delivery) -> None:
+            received.append(delivery.message)
+            await delivery.ack()
+
+        consumer = await broker.consume(spec, keep, prefetch=10)
+        async with asyncio.timeout(DEADLINE):
+            while not received:  # noqa: ASYNC110 - a delivery, polled
+                await asyncio.sleep(0.02)
+        await consumer.stop()
+        ids = [json.loads(line)["id"] for m in received for line in batch.lines(m)]
+        assert ids == [second]  # the first went with the deleted queue; the second is kept
+        assert first != second
+    finally:
+        await r.fast.close()
+        await r.engine.dispose()
+        await broker.close()
+        await delete_namespace(url, namespace)

@@ -211,9 +211,15 @@ class OutboxRelay:
             for queue in {p.routing_key for p in pending if p.channel == "tasks"}:
                 await self._declare_once(self._task_queue(queue))
         tasks = [_task_message(p) for p in pending if p.channel == "tasks"]
-        if tasks:
-            await self._broker.publish(tasks, self._topology.tasks_exchange)
-        await self._fan_out([p for p in pending if p.channel == "events"])
+        try:
+            if tasks:
+                await self._broker.publish(tasks, self._topology.tasks_exchange)
+            await self._fan_out([p for p in pending if p.channel == "events"])
+        except BrokerUnavailable:
+            # Maybe a queue deleted under us (an unroutable message is an error), or a broker
+            # restarted without it: declare every queue again before the next try.
+            self._declared.clear()
+            raise
         if self.fail_after_publish is not None:
             self.fail_after_publish()
 
@@ -227,12 +233,7 @@ class OutboxRelay:
                 sends.append(
                     self._broker.publish_to_queue(spec, [batch_message(mine)], declare=False)
                 )
-        try:
-            await asyncio.gather(*sends)
-        except BrokerUnavailable:
-            # A queue deleted under us, or a broker restarted without it: declare again.
-            self._declared.clear()
-            raise
+        await asyncio.gather(*sends)
 
     def _takes(self, spec: QueueSpec, routing_key: str) -> bool:
         key = (spec.name, routing_key)
