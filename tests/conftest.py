@@ -85,6 +85,20 @@ def postgres_url() -> Iterator[str]:
     run_async(_admin_sql(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture
+async def fresh_postgres_url() -> AsyncIterator[str]:
+    """A migrated database of this test alone (no rows, no statistics yet), dropped after."""
+    base = service_url("postgres")
+    name = f"capstan_fresh_{uuid.uuid4().hex[:10]}"
+    await _admin_sql(base, f'CREATE DATABASE "{name}"')
+    try:
+        url = make_url(base).set(database=name).render_as_string(hide_password=False)
+        await upgrade(url)
+        yield url
+    finally:
+        await _admin_sql(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """The URL of an empty, unmigrated database of this test: a SQLite file, or a database on

@@ -22,13 +22,12 @@ from capstan.broker.port import Broker, BrokerUnavailable, Delivery, Message, Qu
 from capstan.db.dialect import POSTGRESQL
 from capstan.db.engine import create_engine, sessionmaker
 from capstan.db.fastpath import FastPath
-from capstan.db.migrate import upgrade
 from capstan.events import batch
 from capstan.events.envelope import encode
 from capstan.events.outbox import OUTBOX_INSERT, envelope
 from capstan.observability.metrics import Metrics
 from capstan.relay.relay import RELAY_LOCK_KEY, OutboxRelay
-from tests.conftest import _admin_sql, service_url
+from tests.conftest import service_url
 
 pytestmark = pytest.mark.postgres
 
@@ -36,14 +35,8 @@ DEADLINE = 30.0
 
 
 @pytest.fixture
-async def database() -> AsyncIterator[str]:
-    base = service_url("postgres")
-    name = f"capstan_relay_{uuid.uuid4().hex[:10]}"
-    await _admin_sql(base, f'CREATE DATABASE "{name}"')
-    url = make_url(base).set(database=name).render_as_string(hide_password=False)
-    await upgrade(url)
-    yield url
-    await _admin_sql(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def database(fresh_postgres_url: str) -> str:
+    return fresh_postgres_url
 
 
 class Relay:
@@ -245,7 +238,7 @@ async def test_a_subscriber_queue_deleted_under_the_relay_is_declared_again_and_
     await broker.connect()
     r = Relay(database, linger=0.0, declare=[spec], broker=broker)
     try:
-        [first] = await commit_events(database, 1)
+        await commit_events(database, 1)
         assert await r.relay.relay_once() == 1  # declares the queue, then sends
         connection = await aio_pika.connect(url)
         async with connection:
@@ -270,7 +263,6 @@ async def test_a_subscriber_queue_deleted_under_the_relay_is_declared_again_and_
         await consumer.stop()
         ids = [json.loads(line)["id"] for m in received for line in batch.lines(m)]
         assert ids == [second]  # the first went with the deleted queue; the second is kept
-        assert first != second
     finally:
         await r.fast.close()
         await r.engine.dispose()

@@ -12,7 +12,6 @@ here, on a freshly migrated database, which is where it went wrong."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -21,29 +20,19 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from capstan.db.migrate import upgrade
 from capstan.tasks import statements
-from tests.conftest import _admin_sql, service_url
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-async def fresh() -> AsyncIterator[asyncpg.Connection]:
-    base = service_url("postgres")
-    name = f"capstan_plans_{uuid.uuid4().hex[:10]}"
-    await _admin_sql(base, f'CREATE DATABASE "{name}"')
-    url = make_url(base).set(database=name)
+async def fresh(fresh_postgres_url: str) -> AsyncIterator[asyncpg.Connection]:
+    dsn = make_url(fresh_postgres_url).set(drivername="postgresql")
+    conn = await asyncpg.connect(dsn.render_as_string(hide_password=False))
     try:
-        await upgrade(url.render_as_string(hide_password=False))
-        dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        conn = await asyncpg.connect(dsn)
-        try:
-            yield conn
-        finally:
-            await conn.close()
+        yield conn
     finally:
-        await _admin_sql(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
 
 
 def _literal(value: Any) -> str:

@@ -19,7 +19,6 @@ from capstan.broker.port import (
     Handler,
     Message,
     QueueSpec,
-    topic_matches,
 )
 
 log = logging.getLogger(__name__)
@@ -161,8 +160,7 @@ class MemoryBroker:
             [
                 queue
                 for queue in self._queues.values()
-                if queue.spec.exchange == exchange
-                and any(topic_matches(p, message.routing_key) for p in queue.spec.patterns)
+                if queue.spec.exchange == exchange and queue.spec.takes(message.routing_key)
             ]
             for message in messages
         ]

@@ -38,6 +38,10 @@ class QueueSpec:
     exchange: str = "capstan.events"
     max_priority: int = 0  # > 0: higher-priority messages are delivered first
 
+    def takes(self, routing_key: str) -> bool:
+        """True when one of the queue's patterns binds `routing_key`."""
+        return any(topic_matches(p, routing_key) for p in self.patterns)
+
     @property
     def dead_letter_queue(self) -> str:
         return f"{self.name}.dead"

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from capstan.broker.port import Broker, Message, QueueSpec, topic_matches
+from capstan.broker.port import Broker, Message, QueueSpec
 from capstan.db.schema import AuditEntry, OutboxEvent, ProcessedEvent
 from capstan.events.envelope import encode
 from capstan.events.topology import Topology
@@ -81,9 +81,7 @@ async def replay(
             await c.broker.publish(messages, c.topology.events_exchange, mandatory=False)
         else:
             # Only what that subscriber takes (its queue is not bound to the others).
-            messages = [
-                m for m in messages if any(topic_matches(p, m.routing_key) for p in spec.patterns)
-            ]
+            messages = [m for m in messages if spec.takes(m.routing_key)]
             if messages:
                 async with c.db.begin() as session:
                     await session.execute(

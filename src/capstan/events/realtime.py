@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from capstan.broker.port import Message
+from capstan.events import batch
 from capstan.events.envelope import NDJSON, Event, encode
 
 CONTENT_TYPE = NDJSON
@@ -45,6 +46,6 @@ def batch_message(audited: Sequence[tuple[Event, int]]) -> Message:
 def read_batch(message: Message) -> list[dict[str, Any]]:
     """The envelopes of a realtime message, in order (for tests and tools; the gateway has
     its own reader)."""
-    if message.content_type != CONTENT_TYPE:
+    if not batch.is_batch(message):
         return [json.loads(message.body)]
-    return [json.loads(line) for line in message.body.split(b"\n") if line.strip()]
+    return [json.loads(line) for line in batch.lines(message)]

@@ -30,7 +30,3 @@ class Topology:
 
     def task_queue(self, queue: str) -> str:
         return f"{self.namespace}.tasks.{queue}"
-
-    def exchange_for(self, channel: str) -> str:
-        """The exchange an outbox row of `channel` is published to."""
-        return self.tasks_exchange if channel == "tasks" else self.events_exchange

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from capstan.broker.port import Broker, BrokerUnavailable, Message, QueueSpec, topic_matches
+from capstan.broker.port import Broker, BrokerUnavailable, Message, QueueSpec
 from capstan.db.dialect import Dialect
 from capstan.db.fastpath import FastPath
 from capstan.db.schema import OutboxEvent
@@ -239,7 +239,7 @@ class OutboxRelay:
         key = (spec.name, routing_key)
         takes = self._routes.get(key)
         if takes is None:
-            takes = self._routes[key] = any(topic_matches(p, routing_key) for p in spec.patterns)
+            takes = self._routes[key] = spec.takes(routing_key)
         return takes
 
     def _count(self, pending: list[_Pending]) -> None:

@@ -19,7 +19,7 @@ from datetime import datetime
 from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from capstan.broker.port import Broker, Message, QueueSpec, topic_matches
+from capstan.broker.port import Broker, Message, QueueSpec
 from capstan.db.schema import OutboxEvent, ProcessedEvent
 from capstan.events.envelope import encode
 
@@ -66,11 +66,7 @@ async def replay_unhandled(
             if not rows:
                 break
             after = rows[-1].id
-            messages = [
-                _message(row)
-                for row in rows
-                if any(topic_matches(p, row.routing_key) for p in spec.patterns)
-            ]
+            messages = [_message(row) for row in rows if spec.takes(row.routing_key)]
             if messages:
                 await broker.publish_to_queue(spec, messages)
                 count += len(messages)

@@ -24,7 +24,7 @@ from capstan.ids import uuid7
 from capstan.observability.context import current_request_id
 from capstan.settings import Settings
 from capstan.tasks import statements
-from capstan.tasks.registry import TaskRegistry
+from capstan.tasks.registry import TaskRegistry, TaskType
 from capstan.tasks.schemas import TaskRead, TaskSubmit
 from capstan.worker.queues import task_queue_spec
 
@@ -109,6 +109,47 @@ def dispatch(session: AsyncSession, task: Task, now: datetime) -> None:
     )
 
 
+def new_task(
+    task_type: TaskType,
+    settings: Settings,
+    *,
+    tenant_id: str,
+    input: dict[str, Any],
+    idempotency_key: str | None,
+    now: datetime,
+    queue: str | None = None,
+    priority: int = 0,
+    max_attempts: int | None = None,
+    time_limit_seconds: float | None = None,
+    request_id: str | None = None,
+    run_at: datetime | None = None,
+) -> Task:
+    """A new queued task of `task_type` (its input validated by the caller): the row the API's
+    submit and a subscriber's staging write alike, with the type's and then the settings'
+    defaults where the caller gives none."""
+    return Task(
+        id=uuid7(),
+        tenant_id=tenant_id,
+        type=task_type.name,
+        queue=queue or task_type.queue,
+        priority=priority,
+        status="queued",
+        input=input,
+        attempts=0,
+        max_attempts=max_attempts or task_type.max_attempts or settings.task_default_max_attempts,
+        time_limit_seconds=time_limit_seconds
+        or task_type.time_limit_seconds
+        or settings.task_default_time_limit_seconds,
+        idempotency_key=idempotency_key,
+        progress=0.0,
+        cancel_requested=False,
+        request_id=request_id,
+        run_at=run_at or now,
+        created_at=now,
+        updated_at=now,
+    )
+
+
 class TaskService:
     def __init__(
         self,
@@ -155,26 +196,19 @@ class TaskService:
         if run_at.tzinfo is None:
             run_at = run_at.replace(tzinfo=UTC)
         s = self._settings
-        task = Task(
-            id=uuid7(),
+        task = new_task(
+            task_type,
+            s,
             tenant_id=tenant_id,
-            type=task_type.name,
-            queue=body.queue or task_type.queue,
-            priority=body.priority,
-            status="queued",
             input=body.input,
-            attempts=0,
-            max_attempts=body.max_attempts or task_type.max_attempts or s.task_default_max_attempts,
-            time_limit_seconds=body.time_limit_seconds
-            or task_type.time_limit_seconds
-            or s.task_default_time_limit_seconds,
             idempotency_key=body.idempotency_key,
-            progress=0.0,
-            cancel_requested=False,
+            now=now,
+            queue=body.queue,
+            priority=body.priority,
+            max_attempts=body.max_attempts,
+            time_limit_seconds=body.time_limit_seconds,
             request_id=current_request_id(),
             run_at=run_at,
-            created_at=now,
-            updated_at=now,
         )
         due = run_at <= now
         if due:

@@ -22,7 +22,7 @@ from capstan.ids import uuid7
 from capstan.settings import Settings
 from capstan.tasks import statements
 from capstan.tasks.registry import TaskRegistry, TaskType
-from capstan.tasks.service import dispatch, task_event
+from capstan.tasks.service import dispatch, new_task, task_event
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,25 +35,14 @@ class Staged:
 
 
 def _new_task(task_type: TaskType, settings: Settings, staged: Staged, now: datetime) -> Task:
-    """The queued, due task row both staging paths write (its input validated by the caller)."""
-    return Task(
-        id=uuid7(),
+    """The queued, due task both staging paths write (its input validated by the caller)."""
+    return new_task(
+        task_type,
+        settings,
         tenant_id=staged.tenant_id,
-        type=task_type.name,
-        queue=task_type.queue,
-        priority=0,
-        status="queued",
         input=staged.input,
-        attempts=0,
-        max_attempts=task_type.max_attempts or settings.task_default_max_attempts,
-        time_limit_seconds=task_type.time_limit_seconds or settings.task_default_time_limit_seconds,
         idempotency_key=staged.idempotency_key,
-        progress=0.0,
-        cancel_requested=False,
-        request_id=None,
-        run_at=now,
-        created_at=now,
-        updated_at=now,
+        now=now,
     )
 
 
