@@ -50,7 +50,7 @@ SUBSCRIBERS: dict[str, Callable[[Container], Subscriber]] = {
     "cache": lambda c: CacheSubscriber(c.cache, c.settings.cache_ttl_seconds),
     "audit": lambda c: AuditSubscriber(c.topology.realtime_exchange, c.fast),
     "notifier": lambda c: NotifierSubscriber(fast=c.fast),
-    "embedder": lambda c: EmbedderSubscriber(c.task_registry, c.settings, c.fast),
+    "embedder": lambda c: EmbedderSubscriber(c.task_registry, c.settings, c.fast, c.wake_relays),
 }
 
 
@@ -160,7 +160,7 @@ def build_worker(
             write_seconds=s.task_progress_write_seconds,
         ),
         middleware=worker_middleware(c) if middleware is None else middleware,
-        wake=c.outbox_wakeup.set,
+        wake=c.wake_relays,
         fast=c.fast,
         worker_id=worker_id,
     )
@@ -195,7 +195,7 @@ def build_maintenance(c: Container) -> TaskMaintenance:
         broker=c.broker,
         topology=c.topology,
         metrics=c.metrics,
-        wake=c.outbox_wakeup.set,
+        wake=c.wake_relays,
         dialect=c.dialect,
     )
 

@@ -8,6 +8,7 @@ uses, explicitly."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ from capstan.db.replica import ReadRouter
 from capstan.documents.cache import CacheAside
 from capstan.documents.service import DocumentStore
 from capstan.embeddings.wiring import Embeddings, build_embeddings
+from capstan.events.doorbell import OUTBOX_CHANNEL, OutboxDoorbell
 from capstan.events.topology import Topology
 from capstan.observability.metrics import Metrics
 from capstan.search.elasticsearch import ElasticsearchEngine
@@ -66,6 +68,9 @@ class Container:
     documents_cache: CacheAside  # the store's; the lean read route serves its hits
     # Set after each committed write: wakes an in-process relay without polling.
     outbox_wakeup: asyncio.Event
+    # What every writer calls after a commit that staged outbox rows: sets `outbox_wakeup`
+    # and rings the relays of other processes (capstan.events.doorbell).
+    wake_relays: Callable[[], None]
     # The search flow: the database engine always, Elasticsearch when configured (`search`).
     searcher: SearchService
     # Vector stores (docs/embeddings.md): the database's always, Elasticsearch's when configured.
@@ -210,6 +215,7 @@ def build_container(settings: Settings) -> Container:
     )
     aside = CacheAside(cache, metrics, Generations(db), ttl_seconds=settings.cache_ttl_seconds)
     outbox_wakeup = asyncio.Event()
+    wake_relays = _relay_waker(settings, dialect, engine, fast, outbox_wakeup, closers)
     task_registry = TaskRegistry()
     topology = Topology(settings.broker_namespace)
     c = Container(
@@ -235,17 +241,18 @@ def build_container(settings: Settings) -> Container:
         ),
         revocations=RevocationWatcher(db, auth, poll_seconds=settings.auth_revocation_poll_seconds),
         documents=DocumentStore(
-            db, dialect, aside, settings.source, on_commit=outbox_wakeup.set, reads=reads, fast=fast
+            db, dialect, aside, settings.source, on_commit=wake_relays, reads=reads, fast=fast
         ),
         documents_cache=aside,
         outbox_wakeup=outbox_wakeup,
+        wake_relays=wake_relays,
         searcher=searcher,
         task_registry=task_registry,
         tasks=TaskService(
             db,
             task_registry,
             settings,
-            on_commit=outbox_wakeup.set,
+            on_commit=wake_relays,
             # Direct dispatch only onto a broker other processes share: an in-memory queue
             # would keep the task from the `capstan dev` server that shares this data dir;
             # the outbox reaches it (and is as quick in one process: the relay wakes at once).
@@ -285,3 +292,24 @@ def register_task_types(c: Container) -> None:
     if c.settings.tasks_enable_test_handlers:
         testing.register(c.task_registry)
     load_plugins(c.task_registry)
+
+
+def _relay_waker(
+    settings: Settings,
+    dialect: Dialect,
+    engine: AsyncEngine,
+    fast: FastPath | None,
+    wakeup: asyncio.Event,
+    closers: list[Any],
+) -> Callable[[], None]:
+    notify = dialect.notifier(engine, OUTBOX_CHANNEL, fast)
+    if notify is None:  # no server notifications: the relay that matters is in this process
+        return wakeup.set
+    doorbell = OutboxDoorbell(notify, spacing=settings.outbox_linger_ms / 1000)
+    closers.append(doorbell.close)
+
+    def wake_relays() -> None:
+        wakeup.set()
+        doorbell.ring()
+
+    return wake_relays

@@ -173,7 +173,7 @@ async def _fix_document(c: Container, doc_id: str, tenant_id: str, fields: dict[
                 "tags": fixed["tags"],
             },
         )
-    c.outbox_wakeup.set()
+    c.wake_relays()
     await c.cache.invalidate(
         document_key(tenant_id, doc_id), row.version, c.settings.cache_ttl_seconds
     )

@@ -73,7 +73,7 @@ async def test_existing_documents_are_rendered_as_the_api_serializes_them(
     finally:
         await engine.dispose()
 
-    assert await upgrade(empty_database) == ["0010"]
+    assert await upgrade(empty_database, "0010") == ["0010"]
 
     engine = create_engine(empty_database, pool_size=1)
     try:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from sqlalchemy import (
@@ -139,6 +140,13 @@ class Dialect(ABC):
         """Call `wake` on every notification on `channel` until `stopping` is set. Without
         server notifications this returns at once: writers in the process wake readers
         directly (Container.outbox_wakeup)."""
+        return None
+
+    def notifier(
+        self, engine: AsyncEngine, channel: str, fast: FastPath | None
+    ) -> Callable[[], Awaitable[object]] | None:
+        """A coroutine function that notifies `channel`'s listeners in other processes
+        (capstan.events.doorbell); None without server notifications."""
         return None
 
 
@@ -266,6 +274,23 @@ class PostgresDialect(Dialect):
                 if conn is not None and not conn.is_closed():
                     with contextlib.suppress(Exception):
                         await conn.close(timeout=2)
+
+    def notifier(
+        self, engine: AsyncEngine, channel: str, fast: FastPath | None
+    ) -> Callable[[], Awaitable[object]] | None:
+        # One simple query is one implicit transaction: SET LOCAL applies to this NOTIFY only,
+        # whose commit then does not wait for the WAL flush (see capstan.events.doorbell).
+        sql = f"SET LOCAL synchronous_commit = off; NOTIFY {channel}"
+        if fast is not None:
+            return functools.partial(fast.execute, sql)
+
+        async def notify() -> None:
+            async with engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                driver: Any = raw.driver_connection  # asyncpg's, outside SQLAlchemy's
+                await driver.execute(sql)
+
+        return notify
 
 
 _TRY_XACT_LOCK = select(func.pg_try_advisory_xact_lock(bindparam("k", type_=BigInteger)))

@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 AfterCommit = Callable[[], Awaitable[None] | None]
@@ -44,3 +45,9 @@ async def unit_of_work(db: async_sessionmaker[Any]) -> AsyncIterator[UnitOfWork]
         uow = UnitOfWork(session)
         yield uow
     await uow._committed()
+
+
+def call_after_commit(session: AsyncSession, hook: Callable[[], None]) -> None:
+    """Call `hook` once `session`'s transaction has committed (never if it rolls back): for
+    code handed a session rather than a UnitOfWork (subscriber handlers)."""
+    event.listen(session.sync_session, "after_commit", lambda _session: hook(), once=True)

@@ -6,6 +6,7 @@ Invariants:
 - batches are serialized by a PostgreSQL advisory lock, so several relays can run for
   availability while events leave in commit order (per-subject order is the order of commits,
   because writers of one subject hold its row lock until they commit);
-- relays wake on LISTEN/NOTIFY (PostgreSQL) or an in-process signal (embedded), and poll as a
-  safety net.
+- relays wake on LISTEN/NOTIFY (PostgreSQL: writers notify after their commit, never from
+  the writing transaction; capstan.events.doorbell) or an in-process signal (embedded), and
+  poll as a safety net.
 """

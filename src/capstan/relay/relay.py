@@ -18,6 +18,7 @@ from capstan.db.dialect import Dialect
 from capstan.db.fastpath import FastPath
 from capstan.db.schema import OutboxEvent
 from capstan.events.batch import batch_message
+from capstan.events.doorbell import OUTBOX_CHANNEL
 from capstan.events.envelope import encode
 from capstan.events.topology import Topology
 from capstan.observability.metrics import Metrics
@@ -32,7 +33,6 @@ CLEANUP_EVERY_SECONDS = 60.0
 GAUGES_EVERY_SECONDS = 2.0
 # After a failed batch: 0.5, 1, 2, 4, then 5 s until one succeeds (one loop: no jitter).
 RETRY = Backoff(0.5, 5.0, jitter="none")
-OUTBOX_CHANNEL = "capstan_outbox"
 
 
 class OutboxRelay:
@@ -86,7 +86,7 @@ class OutboxRelay:
     async def run(self, stopping: asyncio.Event) -> None:
         """Relay until `stopping` is set."""
         # Commits on other processes wake us through the database's notifications, where it
-        # has them (triggers NOTIFY capstan_outbox; migration 0002).
+        # has them (their processes NOTIFY capstan_outbox after committing: events/doorbell.py).
         listener = asyncio.create_task(
             self._dialect.listen(self._engine, OUTBOX_CHANNEL, self._wakeup.set, stopping)
         )

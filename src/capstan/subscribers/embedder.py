@@ -18,6 +18,7 @@ from typing import ClassVar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from capstan.db.fastpath import FastPath
+from capstan.db.unit import call_after_commit
 from capstan.events.envelope import Event
 from capstan.settings import Settings
 from capstan.subscribers.runtime import ApplyBatch, Outcome
@@ -35,11 +36,18 @@ class EmbedderSubscriber:
     batched: ClassVar[bool] = True
 
     def __init__(
-        self, registry: TaskRegistry, settings: Settings, fast: FastPath | None = None
+        self,
+        registry: TaskRegistry,
+        settings: Settings,
+        fast: FastPath | None = None,
+        wake: Callable[[], None] = lambda: None,
     ) -> None:
+        """`wake()` after a commit that staged tasks: their events and dispatch messages wait
+        in the outbox (Container.wake_relays)."""
         self._registry = registry
         self._settings = settings
         self._fast = fast
+        self._wake = wake
         # Embeddings off: every event is ignored without a transaction (runtime.py's
         # idempotent path), so the subscriber costs next to nothing.
         self.apply_idempotent: Callable[[Event], Awaitable[Outcome | None]] | None = (
@@ -54,9 +62,11 @@ class EmbedderSubscriber:
 
     async def _apply_fast(self, events: list[Event]) -> list[tuple[Outcome | None, bool]]:
         assert self._fast is not None
-        await stage_many(
+        created = await stage_many(
             self._fast, self._registry, self._settings, TYPE, [_staged(e) for e in events]
         )
+        if created:
+            self._wake()
         # Duplicates stage nothing (the idempotency key); they are not told apart here.
         return [(None, True)] * len(events)
 
@@ -64,7 +74,7 @@ class EmbedderSubscriber:
         if TYPE not in self._registry:  # embeddings turned off: nothing to submit
             return None
         staged = _staged(event)
-        await stage_task(
+        task = await stage_task(
             session,
             self._registry,
             self._settings,
@@ -73,6 +83,8 @@ class EmbedderSubscriber:
             input=staged.input,
             idempotency_key=staged.idempotency_key,
         )
+        if task is not None:
+            call_after_commit(session, self._wake)
         return None
 
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from sqlalchemy import event as sa_event
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from capstan.broker.port import topic_matches
 from capstan.db.fastpath import FastPath
 from capstan.db.schema import Webhook, WebhookDelivery
+from capstan.db.unit import call_after_commit
 from capstan.db.upsert import insert_ignore
 from capstan.events.envelope import Event
 from capstan.subscribers.runtime import ApplyBatch, Outcome
@@ -105,10 +105,5 @@ class NotifierSubscriber:
                 },
             )
         if created and self._wake is not None:
-            wake = self._wake
-
-            def after_commit(_session: Any) -> None:
-                wake()
-
-            sa_event.listen(session.sync_session, "after_commit", after_commit, once=True)
+            call_after_commit(session, self._wake)
         return None

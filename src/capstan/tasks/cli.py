@@ -157,7 +157,7 @@ async def _drain(c: Container, background: Any, subject: str, seconds: float = 1
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while loop.time() < deadline:
-        c.outbox_wakeup.set()
+        c.wake_relays()
         async with c.db() as session:
             unpublished = await session.scalar(
                 select(func.count())

@@ -1,0 +1,80 @@
+"""Waking the outbox relays of other processes once a commit has staged outbox rows.
+
+A relay in another process learns of new rows from a PostgreSQL notification
+(`LISTEN capstan_outbox`). The writing statements must not send it themselves: PostgreSQL
+serializes the commits of every transaction that sent a NOTIFY, holding one database-wide
+lock from before the commit record until its WAL flush is done, so a NOTIFY from each write
+(the trigger of migrations 0002-0010) put every commit of the database in one line: 1,261 of
+1,400 samples of the busy backends waited on that lock in the tasks benchmark (issue 11).
+
+Instead each process rings after its commits, in a transaction of its own that does not wait
+for the WAL flush (the lock is then held for microseconds): at most one ring in flight and one
+per `spacing` seconds; the rings in between fold into the next. A relay drains the outbox
+once woken, and under load gathers a batch for `CAPSTAN_OUTBOX_LINGER_MS` anyway, so rings
+closer than that cannot publish anything sooner. A ring lost (the database down, the process
+killed after its commit) costs latency, never an event: relays also poll
+(`CAPSTAN_OUTBOX_POLL_SECONDS`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+OUTBOX_CHANNEL = "capstan_outbox"
+
+
+class OutboxDoorbell:
+    """`ring()` after a commit that staged outbox rows; relays elsewhere are notified soon."""
+
+    def __init__(self, notify: Callable[[], Awaitable[object]], *, spacing: float) -> None:
+        """`notify()` sends one notification (Dialect.notifier)."""
+        self._notify = notify
+        self._spacing = spacing
+        self._rung = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+        self.sent = 0  # notifications sent (tests, the benchmark's accounting)
+
+    def ring(self) -> None:
+        self._rung.set()
+        if self._task is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a synchronous caller): the relays' poll covers it
+                return
+            self._task = loop.create_task(self._run(), name="outbox-doorbell")
+
+    async def _run(self) -> None:
+        while True:
+            await self._rung.wait()
+            self._rung.clear()
+            started = time.monotonic()
+            try:
+                await self._notify()
+                self.sent += 1
+                if self._failing:
+                    self._failing = False
+                    log.info("outbox doorbell: notifying relays again")
+            except Exception as exc:
+                if not self._failing:  # once per outage, not once per commit
+                    self._failing = True
+                    log.warning(
+                        "outbox doorbell: could not notify relays; they poll meanwhile",
+                        extra={"error": repr(exc)},
+                    )
+            rest = self._spacing - (time.monotonic() - started)
+            if rest > 0:
+                await asyncio.sleep(rest)
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
