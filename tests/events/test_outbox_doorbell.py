@@ -106,6 +106,20 @@ async def test_rings_during_a_notification_fold_into_one_and_failures_do_not_sto
     await bell.close()
 
 
+async def test_a_ring_not_sent_yet_is_sent_on_close() -> None:
+    calls: list[int] = []
+
+    async def notify() -> None:
+        calls.append(1)
+
+    bell = OutboxDoorbell(notify, spacing=0.0)
+    bell.ring()  # its task has not run yet: a command that closes right after its commit
+    await bell.close()
+    assert calls == [1]
+    await bell.close()  # nothing pending: nothing sent
+    assert calls == [1]
+
+
 async def until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(DEADLINE):
         while not condition():  # noqa: ASYNC110 - plain state of this test

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 log = logging.getLogger(__name__)
 
 OUTBOX_CHANNEL = "capstan_outbox"
+CLOSE_SECONDS = 2.0
 
 
 class OutboxDoorbell:
@@ -38,10 +39,14 @@ class OutboxDoorbell:
         self._spacing = spacing
         self._rung = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._sending = False
         self._failing = False
-        self.sent = 0  # notifications sent (tests, the benchmark's accounting)
+        self._closed = False
+        self.sent = 0  # notifications sent (tests)
 
     def ring(self) -> None:
+        if self._closed:
+            return
         self._rung.set()
         if self._task is None:
             try:
@@ -55,6 +60,7 @@ class OutboxDoorbell:
             await self._rung.wait()
             self._rung.clear()
             started = time.monotonic()
+            self._sending = True
             try:
                 await self._notify()
                 self.sent += 1
@@ -68,13 +74,25 @@ class OutboxDoorbell:
                         "outbox doorbell: could not notify relays; they poll meanwhile",
                         extra={"error": repr(exc)},
                     )
+            finally:
+                self._sending = False
             rest = self._spacing - (time.monotonic() - started)
             if rest > 0:
                 await asyncio.sleep(rest)
 
     async def close(self) -> None:
+        """Stop; a ring not sent yet is sent first (a CLI command closes right after its
+        commit, and its relay should not wait for the poll)."""
+        pending = self._rung.is_set() or self._sending
+        self._rung.clear()
+        self._closed = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if pending:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(CLOSE_SECONDS):
+                    await self._notify()
+                self.sent += 1
