@@ -106,6 +106,23 @@ async def test_rings_during_a_notification_fold_into_one_and_failures_do_not_sto
     await bell.close()
 
 
+async def test_a_failed_notification_is_tried_again_once() -> None:
+    calls: list[int] = []
+
+    async def notify() -> None:
+        calls.append(1)
+        await asyncio.sleep(0)  # as a real round trip yields: a retry loop would show
+        raise OSError("connection lost")  # a pooled connection a restart closed, then down
+
+    bell = OutboxDoorbell(notify, spacing=0.0)
+    bell.ring()
+    await until(lambda: len(calls) >= 2)
+    for _ in range(10):  # nothing more without a new ring: no loop against a server down
+        await asyncio.sleep(0)
+    assert len(calls) == 2
+    await bell.close()
+
+
 async def test_a_ring_not_sent_yet_is_sent_on_close() -> None:
     calls: list[int] = []
 

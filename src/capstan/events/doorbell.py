@@ -74,6 +74,9 @@ class OutboxDoorbell:
                         "outbox doorbell: could not notify relays; they poll meanwhile",
                         extra={"error": repr(exc)},
                     )
+                    # Tried again once: after a server restart the first ring fails on a
+                    # pooled connection that is gone, and the pool hands the next a new one.
+                    self._rung.set()
             finally:
                 self._sending = False
             rest = self._spacing - (time.monotonic() - started)
