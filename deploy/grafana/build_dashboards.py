@@ -433,6 +433,11 @@ def events() -> Board:
         [(f"sum by (type) (rate(capstan_events_published_total[{RATE}]))", "{{type}}")],
         "ops",
     )
+    b.timeseries(
+        "Relay wake-ups / s by result (writers' notifications after commit)",
+        [(f"sum by (result) (rate(capstan_outbox_rings_total[{RATE}]))", "{{result}}")],
+        "ops",
+    )
     b.row("Subscribers")
     b.timeseries(
         "Consumed / s by subscriber",

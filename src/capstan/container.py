@@ -215,7 +215,7 @@ def build_container(settings: Settings) -> Container:
     )
     aside = CacheAside(cache, metrics, Generations(db), ttl_seconds=settings.cache_ttl_seconds)
     outbox_wakeup = asyncio.Event()
-    wake_relays = _relay_waker(settings, dialect, engine, fast, outbox_wakeup, closers)
+    wake_relays = _relay_waker(settings, metrics, dialect, engine, fast, outbox_wakeup, closers)
     task_registry = TaskRegistry()
     topology = Topology(settings.broker_namespace)
     c = Container(
@@ -296,6 +296,7 @@ def register_task_types(c: Container) -> None:
 
 def _relay_waker(
     settings: Settings,
+    metrics: Metrics,
     dialect: Dialect,
     engine: AsyncEngine,
     fast: FastPath | None,
@@ -305,7 +306,12 @@ def _relay_waker(
     notify = dialect.notifier(engine, OUTBOX_CHANNEL, fast)
     if notify is None:  # no server notifications: the relay that matters is in this process
         return wakeup.set
-    doorbell = OutboxDoorbell(notify, spacing=settings.outbox_linger_ms / 1000)
+    rings = metrics.outbox_rings
+    doorbell = OutboxDoorbell(
+        notify,
+        spacing=settings.outbox_linger_ms / 1000,
+        counted=lambda result: rings.labels(result).inc(),
+    )
     closers.append(doorbell.close)
 
     def wake_relays() -> None:

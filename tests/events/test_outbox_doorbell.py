@@ -92,7 +92,8 @@ async def test_rings_during_a_notification_fold_into_one_and_failures_do_not_sto
             failing[0] = False
             raise OSError("database down")
 
-    bell = OutboxDoorbell(notify, spacing=0.0)
+    results: list[str] = []
+    bell = OutboxDoorbell(notify, spacing=0.0, counted=results.append)
     bell.ring()
     await until(lambda: len(calls) == 1)
     for _ in range(5):  # while the first notification is in flight
@@ -103,6 +104,7 @@ async def test_rings_during_a_notification_fold_into_one_and_failures_do_not_sto
     bell.ring()
     await until(lambda: len(calls) == 3)
     assert bell.sent == 2
+    assert results == ["failed", "sent", "sent"]  # capstan_outbox_rings_total
     await bell.close()
 
 

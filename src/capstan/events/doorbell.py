@@ -33,9 +33,17 @@ CLOSE_SECONDS = 2.0
 class OutboxDoorbell:
     """`ring()` after a commit that staged outbox rows; relays elsewhere are notified soon."""
 
-    def __init__(self, notify: Callable[[], Awaitable[object]], *, spacing: float) -> None:
-        """`notify()` sends one notification (Dialect.notifier)."""
+    def __init__(
+        self,
+        notify: Callable[[], Awaitable[object]],
+        *,
+        spacing: float,
+        counted: Callable[[str], None] = lambda result: None,
+    ) -> None:
+        """`notify()` sends one notification (Dialect.notifier); `counted("sent" | "failed")`
+        after each (capstan_outbox_rings_total)."""
         self._notify = notify
+        self._counted = counted
         self._spacing = spacing
         self._rung = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -64,10 +72,12 @@ class OutboxDoorbell:
             try:
                 await self._notify()
                 self.sent += 1
+                self._counted("sent")
                 if self._failing:
                     self._failing = False
                     log.info("outbox doorbell: notifying relays again")
             except Exception as exc:
+                self._counted("failed")
                 if not self._failing:  # once per outage, not once per commit
                     self._failing = True
                     log.warning(
@@ -99,3 +109,4 @@ class OutboxDoorbell:
                 async with asyncio.timeout(CLOSE_SECONDS):
                     await self._notify()
                 self.sent += 1
+                self._counted("sent")

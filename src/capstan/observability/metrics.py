@@ -117,6 +117,13 @@ class Metrics:
             buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000),
             registry=r,
         )
+        self.outbox_rings = Counter(
+            "capstan_outbox_rings_total",
+            "Notifications this process sent the relays after its commits, by result: sent, "
+            "failed (the relays poll meanwhile).",
+            ["result"],
+            registry=r,
+        )
         self.relay_failures = Counter(
             "capstan_relay_publish_failures_total",
             "Relay batches the broker did not confirm (retried).",
