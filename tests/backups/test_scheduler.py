@@ -153,7 +153,9 @@ async def test_backup_job_backs_up_verifies_prunes_and_exports_metrics(tmp_path:
     settings = embedded(tmp_path)
     api = await start(settings)
     await api.container.close()
-    clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+    # Noon today: between the backup's slot (02:00) and the retention job's (03:30) the next
+    # backup slot came after the retention's, and both were due (it failed in CI at 02:29).
+    clock = FakeClock(datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0))
     root = backup_root(settings)
     _fake_backup(root, "ancient", clock.now - timedelta(days=30))
 
