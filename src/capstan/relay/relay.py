@@ -102,7 +102,10 @@ class OutboxRelay:
                     sent = await self.relay_once()
                 except BrokerUnavailable as exc:
                     self._metrics.relay_failures.inc()
-                    log.warning("relay: broker unavailable, retrying", extra={"error": str(exc)})
+                    # The error in the message too: a test's captured log prints messages only.
+                    log.warning(
+                        "relay: broker unavailable, retrying: %s", exc, extra={"error": str(exc)}
+                    )
                     failures += 1
                     await _wait(stopping, RETRY.delay(failures))
                     continue
