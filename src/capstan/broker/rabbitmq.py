@@ -369,7 +369,21 @@ class RabbitBroker:
         except BrokerUnavailable:
             raise
         except (TimeoutError, aio_pika.exceptions.AMQPError, OSError, RuntimeError) as exc:
+            await self._drop_publisher()
             raise BrokerUnavailable(f"publish not confirmed: {exc!r}") from exc
+
+    async def _drop_publisher(self) -> None:
+        """After a failed publish the next one opens a new channel. A channel restored by the
+        robust connection after a cluster node died kept getting every publish into some
+        quorum queues nacked while the queues were healthy (tests/scale/
+        test_rabbitmq_cluster.py, under CPU load: the relay retried for 300 s); a new channel
+        publishes. Cheap when the failure was something else."""
+        async with self._publisher_lock:
+            channel, self._publisher = self._publisher, None
+            self._exchanges.clear()
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(channel.close(), 2)
 
     async def publish_to_queue(
         self, spec: QueueSpec, messages: Sequence[Message], *, declare: bool = True
@@ -382,6 +396,7 @@ class RabbitBroker:
                 *(self._publish_to_queue(spec.name, m, m.headers) for m in messages)
             )
         except (TimeoutError, aio_pika.exceptions.AMQPError, OSError, RuntimeError) as exc:
+            await self._drop_publisher()
             raise BrokerUnavailable(f"publish not confirmed: {exc!r}") from exc
 
     async def _publish_to_queue(
