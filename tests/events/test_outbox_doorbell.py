@@ -100,10 +100,9 @@ async def test_rings_during_a_notification_fold_into_one_and_failures_do_not_sto
         bell.ring()
     release.set()
     await until(lambda: len(calls) == 2)  # the five rings: one notification
-    assert bell.sent == 1  # the first one failed
+    assert results == ["failed", "sent"]  # the first one failed
     bell.ring()
     await until(lambda: len(calls) == 3)
-    assert bell.sent == 2
     assert results == ["failed", "sent", "sent"]  # capstan_outbox_rings_total
     await bell.close()
 

@@ -4,6 +4,8 @@ rolled back before anyone else gets it."""
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
@@ -46,3 +48,17 @@ async def test_a_connection_released_inside_a_transaction_is_rolled_back(
         assert await fast.fetchrow("SELECT 1 AS one") == (1,)
     finally:
         await fast.close()
+
+
+async def test_a_pool_created_for_a_cancelled_caller_is_closed(postgres_url: str) -> None:
+    fast = FastPath(postgres_url, max_size=1)
+    caller = asyncio.create_task(fast.fetchrow("SELECT 1"))
+    await asyncio.sleep(0)  # the creation has started
+    creating = fast._creating
+    assert creating is not None
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await fast.close()
+    # The creation finished under `shield` after its only caller left: close() closed it.
+    assert creating.done() and creating.result()._closed

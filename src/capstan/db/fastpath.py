@@ -18,6 +18,7 @@ listens on a connection of its own). An open transaction is still rolled back by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -80,6 +81,12 @@ class FastPath:
         return _Acquire(self)
 
     async def close(self) -> None:
+        creating, self._creating = self._creating, None
+        if self._pool is None and creating is not None:
+            # Every caller awaiting the creation was cancelled (a shutdown mid-statement):
+            # it went on under `shield`, and its pool would be left open.
+            with contextlib.suppress(Exception):
+                self._pool = await creating
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()

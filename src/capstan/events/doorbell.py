@@ -50,7 +50,6 @@ class OutboxDoorbell:
         self._sending = False
         self._failing = False
         self._closed = False
-        self.sent = 0  # notifications sent (tests)
 
     def ring(self) -> None:
         if self._closed:
@@ -71,7 +70,6 @@ class OutboxDoorbell:
             self._sending = True
             try:
                 await self._notify()
-                self.sent += 1
                 self._counted("sent")
                 if self._failing:
                     self._failing = False
@@ -108,5 +106,4 @@ class OutboxDoorbell:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(CLOSE_SECONDS):
                     await self._notify()
-                self.sent += 1
                 self._counted("sent")
